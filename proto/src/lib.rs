@@ -18,11 +18,14 @@
 //! callers (and the simulator) decide what "now" is.
 
 pub mod framing;
+#[cfg(feature = "quic")]
+pub mod identity;
 pub mod keygen;
 pub mod keys;
 pub mod keywrap;
 pub mod license;
 pub mod manifest;
+pub mod shard;
 pub mod signed;
 pub mod token;
 
