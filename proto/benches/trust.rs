@@ -76,7 +76,13 @@ fn main() {
             .unwrap();
     });
     println!("({} byte token)", token.len());
-    row("token verify", tokens, "ed25519 verify_strict", ed25519, "ops/s");
+    row(
+        "token verify",
+        tokens,
+        "ed25519 verify_strict",
+        ed25519,
+        "ops/s",
+    );
 
     // Manifest segment verification.
     let segment: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -99,11 +105,23 @@ fn main() {
         black_box(Sha256::digest(black_box(&segment)));
     });
     let mb = segment.len() as f64 / 1e6;
-    row("segment verify (2 MB)", verifications * mb, "sha256", hashes * mb, "MB/s");
+    row(
+        "segment verify (2 MB)",
+        verifications * mb,
+        "sha256",
+        hashes * mb,
+        "MB/s",
+    );
     let chunks = rate(|| {
         black_box(verify_chunk(&keyring, black_box(&chunk)).unwrap());
     });
-    row("manifest chunk verify", chunks, "ed25519 verify_strict", ed25519, "ops/s");
+    row(
+        "manifest chunk verify",
+        chunks,
+        "ed25519 verify_strict",
+        ed25519,
+        "ops/s",
+    );
 
     // Key unwrap.
     let client = SessionKeyPair::generate().unwrap();
@@ -123,12 +141,29 @@ fn main() {
     let dh = rate(|| {
         black_box(secret.diffie_hellman(black_box(&peer)));
     });
-    row("content key unwrap (HPKE open)", unwraps, "x25519 diffie-hellman", dh, "ops/s");
+    row(
+        "content key unwrap (HPKE open)",
+        unwraps,
+        "x25519 diffie-hellman",
+        dh,
+        "ops/s",
+    );
     let wraps = rate(|| {
         black_box(
-            wrap(&client.public_key(), &session, ContentKeyId([6; 16]), &ContentKey::new([7; 16]))
-                .unwrap(),
+            wrap(
+                &client.public_key(),
+                &session,
+                ContentKeyId([6; 16]),
+                &ContentKey::new([7; 16]),
+            )
+            .unwrap(),
         );
     });
-    row("content key wrap (HPKE seal)", wraps, "x25519 diffie-hellman", dh, "ops/s");
+    row(
+        "content key wrap (HPKE seal)",
+        wraps,
+        "x25519 diffie-hellman",
+        dh,
+        "ops/s",
+    );
 }

@@ -53,7 +53,10 @@ pub enum FrameError {
 ///
 /// Returns `Ok(None)` when more bytes are needed, or the payload and the
 /// number of bytes the frame used. Never allocates.
-pub fn decode_frame(buffer: &[u8], max_frame_len: usize) -> Result<Option<(&[u8], usize)>, FrameError> {
+pub fn decode_frame(
+    buffer: &[u8],
+    max_frame_len: usize,
+) -> Result<Option<(&[u8], usize)>, FrameError> {
     let Some(prefix) = buffer.get(..LENGTH_PREFIX_LEN) else {
         return Ok(None);
     };

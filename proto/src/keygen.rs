@@ -98,8 +98,18 @@ pub fn write_key_pair(dir: &Path, name: &str, overwrite: bool) -> Result<KeyFile
             path: public_key.clone(),
             source,
         })?;
-    write_atomically(&private_key, private_pem.as_bytes(), PRIVATE_KEY_MODE, overwrite)?;
-    write_atomically(&public_key, public_pem.as_bytes(), PUBLIC_KEY_MODE, overwrite)?;
+    write_atomically(
+        &private_key,
+        private_pem.as_bytes(),
+        PRIVATE_KEY_MODE,
+        overwrite,
+    )?;
+    write_atomically(
+        &public_key,
+        public_pem.as_bytes(),
+        PUBLIC_KEY_MODE,
+        overwrite,
+    )?;
     Ok(KeyFiles {
         private_key,
         public_key,
@@ -107,7 +117,12 @@ pub fn write_key_pair(dir: &Path, name: &str, overwrite: bool) -> Result<KeyFile
     })
 }
 
-fn write_atomically(path: &Path, contents: &[u8], mode: u32, overwrite: bool) -> Result<(), KeygenError> {
+fn write_atomically(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    overwrite: bool,
+) -> Result<(), KeygenError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".loaves-key-")
@@ -120,10 +135,11 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32, overwrite: bool) ->
         temp.persist(path).map_err(|e| io_error(path)(e.error))?;
     } else {
         // Fails if the file appeared meanwhile: never clobber a key.
-        temp.persist_noclobber(path).map_err(|e| match e.error.kind() {
-            std::io::ErrorKind::AlreadyExists => KeygenError::Exists(path.to_owned()),
-            _ => io_error(path)(e.error),
-        })?;
+        temp.persist_noclobber(path)
+            .map_err(|e| match e.error.kind() {
+                std::io::ErrorKind::AlreadyExists => KeygenError::Exists(path.to_owned()),
+                _ => io_error(path)(e.error),
+            })?;
     }
     // tempfile applies the mode at creation, but umask may have narrowed it.
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_error(path))?;

@@ -113,8 +113,7 @@ impl SigningKeyPair {
 
     /// Reads a PKCS#8 PEM private key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
-        let key =
-            SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Encoding(e.to_string()))?;
+        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Encoding(e.to_string()))?;
         let key_id = KeyId::of(&key.verifying_key());
         Ok(Self { key, key_id })
     }

@@ -203,7 +203,9 @@ pub struct VerifiedChunk {
 }
 
 fn digest_field(bytes: &[u8], field: &'static str) -> Result<Sha256Digest, ManifestError> {
-    bytes.try_into().map_err(|_| ManifestError::InvalidField(field))
+    bytes
+        .try_into()
+        .map_err(|_| ManifestError::InvalidField(field))
 }
 
 /// Decodes and verifies one encoded chunk (an encoded [`pb::Signed`]).
@@ -241,7 +243,9 @@ pub fn verify_chunk(keyring: &Keyring, encoded: &[u8]) -> Result<VerifiedChunk, 
     let mut segments = Vec::with_capacity(body.segments.len());
     for entry in &body.segments {
         if let Some(last) = segments.last().map(|s: &SegmentInfo| s.sequence) {
-            let expected = last.checked_add(1).ok_or(ManifestError::InvalidField("sequence"))?;
+            let expected = last
+                .checked_add(1)
+                .ok_or(ManifestError::InvalidField("sequence"))?;
             if entry.sequence != expected {
                 return Err(ManifestError::NonContiguous {
                     expected,
@@ -294,7 +298,10 @@ impl Manifest {
     /// Starts following a manifest from any verified chunk (chunk 0 for VOD,
     /// the newest chunk for a viewer joining a live stream).
     pub fn from_chunk(chunk: VerifiedChunk) -> Self {
-        let next_sequence = chunk.segments.last().and_then(|s| s.sequence.checked_add(1));
+        let next_sequence = chunk
+            .segments
+            .last()
+            .and_then(|s| s.sequence.checked_add(1));
         Self {
             title: chunk.title,
             rendition: chunk.rendition,
@@ -314,9 +321,7 @@ impl Manifest {
         chunks: impl IntoIterator<Item = &'a [u8]>,
     ) -> Result<Self, ManifestError> {
         let mut chunks = chunks.into_iter();
-        let first = chunks
-            .next()
-            .ok_or(ManifestError::InvalidField("chunks"))?;
+        let first = chunks.next().ok_or(ManifestError::InvalidField("chunks"))?;
         let mut manifest = Self::from_chunk(verify_chunk(keyring, first)?);
         for chunk in chunks {
             manifest.append(verify_chunk(keyring, chunk)?)?;
@@ -351,13 +356,13 @@ impl Manifest {
         if chunk.previous_chunk_sha256 != Some(self.last_chunk_sha256) {
             return Err(ManifestError::ChainBroken(chunk.chunk_index));
         }
-        if let (Some(expected), Some(first)) = (self.next_sequence, chunk.segments.first()) {
-            if first.sequence != expected {
-                return Err(ManifestError::NonContiguous {
-                    expected,
-                    found: first.sequence,
-                });
-            }
+        if let (Some(expected), Some(first)) = (self.next_sequence, chunk.segments.first())
+            && first.sequence != expected
+        {
+            return Err(ManifestError::NonContiguous {
+                expected,
+                found: first.sequence,
+            });
         }
         if let Some(last) = chunk.segments.last() {
             self.next_sequence = last.sequence.checked_add(1);
@@ -378,7 +383,11 @@ impl Manifest {
 
     /// Checks that `bytes` are exactly segment `sequence`: the one call peers,
     /// seeds and players make before using or sharing a segment.
-    pub fn verify_segment(&self, sequence: u64, bytes: &[u8]) -> Result<&SegmentInfo, ManifestError> {
+    pub fn verify_segment(
+        &self,
+        sequence: u64,
+        bytes: &[u8],
+    ) -> Result<&SegmentInfo, ManifestError> {
         let entry = self
             .segment(sequence)
             .ok_or(ManifestError::UnknownSegment(sequence))?;

@@ -133,8 +133,8 @@ impl SessionToken {
     }
 
     fn from_body(body: pb::SessionTokenBody) -> Result<Self, TokenError> {
-        let session_id =
-            SessionId::from_slice(&body.session_id).ok_or(TokenError::InvalidField("session_id"))?;
+        let session_id = SessionId::from_slice(&body.session_id)
+            .ok_or(TokenError::InvalidField("session_id"))?;
         let peer_key = verifying_key_from_slice(&body.peer_public_key)
             .map_err(|_| TokenError::InvalidField("peer_public_key"))?;
         if body.title.is_empty() {

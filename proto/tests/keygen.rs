@@ -30,11 +30,17 @@ fn existing_keys_are_never_overwritten_unless_forced() {
     let first = write_key_pair(dir.path(), "k", false).unwrap();
     let err = write_key_pair(dir.path(), "k", false).unwrap_err();
     assert!(matches!(err, KeygenError::Exists(_)), "{err}");
-    assert_eq!(read_signing_key(&first.private_key).unwrap().key_id(), first.key_id);
+    assert_eq!(
+        read_signing_key(&first.private_key).unwrap().key_id(),
+        first.key_id
+    );
 
     let second = write_key_pair(dir.path(), "k", true).unwrap();
     assert_ne!(second.key_id, first.key_id);
-    assert_eq!(read_signing_key(&second.private_key).unwrap().key_id(), second.key_id);
+    assert_eq!(
+        read_signing_key(&second.private_key).unwrap().key_id(),
+        second.key_id
+    );
 }
 
 #[test]
@@ -42,7 +48,10 @@ fn names_that_escape_the_directory_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["", "../x", "a/b", ".hidden", "sp ace"] {
         assert!(
-            matches!(write_key_pair(dir.path(), name, false), Err(KeygenError::InvalidName(_))),
+            matches!(
+                write_key_pair(dir.path(), name, false),
+                Err(KeygenError::InvalidName(_))
+            ),
             "{name:?}"
         );
     }
@@ -52,7 +61,10 @@ fn names_that_escape_the_directory_are_refused() {
 fn unreadable_or_garbage_key_files_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.key");
-    assert!(matches!(read_signing_key(&missing), Err(KeygenError::Io { .. })));
+    assert!(matches!(
+        read_signing_key(&missing),
+        Err(KeygenError::Io { .. })
+    ));
     let garbage = dir.path().join("garbage.key");
     std::fs::write(&garbage, "not a key").unwrap();
     let err = read_signing_key(&garbage).unwrap_err();

@@ -197,7 +197,8 @@ fn invalid_fields_are_refused_even_when_signed() {
         )
         .encode_to_vec()
     };
-    let cases: [(&str, fn(&mut loaves_proto::pb::SessionTokenBody)); 4] = [
+    type Edit = fn(&mut loaves_proto::pb::SessionTokenBody);
+    let cases: [(&str, Edit); 4] = [
         ("session_id", |b| b.session_id.truncate(3)),
         ("peer_public_key", |b| b.peer_public_key = vec![1; 31]),
         ("title", |b| b.title.clear()),

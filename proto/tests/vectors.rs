@@ -13,14 +13,16 @@ use loaves_proto::UnixSeconds;
 use loaves_proto::keys::{ContentKey, ContentKeyId, Keyring, SessionId, SigningKeyPair};
 use loaves_proto::keywrap::{self, SessionKeyPair, WRAP_INFO_CONTEXT, WrappedContentKey};
 use loaves_proto::manifest::{self, Manifest, ManifestWriter, Scheme, SegmentInfo};
+use loaves_proto::pb;
 use loaves_proto::signed::{Purpose, signing_message};
 use loaves_proto::token::{SessionToken, TokenVerifier};
-use loaves_proto::pb;
 use prost::Message;
 use serde_json::{Value, json};
 
 fn vector_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testvectors").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testvectors")
+        .join(name)
 }
 
 /// Compares a regenerated vector with the committed file (or rewrites it).
@@ -30,10 +32,17 @@ fn check_vector(name: &str, generated: &Value) -> Value {
     if std::env::var_os("LOAVES_BLESS_VECTORS").is_some() {
         std::fs::write(&path, &text).unwrap();
     }
-    let committed = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (bless with LOAVES_BLESS_VECTORS=1)", path.display()));
+    let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (bless with LOAVES_BLESS_VECTORS=1)",
+            path.display()
+        )
+    });
     let committed: Value = serde_json::from_str(&committed).unwrap();
-    assert_eq!(&committed, generated, "{name} no longer matches the committed vector");
+    assert_eq!(
+        &committed, generated,
+        "{name} no longer matches the committed vector"
+    );
     committed
 }
 
@@ -85,10 +94,16 @@ fn session_token_vector() {
     let committed = check_vector("session_token.json", &generated);
 
     // The committed bytes verify with nothing but the public key.
-    let public = loaves_proto::keys::verifying_key_from_slice(&hex_field(&committed, "signer_public_key")).unwrap();
+    let public =
+        loaves_proto::keys::verifying_key_from_slice(&hex_field(&committed, "signer_public_key"))
+            .unwrap();
     let verifier = TokenVerifier::new(Keyring::from_iter([public]));
     let verified = verifier
-        .verify(&hex_field(&committed, "token"), UnixSeconds(1_767_226_000), "sintel")
+        .verify(
+            &hex_field(&committed, "token"),
+            UnixSeconds(1_767_226_000),
+            "sintel",
+        )
         .unwrap();
     assert_eq!(verified, claims);
 }
@@ -102,10 +117,16 @@ fn manifest_vector() {
     let key = SigningKeyPair::from_seed(&[0x33; 32]);
     let init = b"init segment of sintel/720p".to_vec();
     let mut writer = ManifestWriter::new("sintel", "720p", &init, Scheme::Cbcs, 0);
-    let describe = |seq: u64| SegmentInfo::describe(seq, 4000, (seq / 2) as u32, &vector_segment(seq));
+    let describe =
+        |seq: u64| SegmentInfo::describe(seq, 4000, (seq / 2) as u32, &vector_segment(seq));
     let chunks = [
         writer
-            .append(&key, &[describe(0), describe(1)], false, UnixSeconds(1_767_225_600))
+            .append(
+                &key,
+                &[describe(0), describe(1)],
+                false,
+                UnixSeconds(1_767_225_600),
+            )
             .unwrap(),
         writer
             .append(&key, &[describe(2)], true, UnixSeconds(1_767_225_604))
@@ -113,7 +134,11 @@ fn manifest_vector() {
     ];
     let body_hashes: Vec<String> = chunks
         .iter()
-        .map(|c| hex::encode(manifest::sha256(&pb::Signed::decode(c.as_slice()).unwrap().body)))
+        .map(|c| {
+            hex::encode(manifest::sha256(
+                &pb::Signed::decode(c.as_slice()).unwrap().body,
+            ))
+        })
         .collect();
     let generated = json!({
         "description": "Live manifest of two signed chunks (Signed{body=ManifestChunkBody}); chunk 1 names SHA-256 of chunk 0's body.",
@@ -131,19 +156,29 @@ fn manifest_vector() {
     });
     let committed = check_vector("manifest.json", &generated);
 
-    let public = loaves_proto::keys::verifying_key_from_slice(&hex_field(&committed, "signer_public_key")).unwrap();
+    let public =
+        loaves_proto::keys::verifying_key_from_slice(&hex_field(&committed, "signer_public_key"))
+            .unwrap();
     let encoded: Vec<Vec<u8>> = committed["chunks"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| hex::decode(c.as_str().unwrap()).unwrap())
         .collect();
-    let manifest =
-        Manifest::from_encoded_chunks(&Keyring::from_iter([public]), encoded.iter().map(Vec::as_slice)).unwrap();
-    manifest.verify_init(&hex_field(&committed, "init_segment")).unwrap();
+    let manifest = Manifest::from_encoded_chunks(
+        &Keyring::from_iter([public]),
+        encoded.iter().map(Vec::as_slice),
+    )
+    .unwrap();
+    manifest
+        .verify_init(&hex_field(&committed, "init_segment"))
+        .unwrap();
     for segment in committed["segments"].as_array().unwrap() {
         manifest
-            .verify_segment(segment["sequence"].as_u64().unwrap(), &hex_field(segment, "bytes"))
+            .verify_segment(
+                segment["sequence"].as_u64().unwrap(),
+                &hex_field(segment, "bytes"),
+            )
             .unwrap();
     }
 }
@@ -209,7 +244,9 @@ fn key_wrap_vector() {
         &session_id,
         &WrappedContentKey {
             key_id,
-            encapsulated_key: hex_field(&committed, "encapsulated_key").try_into().unwrap(),
+            encapsulated_key: hex_field(&committed, "encapsulated_key")
+                .try_into()
+                .unwrap(),
             ciphertext: hex_field(&committed, "ciphertext"),
         },
     )
