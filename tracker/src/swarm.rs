@@ -1,0 +1,1050 @@
+//! The swarm book: who is in which swarm, and whom to introduce to whom.
+//!
+//! No I/O and no clock, like `quinn-proto`: every call takes `now`, and the
+//! randomness used to spread load comes from a seeded generator owned by the
+//! book. The QUIC driver, the tests and the benchmarks all run this same code.
+//!
+//! # Invariants
+//!
+//! - A swarm is keyed by (title, rendition); a peer by its 32-byte Ed25519
+//!   key (the key its verified token names). A peer appears at most once per
+//!   swarm; it may be in several swarms (e.g. while switching rendition).
+//! - `Swarm::index[key] == i` iff `Swarm::peers[i].key == key`; every peer
+//!   index appears exactly once in `by_isp[peer.isp]` (at `peer.isp_pos`) when
+//!   its ISP is known and once in `by_region[peer.region]` (at
+//!   `peer.region_pos`) when its region is known. Removal is O(1) by
+//!   swap-remove with these back-pointers fixed up.
+//! - The book never holds more than `max_swarms` swarms, `max_peers_per_swarm`
+//!   peers in one swarm or `max_total_peers` peers overall: memory is bounded
+//!   whatever clients send. New peers beyond a bound are refused; existing
+//!   ones keep announcing.
+//! - A peer silent for more than `peer_ttl_s` is never returned to anyone,
+//!   even before [`SwarmBook::expire`] removes it.
+//! - A reply never contains the requester itself, never more than
+//!   `max_peers_per_reply` peers, and always the swarm's live seeds (up to
+//!   `max_seeds_per_reply`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use loaves_proto::{UnixSeconds, pb};
+
+use crate::holdings::{Holdings, HoldingsError, HoldingsLimits};
+use crate::rng::SplitMix64;
+use crate::wire::{self, PeerEntryFields};
+
+/// A peer's identity: its Ed25519 public key.
+pub type PeerKey = [u8; 32];
+
+/// Tunables of the swarm book. `Default` gives values that run as they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmConfig {
+    /// Seconds a silent peer stays listed.
+    pub peer_ttl_s: u64,
+    /// Seconds a seed stays listed without re-registering.
+    pub seed_ttl_s: u64,
+    /// Seconds between announces, told to clients.
+    pub announce_interval_s: u32,
+    /// Most swarms tracked at once.
+    pub max_swarms: usize,
+    /// Most peers in one swarm.
+    pub max_peers_per_swarm: usize,
+    /// Most peers overall.
+    pub max_total_peers: usize,
+    /// Most seeds overall.
+    pub max_seeds: usize,
+    /// Most swarms one seed registers for.
+    pub max_swarms_per_seed: usize,
+    /// Peers per reply when the client asks for none in particular.
+    pub default_peers_per_reply: usize,
+    /// Hard cap on peers per reply.
+    pub max_peers_per_reply: usize,
+    /// Cap on seeds per reply.
+    pub max_seeds_per_reply: usize,
+    /// Reply slots kept for peers outside the requester's ISP and region
+    /// (diversity: keeps swarms from splitting into islands).
+    pub diversity_peers: usize,
+    /// Candidates examined per reply slot and locality class.
+    pub candidates_per_slot: usize,
+    /// Segments after the requester's playhead that count as "about to need".
+    pub lookahead_segments: u64,
+    /// Upload capacity above this is clamped (bits per second).
+    pub max_upload_bps: u64,
+    /// Addresses kept per peer.
+    pub max_addresses: usize,
+    /// Longest title or rendition name, bytes.
+    pub max_name_len: usize,
+    /// Distinct region and ISP names remembered; more fold into "other".
+    pub max_locality_names: usize,
+    /// Bounds on holdings.
+    pub holdings: HoldingsLimits,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        Self {
+            peer_ttl_s: 90,
+            seed_ttl_s: 120,
+            announce_interval_s: 30,
+            max_swarms: 100_000,
+            max_peers_per_swarm: 100_000,
+            max_total_peers: 2_000_000,
+            max_seeds: 10_000,
+            max_swarms_per_seed: 10_000,
+            default_peers_per_reply: 30,
+            max_peers_per_reply: 80,
+            max_seeds_per_reply: 8,
+            diversity_peers: 3,
+            candidates_per_slot: 2,
+            lookahead_segments: 4,
+            max_upload_bps: 10_000_000_000,
+            max_addresses: 4,
+            max_name_len: 256,
+            max_locality_names: 4096,
+            holdings: HoldingsLimits::default(),
+        }
+    }
+}
+
+/// Why the book refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The request names no swarm, or a name is empty, too long or has NUL.
+    #[error("invalid swarm name")]
+    InvalidSwarm,
+    /// The holdings are malformed or too large.
+    #[error("invalid holdings: {0}")]
+    Holdings(#[from] HoldingsError),
+    /// A new swarm would exceed `max_swarms`.
+    #[error("too many swarms")]
+    TooManySwarms,
+    /// A new peer would exceed `max_peers_per_swarm` or `max_total_peers`.
+    #[error("swarm full")]
+    SwarmFull,
+    /// A new seed would exceed `max_seeds`.
+    #[error("too many seeds")]
+    TooManySeeds,
+}
+
+/// The requester, as its verified credential describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// Its key (token `peer_public_key`).
+    pub key: &'a PeerKey,
+    /// Region hint from the token.
+    pub region: &'a str,
+    /// ISP hint from the token.
+    pub isp: &'a str,
+}
+
+/// Inputs that were not trusted as sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Anomalies {
+    /// Addresses dropped (unparsable, unspecified, port 0, or over the cap).
+    pub addresses_dropped: u32,
+    /// Upload capacity (or use) was clamped.
+    pub upload_clamped: bool,
+}
+
+/// Result of an announce.
+#[derive(Debug, Clone)]
+pub struct AnnounceOutcome {
+    /// Encoded `pb::AnnounceReply` body; wrap with [`wire::announce_response`].
+    pub reply: Vec<u8>,
+    /// Peers in the reply.
+    pub peers: u32,
+    /// Seeds in the reply.
+    pub seeds: u32,
+    /// Viewers in the swarm.
+    pub swarm_size: u32,
+    /// Whether the requester just joined this swarm.
+    pub joined: bool,
+    /// What was clamped or dropped.
+    pub anomalies: Anomalies,
+}
+
+/// Size of one swarm, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmSize {
+    /// Title.
+    pub title: String,
+    /// Rendition.
+    pub rendition: String,
+    /// Viewers.
+    pub peers: usize,
+    /// Registered seeds.
+    pub seeds: usize,
+    /// Sum of the viewers' spare upload, bits per second.
+    pub spare_upload_bps: u64,
+}
+
+/// What [`SwarmBook::expire`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// Silent peers removed.
+    pub peers: usize,
+    /// Seeds removed.
+    pub seeds: usize,
+    /// Empty swarms removed.
+    pub swarms: usize,
+}
+
+/// Id of an interned region or ISP name. 0 = unknown, 1 = other (overflow):
+/// neither ever matches for locality.
+type NameId = u32;
+const UNKNOWN: NameId = 0;
+const OVERFLOW: NameId = 1;
+
+#[derive(Debug)]
+struct Interner {
+    ids: HashMap<Box<str>, NameId>,
+    names: Vec<Box<str>>,
+    max: usize,
+}
+
+impl Interner {
+    fn new(max: usize) -> Self {
+        Self {
+            ids: HashMap::new(),
+            names: vec!["".into(), "other".into()],
+            max,
+        }
+    }
+
+    fn intern(&mut self, name: &str) -> NameId {
+        if name.is_empty() {
+            return UNKNOWN;
+        }
+        if let Some(id) = self.ids.get(name) {
+            return *id;
+        }
+        if self.ids.len() >= self.max || name.len() > 128 {
+            return OVERFLOW;
+        }
+        let id = self.names.len() as NameId;
+        self.names.push(name.into());
+        self.ids.insert(name.into(), id);
+        id
+    }
+
+    fn name(&self, id: NameId) -> &str {
+        self.names.get(id as usize).map_or("", |n| n)
+    }
+}
+
+fn known(id: NameId) -> bool {
+    id > OVERFLOW
+}
+
+#[derive(Debug)]
+struct Peer {
+    key: PeerKey,
+    region: NameId,
+    isp: NameId,
+    holdings: Holdings,
+    spare_upload_bps: u64,
+    reachable: bool,
+    last_seen: UnixSeconds,
+    /// Encoded `pb::PeerEntry`.
+    entry: Vec<u8>,
+    isp_pos: u32,
+    region_pos: u32,
+}
+
+#[derive(Debug, Default)]
+struct Swarm {
+    title: Box<str>,
+    rendition: Box<str>,
+    peers: Vec<Peer>,
+    index: HashMap<PeerKey, u32>,
+    by_isp: HashMap<NameId, Vec<u32>>,
+    by_region: HashMap<NameId, Vec<u32>>,
+    seeds: Vec<PeerKey>,
+}
+
+impl Swarm {
+    fn insert(&mut self, mut peer: Peer) -> u32 {
+        let index = self.peers.len() as u32;
+        if known(peer.isp) {
+            let group = self.by_isp.entry(peer.isp).or_default();
+            peer.isp_pos = group.len() as u32;
+            group.push(index);
+        }
+        if known(peer.region) {
+            let group = self.by_region.entry(peer.region).or_default();
+            peer.region_pos = group.len() as u32;
+            group.push(index);
+        }
+        self.index.insert(peer.key, index);
+        self.peers.push(peer);
+        index
+    }
+
+    /// Removes the peer at `index` (swap-remove), fixing every back-pointer.
+    fn remove_at(&mut self, index: u32) {
+        let i = index as usize;
+        let Some(peer) = self.peers.get(i) else {
+            return;
+        };
+        let (key, isp, isp_pos, region, region_pos) =
+            (peer.key, peer.isp, peer.isp_pos, peer.region, peer.region_pos);
+        if known(isp) {
+            remove_from_group(&mut self.by_isp, isp, isp_pos, &mut self.peers, |p| {
+                &mut p.isp_pos
+            });
+        }
+        if known(region) {
+            remove_from_group(&mut self.by_region, region, region_pos, &mut self.peers, |p| {
+                &mut p.region_pos
+            });
+        }
+        self.index.remove(&key);
+        self.peers.swap_remove(i);
+        if let Some(moved) = self.peers.get(i) {
+            // The former last peer now lives at `i`: repoint its references.
+            let (moved_key, moved_isp, moved_isp_pos, moved_region, moved_region_pos) =
+                (moved.key, moved.isp, moved.isp_pos, moved.region, moved.region_pos);
+            self.index.insert(moved_key, index);
+            if known(moved_isp)
+                && let Some(slot) = self
+                    .by_isp
+                    .get_mut(&moved_isp)
+                    .and_then(|g| g.get_mut(moved_isp_pos as usize))
+            {
+                *slot = index;
+            }
+            if known(moved_region)
+                && let Some(slot) = self
+                    .by_region
+                    .get_mut(&moved_region)
+                    .and_then(|g| g.get_mut(moved_region_pos as usize))
+            {
+                *slot = index;
+            }
+        }
+    }
+}
+
+fn remove_from_group(
+    groups: &mut HashMap<NameId, Vec<u32>>,
+    name: NameId,
+    pos: u32,
+    peers: &mut [Peer],
+    back_pointer: impl Fn(&mut Peer) -> &mut u32,
+) {
+    let Some(group) = groups.get_mut(&name) else {
+        return;
+    };
+    let pos = pos as usize;
+    if pos >= group.len() {
+        return;
+    }
+    group.swap_remove(pos);
+    if let Some(&moved) = group.get(pos)
+        && let Some(peer) = peers.get_mut(moved as usize)
+    {
+        *back_pointer(peer) = pos as u32;
+    }
+    if group.is_empty() {
+        groups.remove(&name);
+    }
+}
+
+#[derive(Debug)]
+struct Seed {
+    region: NameId,
+    isp: NameId,
+    last_seen: UnixSeconds,
+    entry: Vec<u8>,
+    swarms: Vec<String>,
+}
+
+/// Scratch buffers reused across announces (no allocation on the hot path
+/// beyond the reply itself).
+#[derive(Debug, Default)]
+struct Scratch {
+    swarm_key: String,
+    class_a: Vec<(u64, u32)>,
+    class_b: Vec<(u64, u32)>,
+    class_c: Vec<(u64, u32)>,
+}
+
+/// All swarms of one tracker.
+#[derive(Debug)]
+pub struct SwarmBook {
+    config: SwarmConfig,
+    swarms: HashMap<String, Swarm>,
+    seeds: HashMap<PeerKey, Seed>,
+    names: Interner,
+    total_peers: usize,
+    rng: SplitMix64,
+    scratch: Scratch,
+}
+
+fn swarm_key(buf: &mut String, title: &str, rendition: &str) {
+    buf.clear();
+    buf.push_str(title);
+    buf.push('\0');
+    buf.push_str(rendition);
+}
+
+impl SwarmBook {
+    /// An empty book; `seed` seeds the random generator.
+    pub fn new(config: SwarmConfig, seed: u64) -> Self {
+        let names = Interner::new(config.max_locality_names);
+        Self {
+            config,
+            swarms: HashMap::new(),
+            seeds: HashMap::new(),
+            names,
+            total_peers: 0,
+            rng: SplitMix64::new(seed),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SwarmConfig {
+        &self.config
+    }
+
+    /// Viewers tracked, all swarms together.
+    pub fn total_peers(&self) -> usize {
+        self.total_peers
+    }
+
+    /// Swarms tracked.
+    pub fn swarm_count(&self) -> usize {
+        self.swarms.len()
+    }
+
+    /// Seeds tracked.
+    pub fn seed_count(&self) -> usize {
+        self.seeds.len()
+    }
+
+    fn valid_name(&self, name: &str) -> bool {
+        !name.is_empty() && name.len() <= self.config.max_name_len && !name.contains('\0')
+    }
+
+    fn check_swarm_id(&self, swarm: Option<&pb::SwarmId>) -> Result<(), CoreError> {
+        match swarm {
+            Some(id) if self.valid_name(&id.title) && self.valid_name(&id.rendition) => Ok(()),
+            _ => Err(CoreError::InvalidSwarm),
+        }
+    }
+
+    /// Records an announce and chooses peers for the requester.
+    ///
+    /// The caller has verified the requester's credential and that it covers
+    /// `announce.swarm`. Stats in the announce are not looked at here (see
+    /// [`crate::stats`]).
+    pub fn announce(
+        &mut self,
+        now: UnixSeconds,
+        who: &Requester<'_>,
+        announce: &pb::Announce,
+    ) -> Result<AnnounceOutcome, CoreError> {
+        self.check_swarm_id(announce.swarm.as_ref())?;
+        let swarm_id = announce.swarm.as_ref().ok_or(CoreError::InvalidSwarm)?;
+        let holdings = Holdings::parse(announce.holdings.as_ref(), &self.config.holdings)?;
+        let mut anomalies = Anomalies::default();
+
+        let mut capacity = announce.upload_capacity_bps;
+        if capacity > self.config.max_upload_bps {
+            capacity = self.config.max_upload_bps;
+            anomalies.upload_clamped = true;
+        }
+        let mut in_use = announce.upload_in_use_bps;
+        if in_use > capacity {
+            in_use = capacity;
+            anomalies.upload_clamped = true;
+        }
+        let spare = capacity - in_use;
+        let addresses = valid_addresses(&announce.addresses, self.config.max_addresses);
+        anomalies.addresses_dropped = (announce.addresses.len() - addresses.len()) as u32;
+
+        let region = self.names.intern(who.region);
+        let isp = self.names.intern(who.isp);
+        let entry = wire::encode_peer_entry(&PeerEntryFields {
+            key: who.key,
+            addresses: &addresses,
+            region: self.names.name(region),
+            isp: self.names.name(isp),
+            holdings: &holdings,
+            spare_upload_bps: spare,
+            is_seed: false,
+        });
+
+        let mut key = std::mem::take(&mut self.scratch.swarm_key);
+        swarm_key(&mut key, &swarm_id.title, &swarm_id.rendition);
+        let result = self.announce_in(
+            &key,
+            swarm_id,
+            now,
+            who,
+            (region, isp),
+            holdings,
+            spare,
+            (entry, !addresses.is_empty()),
+            announce,
+        );
+        self.scratch.swarm_key = key;
+        let (reply, peers, seeds, swarm_size, joined) = result?;
+        Ok(AnnounceOutcome {
+            reply,
+            peers,
+            seeds,
+            swarm_size,
+            joined,
+            anomalies,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn announce_in(
+        &mut self,
+        key: &str,
+        swarm_id: &pb::SwarmId,
+        now: UnixSeconds,
+        who: &Requester<'_>,
+        (region, isp): (NameId, NameId),
+        holdings: Holdings,
+        spare: u64,
+        (entry, reachable): (Vec<u8>, bool),
+        announce: &pb::Announce,
+    ) -> Result<(Vec<u8>, u32, u32, u32, bool), CoreError> {
+        if !self.swarms.contains_key(key) {
+            if self.swarms.len() >= self.config.max_swarms {
+                return Err(CoreError::TooManySwarms);
+            }
+            if self.total_peers >= self.config.max_total_peers {
+                return Err(CoreError::SwarmFull);
+            }
+            self.swarms.insert(
+                key.to_owned(),
+                Swarm {
+                    title: swarm_id.title.as_str().into(),
+                    rendition: swarm_id.rendition.as_str().into(),
+                    ..Swarm::default()
+                },
+            );
+        }
+        let Some(swarm) = self.swarms.get_mut(key) else {
+            return Err(CoreError::InvalidSwarm);
+        };
+        let (me, joined) = match swarm.index.get(who.key).copied() {
+            Some(i) => {
+                let peer = &mut swarm.peers[i as usize];
+                if peer.region != region || peer.isp != isp {
+                    // Locality changed (new token): re-file the peer.
+                    swarm.remove_at(i);
+                    let i = swarm.insert(new_peer(who.key, region, isp));
+                    (i, false)
+                } else {
+                    (i, false)
+                }
+            }
+            None => {
+                if swarm.peers.len() >= self.config.max_peers_per_swarm
+                    || self.total_peers >= self.config.max_total_peers
+                {
+                    if swarm.peers.is_empty() && swarm.seeds.is_empty() {
+                        self.swarms.remove(key);
+                    }
+                    return Err(CoreError::SwarmFull);
+                }
+                self.total_peers += 1;
+                (swarm.insert(new_peer(who.key, region, isp)), true)
+            }
+        };
+        let peer = &mut swarm.peers[me as usize];
+        peer.holdings = holdings;
+        peer.spare_upload_bps = spare;
+        peer.reachable = reachable;
+        peer.last_seen = now;
+        peer.entry = entry;
+
+        let requested = match announce.max_peers {
+            0 => self.config.default_peers_per_reply,
+            n => n as usize,
+        };
+        let want = requested.min(self.config.max_peers_per_reply);
+        let context = Choice {
+            me,
+            region,
+            isp,
+            next_sequence: announce.next_sequence,
+            now,
+            ttl: self.config.peer_ttl_s,
+            lookahead: self.config.lookahead_segments,
+            cap: want.saturating_mul(self.config.candidates_per_slot).max(8),
+            want,
+            diversity: self.config.diversity_peers.min(want / 3),
+        };
+        let swarm = &self.swarms[key];
+        let mut reply = Vec::with_capacity(want * 96 + 64);
+        let peers = choose_peers(swarm, &context, &mut self.rng, &mut self.scratch, &mut reply);
+        let seeds = self.add_seeds(swarm, &context, &mut reply);
+        wire::put_u64_field(
+            &mut reply,
+            wire::REPLY_INTERVAL,
+            u64::from(self.config.announce_interval_s),
+        );
+        let swarm_size = swarm.peers.len() as u32;
+        wire::put_u64_field(&mut reply, wire::REPLY_SWARM_SIZE, u64::from(swarm_size));
+        Ok((reply, peers, seeds, swarm_size, joined))
+    }
+
+    fn add_seeds(&self, swarm: &Swarm, context: &Choice, reply: &mut Vec<u8>) -> u32 {
+        let mut live: Vec<(u8, &Seed)> = swarm
+            .seeds
+            .iter()
+            .filter_map(|key| self.seeds.get(key))
+            .filter(|seed| seed.last_seen.0.saturating_add(self.config.seed_ttl_s) >= context.now.0)
+            .map(|seed| (context.class(seed.region, seed.isp), seed))
+            .collect();
+        live.sort_by_key(|(class, _)| *class);
+        let mut added = 0;
+        for (_, seed) in live.into_iter().take(self.config.max_seeds_per_reply) {
+            wire::put_always_bytes_field(reply, wire::REPLY_SEEDS, &seed.entry);
+            added += 1;
+        }
+        added
+    }
+
+    /// Removes the requester from one swarm. Returns whether it was there.
+    pub fn stop(&mut self, key: &PeerKey, swarm_id: &pb::SwarmId) -> bool {
+        let mut name = std::mem::take(&mut self.scratch.swarm_key);
+        swarm_key(&mut name, &swarm_id.title, &swarm_id.rendition);
+        let mut removed = false;
+        if let Some(swarm) = self.swarms.get_mut(&name)
+            && let Some(i) = swarm.index.get(key).copied()
+        {
+            swarm.remove_at(i);
+            self.total_peers -= 1;
+            removed = true;
+            if swarm.peers.is_empty() && swarm.seeds.is_empty() {
+                self.swarms.remove(&name);
+            }
+        }
+        self.scratch.swarm_key = name;
+        removed
+    }
+
+    /// Registers (or refreshes) a seed for the given swarms, replacing its
+    /// previous set. The caller has checked the seed's credential covers
+    /// every title. Returns how many swarms the seed is now in.
+    pub fn register_seed(
+        &mut self,
+        now: UnixSeconds,
+        who: &Requester<'_>,
+        registration: &pb::SeedRegistration,
+    ) -> Result<usize, CoreError> {
+        if registration.swarms.len() > self.config.max_swarms_per_seed {
+            return Err(CoreError::TooManySwarms);
+        }
+        for id in &registration.swarms {
+            self.check_swarm_id(Some(id))?;
+        }
+        if !self.seeds.contains_key(who.key) && self.seeds.len() >= self.config.max_seeds {
+            return Err(CoreError::TooManySeeds);
+        }
+        let mut wanted: Vec<String> = registration
+            .swarms
+            .iter()
+            .map(|id| {
+                let mut key = String::new();
+                swarm_key(&mut key, &id.title, &id.rendition);
+                key
+            })
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let new_swarms = wanted.iter().filter(|k| !self.swarms.contains_key(*k)).count();
+        if self.swarms.len() + new_swarms > self.config.max_swarms {
+            return Err(CoreError::TooManySwarms);
+        }
+        // Leave the swarms no longer listed.
+        if let Some(previous) = self.seeds.remove(who.key) {
+            for key in previous.swarms {
+                if wanted.binary_search(&key).is_err() {
+                    self.detach_seed(&key, who.key);
+                }
+            }
+        }
+        let mut capacity = registration.upload_capacity_bps.min(self.config.max_upload_bps);
+        capacity = capacity.max(registration.upload_in_use_bps.min(capacity));
+        let spare = capacity - registration.upload_in_use_bps.min(capacity);
+        let addresses = valid_addresses(&registration.addresses, self.config.max_addresses);
+        let region = self.names.intern(who.region);
+        let isp = self.names.intern(who.isp);
+        let entry = wire::encode_peer_entry(&PeerEntryFields {
+            key: who.key,
+            addresses: &addresses,
+            region: self.names.name(region),
+            isp: self.names.name(isp),
+            holdings: &Holdings::Nothing,
+            spare_upload_bps: spare,
+            is_seed: true,
+        });
+        for (key, id) in wanted.iter().zip(sorted_ids(&registration.swarms)) {
+            let swarm = self.swarms.entry(key.clone()).or_insert_with(|| Swarm {
+                title: id.title.as_str().into(),
+                rendition: id.rendition.as_str().into(),
+                ..Swarm::default()
+            });
+            if !swarm.seeds.contains(who.key) {
+                swarm.seeds.push(*who.key);
+            }
+        }
+        let count = wanted.len();
+        self.seeds.insert(
+            *who.key,
+            Seed {
+                region,
+                isp,
+                last_seen: now,
+                entry,
+                swarms: wanted,
+            },
+        );
+        Ok(count)
+    }
+
+    fn detach_seed(&mut self, swarm: &str, seed: &PeerKey) {
+        if let Some(s) = self.swarms.get_mut(swarm) {
+            s.seeds.retain(|k| k != seed);
+            if s.peers.is_empty() && s.seeds.is_empty() {
+                self.swarms.remove(swarm);
+            }
+        }
+    }
+
+    /// Removes peers silent for more than `peer_ttl_s`, seeds silent for more
+    /// than `seed_ttl_s`, and swarms left empty. O(peers): call every few
+    /// seconds.
+    pub fn expire(&mut self, now: UnixSeconds) -> ExpiryReport {
+        let mut report = ExpiryReport::default();
+        let seed_ttl = self.config.seed_ttl_s;
+        let dead_seeds: Vec<PeerKey> = self
+            .seeds
+            .iter()
+            .filter(|(_, s)| s.last_seen.0.saturating_add(seed_ttl) < now.0)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in dead_seeds {
+            if let Some(seed) = self.seeds.remove(&key) {
+                report.seeds += 1;
+                for swarm in seed.swarms {
+                    if let Some(s) = self.swarms.get_mut(&swarm) {
+                        s.seeds.retain(|k| *k != key);
+                    }
+                }
+            }
+        }
+        let ttl = self.config.peer_ttl_s;
+        for swarm in self.swarms.values_mut() {
+            let mut i = 0;
+            while i < swarm.peers.len() {
+                if swarm.peers[i].last_seen.0.saturating_add(ttl) < now.0 {
+                    // swap_remove brings an unchecked peer to `i`: re-check it.
+                    swarm.remove_at(i as u32);
+                    report.peers += 1;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.total_peers -= report.peers;
+        let before = self.swarms.len();
+        self.swarms
+            .retain(|_, s| !s.peers.is_empty() || !s.seeds.is_empty());
+        report.swarms = before - self.swarms.len();
+        report
+    }
+
+    /// Checks every internal invariant (see the module docs); for tests and
+    /// fuzzing. Returns a description of the first violation.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut total = 0;
+        for (name, swarm) in &self.swarms {
+            if swarm.peers.is_empty() && swarm.seeds.is_empty() {
+                return Err(format!("empty swarm {name:?} kept"));
+            }
+            if swarm.index.len() != swarm.peers.len() {
+                return Err(format!("{name:?}: index size differs"));
+            }
+            total += swarm.peers.len();
+            for (i, peer) in swarm.peers.iter().enumerate() {
+                if swarm.index.get(&peer.key) != Some(&(i as u32)) {
+                    return Err(format!("{name:?}: index of peer {i} wrong"));
+                }
+                for (known_id, groups, pos) in [
+                    (peer.isp, &swarm.by_isp, peer.isp_pos),
+                    (peer.region, &swarm.by_region, peer.region_pos),
+                ] {
+                    if known(known_id)
+                        && groups.get(&known_id).and_then(|g| g.get(pos as usize))
+                            != Some(&(i as u32))
+                    {
+                        return Err(format!("{name:?}: group back-pointer of peer {i} wrong"));
+                    }
+                }
+            }
+            for groups in [&swarm.by_isp, &swarm.by_region] {
+                let members: usize = groups.values().map(Vec::len).sum();
+                let expected = swarm
+                    .peers
+                    .iter()
+                    .filter(|p| {
+                        known(if std::ptr::eq(groups, &swarm.by_isp) {
+                            p.isp
+                        } else {
+                            p.region
+                        })
+                    })
+                    .count();
+                if members != expected || groups.values().any(Vec::is_empty) {
+                    return Err(format!("{name:?}: group sizes wrong"));
+                }
+            }
+            if swarm.peers.len() > self.config.max_peers_per_swarm {
+                return Err(format!("{name:?}: over max_peers_per_swarm"));
+            }
+        }
+        if total != self.total_peers || total > self.config.max_total_peers {
+            return Err(format!("total peers {total} vs {}", self.total_peers));
+        }
+        if self.swarms.len() > self.config.max_swarms {
+            return Err("over max_swarms".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Every swarm's size, largest first.
+    pub fn swarm_sizes(&self) -> Vec<SwarmSize> {
+        let mut sizes: Vec<SwarmSize> = self
+            .swarms
+            .values()
+            .map(|s| SwarmSize {
+                title: s.title.to_string(),
+                rendition: s.rendition.to_string(),
+                peers: s.peers.len(),
+                seeds: s.seeds.len(),
+                spare_upload_bps: s
+                    .peers
+                    .iter()
+                    .fold(0u64, |sum, p| sum.saturating_add(p.spare_upload_bps)),
+            })
+            .collect();
+        sizes.sort_by(|a, b| {
+            b.peers
+                .cmp(&a.peers)
+                .then_with(|| a.title.cmp(&b.title))
+                .then_with(|| a.rendition.cmp(&b.rendition))
+        });
+        sizes
+    }
+}
+
+fn sorted_ids(ids: &[pb::SwarmId]) -> Vec<&pb::SwarmId> {
+    let mut sorted: Vec<(String, &pb::SwarmId)> = ids
+        .iter()
+        .map(|id| {
+            let mut key = String::new();
+            swarm_key(&mut key, &id.title, &id.rendition);
+            (key, id)
+        })
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    sorted.dedup_by(|a, b| a.0 == b.0);
+    sorted.into_iter().map(|(_, id)| id).collect()
+}
+
+fn new_peer(key: &PeerKey, region: NameId, isp: NameId) -> Peer {
+    Peer {
+        key: *key,
+        region,
+        isp,
+        holdings: Holdings::Nothing,
+        spare_upload_bps: 0,
+        reachable: false,
+        last_seen: UnixSeconds(0),
+        entry: Vec::new(),
+        isp_pos: 0,
+        region_pos: 0,
+    }
+}
+
+/// Keeps the addresses that parse as `ip:port` with a usable IP and port.
+fn valid_addresses(addresses: &[String], max: usize) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for address in addresses {
+        if kept.len() >= max {
+            break;
+        }
+        let ok = address.len() <= 64
+            && address
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast());
+        if ok && !kept.contains(address) {
+            kept.push(address.clone());
+        }
+    }
+    kept
+}
+
+/// Everything a peer choice depends on.
+#[derive(Debug)]
+struct Choice {
+    me: u32,
+    region: NameId,
+    isp: NameId,
+    next_sequence: u64,
+    now: UnixSeconds,
+    ttl: u64,
+    lookahead: u64,
+    /// Candidates examined per class.
+    cap: usize,
+    want: usize,
+    diversity: usize,
+}
+
+impl Choice {
+    /// 0 = same ISP, 1 = same region, 2 = elsewhere or unknown.
+    fn class(&self, region: NameId, isp: NameId) -> u8 {
+        if known(self.isp) && isp == self.isp {
+            0
+        } else if known(self.region) && region == self.region {
+            1
+        } else {
+            2
+        }
+    }
+
+    fn eligible(&self, index: u32, peer: &Peer) -> bool {
+        index != self.me && peer.reachable && peer.last_seen.0.saturating_add(self.ttl) >= self.now.0
+    }
+
+    /// Higher is better: segments held just ahead of the requester's
+    /// playhead first, then (same ISP class only) same region, then spare
+    /// upload on a log scale, then a random tie-break so equally good peers
+    /// share the load.
+    fn score(&self, peer: &Peer, rng: &mut SplitMix64) -> u64 {
+        let held = peer.holdings.count_held(self.next_sequence, self.lookahead).min(15);
+        let same_region = u64::from(known(self.region) && peer.region == self.region);
+        let spare_log = u64::from(64 - peer.spare_upload_bps.leading_zeros());
+        (held << 56) | (same_region << 55) | (spare_log << 48) | (rng.next_u64() >> 16)
+    }
+}
+
+/// Scores up to `cap` eligible candidates of `group` (starting at a random
+/// offset, wrapping) whose class is `class`, into `out`.
+#[allow(clippy::too_many_arguments)]
+fn collect(
+    swarm: &Swarm,
+    group: &[u32],
+    class: u8,
+    context: &Choice,
+    scan_limit: usize,
+    rng: &mut SplitMix64,
+    out: &mut Vec<(u64, u32)>,
+) {
+    out.clear();
+    let n = group.len();
+    if n == 0 {
+        return;
+    }
+    let start = rng.below(n);
+    for step in 0..n.min(scan_limit) {
+        let index = group[(start + step) % n];
+        let peer = &swarm.peers[index as usize];
+        if context.eligible(index, peer) && context.class(peer.region, peer.isp) == class {
+            out.push((context.score(peer, rng), index));
+            if out.len() >= context.cap {
+                break;
+            }
+        }
+    }
+    out.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+}
+
+/// Appends the chosen peers' entries to `reply`; returns how many.
+fn choose_peers(
+    swarm: &Swarm,
+    context: &Choice,
+    rng: &mut SplitMix64,
+    scratch: &mut Scratch,
+    reply: &mut Vec<u8>,
+) -> u32 {
+    let want = context.want;
+    if want == 0 {
+        return 0;
+    }
+    let empty: Vec<u32> = Vec::new();
+    let isp_group = if known(context.isp) {
+        swarm.by_isp.get(&context.isp).unwrap_or(&empty)
+    } else {
+        &empty
+    };
+    let region_group = if known(context.region) {
+        swarm.by_region.get(&context.region).unwrap_or(&empty)
+    } else {
+        &empty
+    };
+    collect(swarm, isp_group, 0, context, context.cap * 2, rng, &mut scratch.class_a);
+    collect(swarm, region_group, 1, context, context.cap * 4, rng, &mut scratch.class_b);
+    // Class 2 has no index of its own: sample the whole swarm.
+    collect_all(swarm, context, context.cap * 4, rng, &mut scratch.class_c);
+
+    let (na, nb, nc) = (
+        scratch.class_a.len(),
+        scratch.class_b.len(),
+        scratch.class_c.len(),
+    );
+    let c_reserved = nc.min(context.diversity);
+    let mut a = na.min(want - c_reserved);
+    let mut b = nb.min(want - c_reserved - a);
+    let c = nc.min(want - a - b);
+    // Not enough elsewhere: give the slots back to nearer peers.
+    a = na.min(want - b - c);
+    b = nb.min(want - a - c);
+    let mut added = 0;
+    for (_, index) in scratch.class_a[..a]
+        .iter()
+        .chain(&scratch.class_b[..b])
+        .chain(&scratch.class_c[..c])
+    {
+        wire::put_always_bytes_field(reply, wire::REPLY_PEERS, &swarm.peers[*index as usize].entry);
+        added += 1;
+    }
+    added
+}
+
+fn collect_all(
+    swarm: &Swarm,
+    context: &Choice,
+    scan_limit: usize,
+    rng: &mut SplitMix64,
+    out: &mut Vec<(u64, u32)>,
+) {
+    out.clear();
+    let n = swarm.peers.len();
+    if n == 0 {
+        return;
+    }
+    let start = rng.below(n);
+    for step in 0..n.min(scan_limit) {
+        let index = ((start + step) % n) as u32;
+        let peer = &swarm.peers[index as usize];
+        if context.eligible(index, peer) && context.class(peer.region, peer.isp) == 2 {
+            out.push((context.score(peer, rng), index));
+            if out.len() >= context.cap {
+                break;
+            }
+        }
+    }
+    out.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+}

@@ -1,0 +1,161 @@
+//! Hand-rolled protobuf encoding of the hot reply path.
+//!
+//! Every announce reply repeats the entries of other peers. Building
+//! `pb::PeerEntry` structs for each (strings, vectors) would dominate the
+//! cost of an announce, so each peer's entry is encoded once, when it
+//! announces, and replies are assembled by copying those bytes. The output is
+//! ordinary protobuf: the tests decode it with `prost` and compare.
+
+use loaves_proto::pb;
+
+const WIRE_VARINT: u8 = 0;
+const WIRE_LEN: u8 = 2;
+
+/// Bytes a varint takes.
+pub(crate) fn varint_len(value: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+}
+
+pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        buf.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    buf.push(value as u8);
+}
+
+fn put_key(buf: &mut Vec<u8>, field: u32, wire_type: u8) {
+    put_varint(buf, (u64::from(field) << 3) | u64::from(wire_type));
+}
+
+/// A varint field; omitted when zero (proto3 default).
+pub(crate) fn put_u64_field(buf: &mut Vec<u8>, field: u32, value: u64) {
+    if value != 0 {
+        put_key(buf, field, WIRE_VARINT);
+        put_varint(buf, value);
+    }
+}
+
+/// A bool field; omitted when false.
+pub(crate) fn put_bool_field(buf: &mut Vec<u8>, field: u32, value: bool) {
+    put_u64_field(buf, field, u64::from(value));
+}
+
+/// A bytes / string field; omitted when empty.
+pub(crate) fn put_bytes_field(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
+    if !value.is_empty() {
+        put_always_bytes_field(buf, field, value);
+    }
+}
+
+/// A bytes field written even when empty (repeated elements, sub-messages).
+pub(crate) fn put_always_bytes_field(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
+    put_key(buf, field, WIRE_LEN);
+    put_varint(buf, value.len() as u64);
+    buf.extend_from_slice(value);
+}
+
+/// The key and length of an embedded message whose body follows.
+pub(crate) fn put_message_header(buf: &mut Vec<u8>, field: u32, body_len: usize) {
+    put_key(buf, field, WIRE_LEN);
+    put_varint(buf, body_len as u64);
+}
+
+/// The body of a `pb::PeerEntry`.
+pub(crate) struct PeerEntryFields<'a> {
+    pub key: &'a [u8; 32],
+    pub addresses: &'a [String],
+    pub region: &'a str,
+    pub isp: &'a str,
+    pub holdings: &'a crate::holdings::Holdings,
+    pub spare_upload_bps: u64,
+    pub is_seed: bool,
+}
+
+/// Encodes a `pb::PeerEntry` body.
+pub(crate) fn encode_peer_entry(fields: &PeerEntryFields<'_>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 + fields.addresses.iter().map(|a| a.len() + 2).sum::<usize>());
+    put_bytes_field(&mut buf, 1, fields.key);
+    for address in fields.addresses {
+        put_always_bytes_field(&mut buf, 2, address.as_bytes());
+    }
+    put_bytes_field(&mut buf, 3, fields.region.as_bytes());
+    put_bytes_field(&mut buf, 4, fields.isp.as_bytes());
+    if !matches!(fields.holdings, crate::holdings::Holdings::Nothing) {
+        let mut body = Vec::new();
+        fields.holdings.encode_body(&mut body);
+        put_always_bytes_field(&mut buf, 5, &body);
+    }
+    put_u64_field(&mut buf, 6, fields.spare_upload_bps);
+    put_bool_field(&mut buf, 7, fields.is_seed);
+    buf
+}
+
+/// Field numbers of `pb::AnnounceReply`.
+pub(crate) const REPLY_PEERS: u32 = 1;
+pub(crate) const REPLY_SEEDS: u32 = 2;
+pub(crate) const REPLY_INTERVAL: u32 = 3;
+pub(crate) const REPLY_SWARM_SIZE: u32 = 4;
+
+/// Wraps an encoded `pb::AnnounceReply` body as an encoded
+/// `pb::TrackerResponse { kind: announce }`.
+pub fn announce_response(reply_body: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(reply_body.len() + 6);
+    put_always_bytes_field(&mut buf, 2, reply_body);
+    buf
+}
+
+/// Decodes an encoded announce reply body (for tests and clients).
+pub fn decode_reply(body: &[u8]) -> Result<pb::AnnounceReply, prost::DecodeError> {
+    prost::Message::decode(body)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn varint_lengths() {
+        for value in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+            let mut buf = Vec::new();
+            put_varint(&mut buf, value);
+            assert_eq!(buf.len(), varint_len(value), "{value}");
+            assert_eq!(prost::encoding::encoded_len_varint(value), buf.len());
+        }
+    }
+
+    #[test]
+    fn peer_entry_matches_prost() {
+        let holdings = crate::holdings::Holdings::Live { first: 5, last: 9 };
+        let addresses = vec!["127.0.0.1:5000".to_owned(), "[::1]:5000".to_owned()];
+        let ours = encode_peer_entry(&PeerEntryFields {
+            key: &[9; 32],
+            addresses: &addresses,
+            region: "eu-west",
+            isp: "",
+            holdings: &holdings,
+            spare_upload_bps: 1234,
+            is_seed: true,
+        });
+        let expected = pb::PeerEntry {
+            peer_public_key: vec![9; 32],
+            addresses,
+            region: "eu-west".into(),
+            isp: String::new(),
+            holdings: Some(pb::Holdings {
+                kind: Some(pb::holdings::Kind::LiveWindow(pb::LiveWindow {
+                    first_sequence: 5,
+                    last_sequence: 9,
+                })),
+            }),
+            spare_upload_bps: 1234,
+            is_seed: true,
+        };
+        assert_eq!(ours, expected.encode_to_vec());
+        let response = pb::TrackerResponse::decode(announce_response(&[]).as_slice()).unwrap();
+        assert!(matches!(response.kind, Some(pb::tracker_response::Kind::Announce(_))));
+    }
+}
