@@ -17,6 +17,7 @@
 //! Time is always an input ([`UnixSeconds`]): nothing here reads a clock, so
 //! callers (and the simulator) decide what "now" is.
 
+pub mod entitlement;
 pub mod framing;
 #[cfg(feature = "quic")]
 pub mod identity;
