@@ -25,7 +25,8 @@ pub enum Holdings {
 }
 
 /// Bounds applied when parsing holdings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HoldingsLimits {
     /// Largest bitmap accepted, in bytes (8 sequences per byte).
     pub max_bitmap_bytes: usize,
@@ -201,8 +202,11 @@ mod tests {
 
     #[test]
     fn bitmap_counts() {
-        let h = Holdings::parse(Some(&bitmap(100, vec![0b0000_0101, 0x01])), &Default::default())
-            .unwrap();
+        let h = Holdings::parse(
+            Some(&bitmap(100, vec![0b0000_0101, 0x01])),
+            &Default::default(),
+        )
+        .unwrap();
         assert!(h.holds(100) && !h.holds(101) && h.holds(102) && h.holds(108));
         assert!(!h.holds(99) && !h.holds(u64::MAX));
         assert_eq!(h.count_held(100, 4), 2);
@@ -235,7 +239,12 @@ mod tests {
 
     #[test]
     fn manual_encoding_matches_prost() {
-        for wire in [live(0, 0), live(1 << 40, (1 << 40) + 99), bitmap(0, vec![]), bitmap(7, vec![1, 2, 3])] {
+        for wire in [
+            live(0, 0),
+            live(1 << 40, (1 << 40) + 99),
+            bitmap(0, vec![]),
+            bitmap(7, vec![1, 2, 3]),
+        ] {
             let parsed = Holdings::parse(Some(&wire), &Default::default()).unwrap();
             let mut ours = Vec::new();
             parsed.encode_body(&mut ours);

@@ -8,8 +8,14 @@
 //! - [`http`]: `/metrics`, `/healthz`, `/dashboard` and its JSON.
 //! - [`config`]: the service configuration (TOML + environment + flags).
 
+pub mod client;
+pub mod config;
+pub mod credential;
 pub mod holdings;
+pub mod http;
+pub mod metrics;
 pub mod rng;
+pub mod server;
 pub mod stats;
 pub mod swarm;
 pub mod wire;

@@ -26,7 +26,8 @@ use loaves_proto::{UnixSeconds, pb};
 use serde::Serialize;
 
 /// Bounds on what one report may claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StatsLimits {
     /// Highest plausible download rate of one viewer, bytes per second.
     pub max_download_bytes_per_s: u64,
@@ -96,7 +97,9 @@ impl Counters {
         self.bytes_from_cdn = self.bytes_from_cdn.saturating_add(other.bytes_from_cdn);
         self.bytes_uploaded = self.bytes_uploaded.saturating_add(other.bytes_uploaded);
         self.bytes_cross_isp = self.bytes_cross_isp.saturating_add(other.bytes_cross_isp);
-        self.bytes_cross_region = self.bytes_cross_region.saturating_add(other.bytes_cross_region);
+        self.bytes_cross_region = self
+            .bytes_cross_region
+            .saturating_add(other.bytes_cross_region);
         self.rebuffer_ms = self.rebuffer_ms.saturating_add(other.rebuffer_ms);
         self.rebuffer_count = self.rebuffer_count.saturating_add(other.rebuffer_count);
         self.startup_ms_sum = self.startup_ms_sum.saturating_add(other.startup_ms_sum);
@@ -137,11 +140,7 @@ impl ClampReport {
 
 /// The window a report covers: seconds since the previous report on the
 /// connection, or the first-report allowance; at least 1, at most the cap.
-pub fn report_window(
-    previous: Option<UnixSeconds>,
-    now: UnixSeconds,
-    limits: &StatsLimits,
-) -> u64 {
+pub fn report_window(previous: Option<UnixSeconds>, now: UnixSeconds, limits: &StatsLimits) -> u64 {
     let window = match previous {
         Some(previous) => now.0.saturating_sub(previous.0),
         None => limits.first_report_window_s,
@@ -150,7 +149,11 @@ pub fn report_window(
 }
 
 /// Clamps one report (see the module docs for the rules).
-pub fn clamp(delta: &pb::StatsDelta, window_s: u64, limits: &StatsLimits) -> (Counters, ClampReport) {
+pub fn clamp(
+    delta: &pb::StatsDelta,
+    window_s: u64,
+    limits: &StatsLimits,
+) -> (Counters, ClampReport) {
     let mut report = ClampReport::default();
     let mut out = Counters {
         bytes_from_peers: delta.bytes_from_peers,
@@ -166,9 +169,7 @@ pub fn clamp(delta: &pb::StatsDelta, window_s: u64, limits: &StatsLimits) -> (Co
         played_ms: delta.played_ms,
     };
     let download_budget = limits.max_download_bytes_per_s.saturating_mul(window_s);
-    if out.bytes_downloaded() > download_budget
-        || out.bytes_downloaded() == u64::MAX
-    {
+    if out.bytes_downloaded() > download_budget || out.bytes_downloaded() == u64::MAX {
         out.bytes_from_peers = 0;
         out.bytes_from_seeds = 0;
         out.bytes_from_cdn = 0;
@@ -255,9 +256,7 @@ impl StatsBook {
     fn label(&self, value: &str) -> String {
         if value.is_empty() {
             UNKNOWN.to_owned()
-        } else if value.len() > self.limits.max_label_len
-            || value.chars().any(|c| c.is_control())
-        {
+        } else if value.len() > self.limits.max_label_len || value.chars().any(|c| c.is_control()) {
             OTHER.to_owned()
         } else {
             value.to_owned()
@@ -272,7 +271,8 @@ impl StatsBook {
             region: self.label(region),
             isp: self.label(isp),
         };
-        if self.by_labels.contains_key(&labels) || self.by_labels.len() < self.limits.max_label_sets {
+        if self.by_labels.contains_key(&labels) || self.by_labels.len() < self.limits.max_label_sets
+        {
             labels
         } else {
             Labels {
@@ -413,10 +413,22 @@ mod tests {
     fn windows() {
         let limits = StatsLimits::default();
         assert_eq!(report_window(None, UnixSeconds(100), &limits), 120);
-        assert_eq!(report_window(Some(UnixSeconds(90)), UnixSeconds(100), &limits), 10);
-        assert_eq!(report_window(Some(UnixSeconds(100)), UnixSeconds(100), &limits), 1);
-        assert_eq!(report_window(Some(UnixSeconds(200)), UnixSeconds(100), &limits), 1);
-        assert_eq!(report_window(Some(UnixSeconds(0)), UnixSeconds(100_000), &limits), 600);
+        assert_eq!(
+            report_window(Some(UnixSeconds(90)), UnixSeconds(100), &limits),
+            10
+        );
+        assert_eq!(
+            report_window(Some(UnixSeconds(100)), UnixSeconds(100), &limits),
+            1
+        );
+        assert_eq!(
+            report_window(Some(UnixSeconds(200)), UnixSeconds(100), &limits),
+            1
+        );
+        assert_eq!(
+            report_window(Some(UnixSeconds(0)), UnixSeconds(100_000), &limits),
+            600
+        );
     }
 
     #[test]

@@ -37,7 +37,8 @@ use crate::wire::{self, PeerEntryFields};
 pub type PeerKey = [u8; 32];
 
 /// Tunables of the swarm book. `Default` gives values that run as they are.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SwarmConfig {
     /// Seconds a silent peer stays listed.
     pub peer_ttl_s: u64,
@@ -164,7 +165,7 @@ pub struct AnnounceOutcome {
 }
 
 /// Size of one swarm, for metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SwarmSize {
     /// Title.
     pub title: String,
@@ -286,24 +287,38 @@ impl Swarm {
         let Some(peer) = self.peers.get(i) else {
             return;
         };
-        let (key, isp, isp_pos, region, region_pos) =
-            (peer.key, peer.isp, peer.isp_pos, peer.region, peer.region_pos);
+        let (key, isp, isp_pos, region, region_pos) = (
+            peer.key,
+            peer.isp,
+            peer.isp_pos,
+            peer.region,
+            peer.region_pos,
+        );
         if known(isp) {
             remove_from_group(&mut self.by_isp, isp, isp_pos, &mut self.peers, |p| {
                 &mut p.isp_pos
             });
         }
         if known(region) {
-            remove_from_group(&mut self.by_region, region, region_pos, &mut self.peers, |p| {
-                &mut p.region_pos
-            });
+            remove_from_group(
+                &mut self.by_region,
+                region,
+                region_pos,
+                &mut self.peers,
+                |p| &mut p.region_pos,
+            );
         }
         self.index.remove(&key);
         self.peers.swap_remove(i);
         if let Some(moved) = self.peers.get(i) {
             // The former last peer now lives at `i`: repoint its references.
-            let (moved_key, moved_isp, moved_isp_pos, moved_region, moved_region_pos) =
-                (moved.key, moved.isp, moved.isp_pos, moved.region, moved.region_pos);
+            let (moved_key, moved_isp, moved_isp_pos, moved_region, moved_region_pos) = (
+                moved.key,
+                moved.isp,
+                moved.isp_pos,
+                moved.region,
+                moved.region_pos,
+            );
             self.index.insert(moved_key, index);
             if known(moved_isp)
                 && let Some(slot) = self
@@ -584,7 +599,13 @@ impl SwarmBook {
         };
         let swarm = &self.swarms[key];
         let mut reply = Vec::with_capacity(want * 96 + 64);
-        let peers = choose_peers(swarm, &context, &mut self.rng, &mut self.scratch, &mut reply);
+        let peers = choose_peers(
+            swarm,
+            &context,
+            &mut self.rng,
+            &mut self.scratch,
+            &mut reply,
+        );
         let seeds = self.add_seeds(swarm, &context, &mut reply);
         wire::put_u64_field(
             &mut reply,
@@ -661,7 +682,10 @@ impl SwarmBook {
             .collect();
         wanted.sort();
         wanted.dedup();
-        let new_swarms = wanted.iter().filter(|k| !self.swarms.contains_key(*k)).count();
+        let new_swarms = wanted
+            .iter()
+            .filter(|k| !self.swarms.contains_key(*k))
+            .count();
         if self.swarms.len() + new_swarms > self.config.max_swarms {
             return Err(CoreError::TooManySwarms);
         }
@@ -673,7 +697,9 @@ impl SwarmBook {
                 }
             }
         }
-        let mut capacity = registration.upload_capacity_bps.min(self.config.max_upload_bps);
+        let mut capacity = registration
+            .upload_capacity_bps
+            .min(self.config.max_upload_bps);
         capacity = capacity.max(registration.upload_in_use_bps.min(capacity));
         let spare = capacity - registration.upload_in_use_bps.min(capacity);
         let addresses = valid_addresses(&registration.addresses, self.config.max_addresses);
@@ -925,7 +951,9 @@ impl Choice {
     }
 
     fn eligible(&self, index: u32, peer: &Peer) -> bool {
-        index != self.me && peer.reachable && peer.last_seen.0.saturating_add(self.ttl) >= self.now.0
+        index != self.me
+            && peer.reachable
+            && peer.last_seen.0.saturating_add(self.ttl) >= self.now.0
     }
 
     /// Higher is better: segments held just ahead of the requester's
@@ -933,7 +961,10 @@ impl Choice {
     /// upload on a log scale, then a random tie-break so equally good peers
     /// share the load.
     fn score(&self, peer: &Peer, rng: &mut SplitMix64) -> u64 {
-        let held = peer.holdings.count_held(self.next_sequence, self.lookahead).min(15);
+        let held = peer
+            .holdings
+            .count_held(self.next_sequence, self.lookahead)
+            .min(15);
         let same_region = u64::from(known(self.region) && peer.region == self.region);
         let spare_log = u64::from(64 - peer.spare_upload_bps.leading_zeros());
         (held << 56) | (same_region << 55) | (spare_log << 48) | (rng.next_u64() >> 16)
@@ -968,7 +999,7 @@ fn collect(
             }
         }
     }
-    out.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    out.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
 }
 
 /// Appends the chosen peers' entries to `reply`; returns how many.
@@ -994,8 +1025,24 @@ fn choose_peers(
     } else {
         &empty
     };
-    collect(swarm, isp_group, 0, context, context.cap * 2, rng, &mut scratch.class_a);
-    collect(swarm, region_group, 1, context, context.cap * 4, rng, &mut scratch.class_b);
+    collect(
+        swarm,
+        isp_group,
+        0,
+        context,
+        context.cap * 2,
+        rng,
+        &mut scratch.class_a,
+    );
+    collect(
+        swarm,
+        region_group,
+        1,
+        context,
+        context.cap * 4,
+        rng,
+        &mut scratch.class_b,
+    );
     // Class 2 has no index of its own: sample the whole swarm.
     collect_all(swarm, context, context.cap * 4, rng, &mut scratch.class_c);
 
@@ -1017,7 +1064,11 @@ fn choose_peers(
         .chain(&scratch.class_b[..b])
         .chain(&scratch.class_c[..c])
     {
-        wire::put_always_bytes_field(reply, wire::REPLY_PEERS, &swarm.peers[*index as usize].entry);
+        wire::put_always_bytes_field(
+            reply,
+            wire::REPLY_PEERS,
+            &swarm.peers[*index as usize].entry,
+        );
         added += 1;
     }
     added
@@ -1046,5 +1097,5 @@ fn collect_all(
             }
         }
     }
-    out.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    out.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
 }

@@ -14,7 +14,7 @@ const WIRE_LEN: u8 = 2;
 /// Bytes a varint takes.
 pub(crate) fn varint_len(value: u64) -> usize {
     // 1 byte per 7 bits, at least one.
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 pub(crate) fn put_varint(buf: &mut Vec<u8>, mut value: u64) {
@@ -75,7 +75,8 @@ pub(crate) struct PeerEntryFields<'a> {
 
 /// Encodes a `pb::PeerEntry` body.
 pub(crate) fn encode_peer_entry(fields: &PeerEntryFields<'_>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64 + fields.addresses.iter().map(|a| a.len() + 2).sum::<usize>());
+    let mut buf =
+        Vec::with_capacity(64 + fields.addresses.iter().map(|a| a.len() + 2).sum::<usize>());
     put_bytes_field(&mut buf, 1, fields.key);
     for address in fields.addresses {
         put_always_bytes_field(&mut buf, 2, address.as_bytes());
@@ -156,6 +157,9 @@ mod tests {
         };
         assert_eq!(ours, expected.encode_to_vec());
         let response = pb::TrackerResponse::decode(announce_response(&[]).as_slice()).unwrap();
-        assert!(matches!(response.kind, Some(pb::tracker_response::Kind::Announce(_))));
+        assert!(matches!(
+            response.kind,
+            Some(pb::tracker_response::Kind::Announce(_))
+        ));
     }
 }

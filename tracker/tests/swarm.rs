@@ -39,7 +39,11 @@ fn announce_with(
             title: "film".into(),
             rendition: "720p".into(),
         }),
-        addresses: vec![format!("10.0.{}.{}:4000", viewer.n / 250, viewer.n % 250 + 1)],
+        addresses: vec![format!(
+            "10.0.{}.{}:4000",
+            viewer.n / 250,
+            viewer.n % 250 + 1
+        )],
         holdings: None,
         next_sequence: 0,
         upload_capacity_bps: 10_000_000,
@@ -179,8 +183,10 @@ fn without_others_the_slots_go_to_nearer_peers() {
     for n in 1..=10 {
         announce(&mut book, 100, &Viewer::new(n, "eu", "a"));
     }
-    let reply = announce_with(&mut book, 100, &Viewer::new(99, "eu", "a"), |a| a.max_peers = 9)
-        .unwrap();
+    let reply = announce_with(&mut book, 100, &Viewer::new(99, "eu", "a"), |a| {
+        a.max_peers = 9
+    })
+    .unwrap();
     assert_eq!(reply.peers, 9);
 }
 
@@ -192,7 +198,12 @@ fn unknown_locality_never_matches() {
     }
     let reply = announce(&mut book, 100, &Viewer::new(9, "", ""));
     assert_eq!(reply.peers.len(), 5);
-    assert!(reply.peers.iter().all(|p| p.region.is_empty() && p.isp.is_empty()));
+    assert!(
+        reply
+            .peers
+            .iter()
+            .all(|p| p.region.is_empty() && p.isp.is_empty())
+    );
 }
 
 #[test]
@@ -243,7 +254,14 @@ fn peers_holding_the_next_segments_and_with_spare_upload_come_first() {
     assert_eq!(&numbers(&decode_reply(&reply.reply).unwrap())[..2], &[7, 8]);
 }
 
-fn register_seed(book: &mut SwarmBook, now: u64, n: u16, region: &str, isp: &str, swarms: &[(&str, &str)]) {
+fn register_seed(
+    book: &mut SwarmBook,
+    now: u64,
+    n: u16,
+    region: &str,
+    isp: &str,
+    swarms: &[(&str, &str)],
+) {
     let k = key(n);
     book.register_seed(
         UnixSeconds(now),
@@ -272,15 +290,24 @@ fn register_seed(book: &mut SwarmBook, now: u64, n: u16, region: &str, isp: &str
 fn seeds_are_always_present_and_expire() {
     let mut book = book();
     register_seed(&mut book, 100, 900, "us", "far", &[("film", "720p")]);
-    register_seed(&mut book, 100, 901, "eu", "a", &[("film", "720p"), ("film", "1080p")]);
+    register_seed(
+        &mut book,
+        100,
+        901,
+        "eu",
+        "a",
+        &[("film", "720p"), ("film", "1080p")],
+    );
     register_seed(&mut book, 100, 902, "eu", "a", &[("other", "720p")]);
     for n in 1..=50 {
         announce(&mut book, 100, &Viewer::new(n, "eu", "a"));
     }
     // Even with room for a single peer, both seeds of the swarm are listed,
     // the one in the requester's ISP first.
-    let reply = announce_with(&mut book, 101, &Viewer::new(60, "eu", "a"), |a| a.max_peers = 1)
-        .unwrap();
+    let reply = announce_with(&mut book, 101, &Viewer::new(60, "eu", "a"), |a| {
+        a.max_peers = 1
+    })
+    .unwrap();
     let reply = decode_reply(&reply.reply).unwrap();
     assert_eq!(reply.peers.len(), 1);
     let seeds: Vec<u16> = reply.seeds.iter().map(number).collect();
@@ -294,11 +321,17 @@ fn seeds_are_always_present_and_expire() {
     .unwrap();
     let reply = decode_reply(&reply.reply).unwrap();
     assert!(reply.peers.is_empty());
-    assert_eq!(reply.seeds.iter().map(number).collect::<Vec<_>>(), vec![901]);
+    assert_eq!(
+        reply.seeds.iter().map(number).collect::<Vec<_>>(),
+        vec![901]
+    );
     // Re-registering without a swarm leaves it.
     register_seed(&mut book, 150, 901, "eu", "a", &[("film", "1080p")]);
     let reply = announce(&mut book, 150, &Viewer::new(61, "eu", "a"));
-    assert_eq!(reply.seeds.iter().map(number).collect::<Vec<_>>(), vec![900]);
+    assert_eq!(
+        reply.seeds.iter().map(number).collect::<Vec<_>>(),
+        vec![900]
+    );
     // Seeds expire too (seed_ttl = 120): 900 registered at 100.
     let reply = announce(&mut book, 221, &Viewer::new(61, "eu", "a"));
     assert!(reply.seeds.is_empty());
@@ -339,9 +372,8 @@ fn memory_is_bounded_by_configured_maxima() {
     assert_eq!(err, CoreError::SwarmFull);
     // Known peers keep announcing.
     announce(&mut book, 101, &Viewer::new(2, "eu", "a"));
-    let other = |t: &'static str| {
-        move |a: &mut pb::Announce| a.swarm.as_mut().unwrap().title = t.into()
-    };
+    let other =
+        |t: &'static str| move |a: &mut pb::Announce| a.swarm.as_mut().unwrap().title = t.into();
     announce_with(&mut book, 100, &Viewer::new(5, "eu", "a"), other("b")).unwrap();
     announce_with(&mut book, 100, &Viewer::new(6, "eu", "a"), other("b")).unwrap();
     // Total of 5 reached.
@@ -396,9 +428,15 @@ fn bad_input_is_refused_or_clamped() {
     assert_eq!(outcome.anomalies.addresses_dropped, 4);
     let reply = announce(&mut book, 100, &Viewer::new(2, "eu", "a"));
     assert_eq!(reply.peers[0].spare_upload_bps, 10_000_000_000 - 5);
-    assert_eq!(reply.peers[0].addresses, vec!["10.0.0.1:4000", "[2001:db8::1]:4000"]);
+    assert_eq!(
+        reply.peers[0].addresses,
+        vec!["10.0.0.1:4000", "[2001:db8::1]:4000"]
+    );
     // A peer with no usable address is counted but never handed out.
-    announce_with(&mut book, 100, &Viewer::new(3, "eu", "a"), |a| a.addresses.clear()).unwrap();
+    announce_with(&mut book, 100, &Viewer::new(3, "eu", "a"), |a| {
+        a.addresses.clear()
+    })
+    .unwrap();
     let reply = announce(&mut book, 100, &Viewer::new(2, "eu", "a"));
     assert_eq!(numbers(&reply), vec![1]);
     assert_eq!(reply.swarm_size, 3);
@@ -426,7 +464,11 @@ fn same_seed_same_choices() {
     let run = || {
         let mut book = SwarmBook::new(SwarmConfig::default(), 7);
         for n in 1..=100 {
-            announce(&mut book, 100, &Viewer::new(n, "eu", if n % 3 == 0 { "a" } else { "b" }));
+            announce(
+                &mut book,
+                100,
+                &Viewer::new(n, "eu", if n % 3 == 0 { "a" } else { "b" }),
+            );
         }
         numbers(&announce(&mut book, 100, &Viewer::new(1, "eu", "a")))
     };
@@ -447,7 +489,9 @@ fn load_is_spread_among_equally_good_peers() {
         }
     }
     // 200 replies × 30 peers over 100 peers = 60 each on average.
-    let (min, max) = hits[1..].iter().fold((u32::MAX, 0), |(lo, hi), h| (lo.min(*h), hi.max(*h)));
+    let (min, max) = hits[1..]
+        .iter()
+        .fold((u32::MAX, 0), |(lo, hi), h| (lo.min(*h), hi.max(*h)));
     assert!(min >= 20 && max <= 120, "min {min} max {max}");
 }
 

@@ -1,0 +1,197 @@
+//! Shared helpers: a tracker on 127.0.0.1 with a test license key, viewers
+//! with real tokens and certificates, a tiny HTTP GET.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use loaves_proto::identity::PeerIdentity;
+use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
+use loaves_proto::token::SessionToken;
+use loaves_proto::{UnixSeconds, pb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracker::client::{ClientEndpoint, ClientError, TrackerConnection};
+use tracker::credential::CredentialVerifier;
+use tracker::metrics::Metrics;
+use tracker::server::{FrontEndOptions, RunningTracker, Shared};
+use tracker::stats::StatsLimits;
+use tracker::swarm::SwarmConfig;
+
+pub fn license_key() -> SigningKeyPair {
+    SigningKeyPair::from_seed(&[0x11; 32])
+}
+
+pub struct TestTracker {
+    pub running: RunningTracker,
+    pub http: SocketAddr,
+    pub client: ClientEndpoint,
+}
+
+impl TestTracker {
+    pub async fn start(options: FrontEndOptions) -> Self {
+        let keyring: Keyring = [license_key().verifying_key()].into_iter().collect();
+        let shared = Arc::new(Shared::new(
+            SwarmConfig::default(),
+            StatsLimits::default(),
+            options,
+            CredentialVerifier::new(keyring, 30),
+            None,
+            Metrics::new().unwrap(),
+            7,
+        ));
+        let identity = PeerIdentity::new(&SigningKeyPair::generate().unwrap()).unwrap();
+        let running =
+            RunningTracker::start("127.0.0.1:0".parse().unwrap(), &identity, shared.clone())
+                .unwrap();
+        let listener = tracker::http::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let http = listener.local_addr().unwrap();
+        tokio::spawn(tracker::http::serve(
+            listener,
+            shared,
+            running.shutdown_signal(),
+        ));
+        let client = ClientEndpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        Self {
+            running,
+            http,
+            client,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.quic_addr
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http, path).await
+    }
+
+    /// The value of the first metric line naming `name` and every label.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await;
+        find_metric(&body, name, labels)
+    }
+}
+
+pub fn find_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub struct Viewer {
+    pub key: SigningKeyPair,
+    pub identity: PeerIdentity,
+    pub region: String,
+    pub isp: String,
+}
+
+impl Viewer {
+    pub fn new(region: &str, isp: &str) -> Self {
+        let key = SigningKeyPair::generate().unwrap();
+        let identity = PeerIdentity::new(&key).unwrap();
+        Self {
+            key,
+            identity,
+            region: region.into(),
+            isp: isp.into(),
+        }
+    }
+
+    pub fn key_bytes(&self) -> Vec<u8> {
+        self.key.verifying_key().as_bytes().to_vec()
+    }
+
+    pub fn token(&self, title: &str, signer: &SigningKeyPair, expires_in: i64) -> Vec<u8> {
+        let now = UnixSeconds::now().0 as i64;
+        SessionToken {
+            session_id: SessionId::random().unwrap(),
+            account: "acct".into(),
+            title: title.into(),
+            renditions: vec!["720p".into(), "1080p".into()],
+            peer_key: self.key.verifying_key(),
+            region: self.region.clone(),
+            isp: self.isp.clone(),
+            not_before: UnixSeconds((now - 7200) as u64),
+            expires_at: UnixSeconds((now + expires_in) as u64),
+        }
+        .sign(signer)
+    }
+
+    pub fn hello(&self, title: &str) -> pb::TrackerHello {
+        hello_with(self.token(title, &license_key(), 600))
+    }
+
+    pub async fn connect(
+        &self,
+        tracker: &TestTracker,
+        title: &str,
+    ) -> Result<TrackerConnection, ClientError> {
+        tracker
+            .client
+            .connect(tracker.addr(), &self.identity, self.hello(title))
+            .await
+    }
+}
+
+pub fn hello_with(token: Vec<u8>) -> pb::TrackerHello {
+    pb::TrackerHello {
+        credential: Some(pb::tracker_hello::Credential::SessionToken(token)),
+    }
+}
+
+pub fn announce(title: &str, rendition: &str, port: u16) -> pb::Announce {
+    pb::Announce {
+        swarm: Some(pb::SwarmId {
+            title: title.into(),
+            rendition: rendition.into(),
+        }),
+        addresses: vec![format!("127.0.0.1:{port}")],
+        holdings: Some(pb::Holdings {
+            kind: Some(pb::holdings::Kind::LiveWindow(pb::LiveWindow {
+                first_sequence: 1,
+                last_sequence: 10,
+            })),
+        }),
+        next_sequence: 11,
+        upload_capacity_bps: 20_000_000,
+        upload_in_use_bps: 1_000_000,
+        stats: None,
+        max_peers: 0,
+    }
+}

@@ -1,0 +1,471 @@
+//! Integration over real QUIC on 127.0.0.1: tokens, certificates, announces,
+//! limits and metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use loaves_proto::keys::SigningKeyPair;
+use loaves_proto::{UnixSeconds, pb};
+use tracker::client::ClientError;
+use tracker::server::FrontEndOptions;
+
+fn refused_code(result: Result<impl std::fmt::Debug, ClientError>) -> pb::tracker_error::Code {
+    match result {
+        Err(ClientError::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_clients_announce_and_see_each_other_nearest_first() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewers = [
+        Viewer::new("eu", "isp-a"),
+        Viewer::new("eu", "isp-a"),
+        Viewer::new("eu", "isp-b"),
+        Viewer::new("us", "isp-c"),
+    ];
+    let mut connections = Vec::new();
+    for (i, viewer) in viewers.iter().enumerate() {
+        let connection = viewer.connect(&tracker, "film").await.unwrap();
+        connection
+            .announce(announce("film", "720p", 5000 + i as u16))
+            .await
+            .unwrap();
+        connections.push(connection);
+    }
+    for (i, (viewer, connection)) in viewers.iter().zip(&connections).enumerate() {
+        // Several announces on one connection, each on its own stream.
+        let reply = connection
+            .announce(announce("film", "720p", 5000 + i as u16))
+            .await
+            .unwrap();
+        assert_eq!(reply.swarm_size, 4);
+        assert_eq!(reply.peers.len(), 3);
+        assert!(
+            reply
+                .peers
+                .iter()
+                .all(|p| p.peer_public_key != viewer.key_bytes())
+        );
+        if i == 0 {
+            // The other isp-a viewer comes first, then eu, then elsewhere.
+            assert_eq!(reply.peers[0].peer_public_key, viewers[1].key_bytes());
+            assert_eq!(reply.peers[1].isp, "isp-b");
+            assert_eq!(reply.peers[2].region, "us");
+            assert_eq!(reply.peers[0].addresses, vec!["127.0.0.1:5001"]);
+        }
+    }
+    assert_eq!(
+        tracker.metric("loaves_tracker_announces_total", &[]).await,
+        Some(8.0)
+    );
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_mismatched_credentials_are_rejected() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+
+    // Signed by a key the tracker does not trust.
+    let rogue = SigningKeyPair::from_seed(&[0x66; 32]);
+    let result = tracker
+        .client
+        .connect(
+            tracker.addr(),
+            &viewer.identity,
+            hello_with(viewer.token("film", &rogue, 600)),
+        )
+        .await;
+    assert_eq!(
+        refused_code(result),
+        pb::tracker_error::Code::Unauthenticated
+    );
+
+    // A trusted token with one flipped bit in the signature.
+    let mut token = viewer.token("film", &license_key(), 600);
+    let last = token.len() - 1;
+    token[last] ^= 1;
+    let result = tracker
+        .client
+        .connect(tracker.addr(), &viewer.identity, hello_with(token))
+        .await;
+    assert_eq!(
+        refused_code(result),
+        pb::tracker_error::Code::Unauthenticated
+    );
+
+    // Expired an hour ago.
+    let result = tracker
+        .client
+        .connect(
+            tracker.addr(),
+            &viewer.identity,
+            hello_with(viewer.token("film", &license_key(), -3600)),
+        )
+        .await;
+    assert_eq!(
+        refused_code(result),
+        pb::tracker_error::Code::Unauthenticated
+    );
+
+    // A valid token for another key than the connection's certificate.
+    let thief = Viewer::new("eu", "isp-a");
+    let result = tracker
+        .client
+        .connect(tracker.addr(), &thief.identity, viewer.hello("film"))
+        .await;
+    assert_eq!(
+        refused_code(result),
+        pb::tracker_error::Code::Unauthenticated
+    );
+
+    // Garbage instead of a token.
+    let result = tracker
+        .client
+        .connect(
+            tracker.addr(),
+            &viewer.identity,
+            hello_with(vec![0xff; 100]),
+        )
+        .await;
+    assert_eq!(
+        refused_code(result),
+        pb::tracker_error::Code::Unauthenticated
+    );
+
+    for (reason, count) in [
+        ("unknown_signer", 1.0),
+        ("bad_signature", 1.0),
+        ("expired", 1.0),
+        ("key_mismatch", 1.0),
+        ("malformed", 1.0),
+    ] {
+        assert_eq!(
+            tracker
+                .metric(
+                    "loaves_tracker_rejected_tokens_total",
+                    &[("reason", reason)]
+                )
+                .await,
+            Some(count),
+            "{reason}"
+        );
+    }
+    // Nobody got in.
+    assert_eq!(tracker.running.shared.with_book(|b| b.total_peers()), 0);
+    // The genuine holder does.
+    viewer.connect(&tracker, "film").await.unwrap();
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announces_outside_the_token_are_forbidden() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+    let result = connection
+        .announce(announce("other-film", "720p", 5000))
+        .await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
+    let result = connection.announce(announce("film", "4k", 5000)).await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
+    // A viewer cannot register as a seed.
+    let result = connection
+        .request(&pb::TrackerRequest {
+            kind: Some(pb::tracker_request::Kind::RegisterSeed(
+                pb::SeedRegistration {
+                    swarms: vec![pb::SwarmId {
+                        title: "film".into(),
+                        rendition: "720p".into(),
+                    }],
+                    addresses: vec!["127.0.0.1:9".into()],
+                    upload_capacity_bps: 1,
+                    upload_in_use_bps: 0,
+                },
+            )),
+        })
+        .await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
+    // The connection is still usable for what the token covers.
+    connection
+        .announce(announce("film", "1080p", 5000))
+        .await
+        .unwrap();
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_rejected_tokens_total",
+                &[("reason", "wrong_title")]
+            )
+            .await,
+        Some(1.0)
+    );
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_register_with_a_credential_and_are_listed() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let seed_key = SigningKeyPair::generate().unwrap();
+    let seed_identity = loaves_proto::identity::PeerIdentity::new(&seed_key).unwrap();
+    let now = UnixSeconds::now().0;
+    let credential = tracker::credential::sign_seed_credential(
+        &pb::SeedCredentialBody {
+            seed_name: "seed-par-1".into(),
+            peer_public_key: seed_key.verifying_key().as_bytes().to_vec(),
+            region: "eu".into(),
+            isp: "transit".into(),
+            titles: vec!["film".into()],
+            not_before: now - 60,
+            expires_at: now + 3600,
+        },
+        &license_key(),
+    );
+    let seed = tracker
+        .client
+        .connect(
+            tracker.addr(),
+            &seed_identity,
+            pb::TrackerHello {
+                credential: Some(pb::tracker_hello::Credential::SeedCredential(credential)),
+            },
+        )
+        .await
+        .unwrap();
+    let register = |title: &str| pb::TrackerRequest {
+        kind: Some(pb::tracker_request::Kind::RegisterSeed(
+            pb::SeedRegistration {
+                swarms: vec![pb::SwarmId {
+                    title: title.into(),
+                    rendition: "720p".into(),
+                }],
+                addresses: vec!["127.0.0.1:7000".into()],
+                upload_capacity_bps: 1_000_000_000,
+                upload_in_use_bps: 0,
+            },
+        )),
+    };
+    let result = seed.request(&register("not-covered")).await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
+    seed.request(&register("film")).await.unwrap();
+    // Seeds do not announce as viewers.
+    let result = seed.announce(announce("film", "720p", 7000)).await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
+
+    let viewer = Viewer::new("us", "isp-c");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+    let reply = connection
+        .announce(announce("film", "720p", 5000))
+        .await
+        .unwrap();
+    assert!(reply.peers.is_empty());
+    assert_eq!(reply.seeds.len(), 1);
+    assert!(reply.seeds[0].is_seed);
+    assert_eq!(
+        reply.seeds[0].peer_public_key,
+        seed_key.verifying_key().as_bytes().to_vec()
+    );
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_dashboard_reflect_reported_counters() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+    let mut first = announce("film", "720p", 5000);
+    first.stats = Some(pb::StatsDelta {
+        bytes_from_peers: 6_000_000,
+        bytes_from_seeds: 1_000_000,
+        bytes_from_cdn: 3_000_000,
+        bytes_uploaded: 2_000_000,
+        bytes_cross_isp: 400_000,
+        bytes_cross_region: 100_000,
+        rebuffer_ms: 1500,
+        rebuffer_count: 1,
+        startup_ms: 700,
+        played_ms: 60_000,
+    });
+    connection.announce(first).await.unwrap();
+    // An absurd report right after: dropped, and counted as clamped.
+    let mut absurd = announce("film", "720p", 5000);
+    absurd.stats = Some(pb::StatsDelta {
+        bytes_from_peers: u64::MAX / 2,
+        ..Default::default()
+    });
+    connection.announce(absurd).await.unwrap();
+
+    let labels = |source| {
+        [
+            ("source", source),
+            ("title", "film"),
+            ("region", "eu"),
+            ("isp", "isp-a"),
+        ]
+    };
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_bytes_total", &labels("peer"))
+            .await,
+        Some(6e6)
+    );
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_bytes_total", &labels("seed"))
+            .await,
+        Some(1e6)
+    );
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_bytes_total", &labels("cdn"))
+            .await,
+        Some(3e6)
+    );
+    let tri = [("title", "film"), ("region", "eu"), ("isp", "isp-a")];
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_cross_isp_bytes_total", &tri)
+            .await,
+        Some(4e5)
+    );
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_rebuffer_seconds_total", &tri)
+            .await,
+        Some(1.5)
+    );
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_uploaded_bytes_total", &tri)
+            .await,
+        Some(2e6)
+    );
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_clamped_total", &[("kind", "downloads")])
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        tracker
+            .metric("loaves_tracker_startup_seconds_count", &[("title", "film")])
+            .await,
+        Some(1.0)
+    );
+
+    tracker.running.shared.housekeeping(UnixSeconds::now());
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_swarm_peers",
+                &[("title", "film"), ("rendition", "720p")]
+            )
+            .await,
+        Some(1.0)
+    );
+    let (status, body) = tracker.get("/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = tracker.get("/api/dashboard").await;
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["totals"]["bytes_from_peers"], 6_000_000);
+    assert_eq!(json["by_title"][0]["name"], "film");
+    assert_eq!(json["by_isp"][0]["name"], "isp-a");
+    assert_eq!(json["swarms"][0]["peers"], 1);
+    assert!(!json["history"].as_array().unwrap().is_empty());
+    let (status, page) = tracker.get("/dashboard").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<canvas") && !page.contains("<script src"));
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_and_floods_are_bounded() {
+    let options = FrontEndOptions {
+        max_connections_per_ip: 2,
+        request_burst: 3.0,
+        requests_per_second: 0.01,
+        ..FrontEndOptions::default()
+    };
+    let tracker = TestTracker::start(options).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+
+    // Rate limit: the burst of 3 passes, the 4th is refused.
+    for _ in 0..3 {
+        connection
+            .announce(announce("film", "720p", 5000))
+            .await
+            .unwrap();
+    }
+    let result = connection.announce(announce("film", "720p", 5000)).await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::RateLimited);
+
+    // Per-address connection cap: 2 open, the 3rd is refused.
+    let second = Viewer::new("eu", "isp-a");
+    let _second = second.connect(&tracker, "film").await.unwrap();
+    let third = Viewer::new("eu", "isp-a");
+    assert!(matches!(
+        third.connect(&tracker, "film").await,
+        Err(ClientError::Connection(_))
+    ));
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_refused_connections_total",
+                &[("reason", "per_ip")]
+            )
+            .await,
+        Some(1.0)
+    );
+
+    // A frame claiming 1 MiB: refused before allocation, connection closed.
+    let (mut send, mut recv) = _second.quic().open_bi().await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    send.write_all(&[0u8; 64]).await.unwrap();
+    let response: Option<pb::TrackerResponse> =
+        loaves_proto::framing::read_message(&mut recv, 64 * 1024, Duration::from_secs(5))
+            .await
+            .unwrap();
+    match response.and_then(|r| r.kind) {
+        Some(pb::tracker_response::Kind::Error(error)) => {
+            assert_eq!(error.code, pb::tracker_error::Code::Malformed as i32);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(5), _second.quic().closed())
+        .await
+        .unwrap();
+    assert!(matches!(
+        closed,
+        quinn::ConnectionError::ApplicationClosed(_)
+    ));
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_connections() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+    connection
+        .announce(announce("film", "720p", 5000))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), tracker.running.shutdown())
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), connection.quic().closed())
+        .await
+        .unwrap();
+    assert!(matches!(
+        closed,
+        quinn::ConnectionError::ApplicationClosed(_)
+    ));
+}
