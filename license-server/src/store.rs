@@ -1,0 +1,689 @@
+//! The durable store: content keys (sealed) and sessions (concurrency slots).
+//!
+//! One code path for SQLite (the embedded default) and PostgreSQL (multi
+//! replica), through sqlx's `Any` driver. The SQL is the common subset of
+//! both: `$n` parameters, `INSERT ... ON CONFLICT`, `RETURNING`.
+//!
+//! # Invariants
+//!
+//! - **One key per (title, track type, key period), forever.** Keys are
+//!   created with `INSERT ... ON CONFLICT DO NOTHING` and then read back: when
+//!   two replicas race, the loser's insert does nothing and it reads the
+//!   winner's key. Key ids are `UNIQUE`, so a key id never names two keys.
+//! - **Durable before returned.** A key is returned only after the
+//!   transaction that created it committed (or after it was read as already
+//!   committed by another). SQLite key writes use `synchronous = FULL`.
+//! - **Slots.** A session occupies one row `(account, slot)` with
+//!   `slot < max_concurrent_streams`. A row whose `expires_at` is in the past
+//!   is a free slot. Claiming a slot is a single atomic upsert that only
+//!   overwrites a free row, so N+1 racing acquisitions cannot all win, on one
+//!   replica or many. Release sets `expires_at = 0`; a session that stops
+//!   renewing frees its slot when `expires_at` passes.
+//! - **Nothing written on refusal.** Acquisition is one transaction: the
+//!   replay marker and the slot are committed together or not at all.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use loaves_proto::UnixSeconds;
+use loaves_proto::keys::{ContentKey, ContentKeyId, SessionId};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::seal::{Kek, KeyRow, SealError};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL names no supported database.
+    #[error("unsupported store URL (use sqlite://PATH or postgres://...)")]
+    UnsupportedUrl,
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The KEK does not open what the store holds.
+    #[error("the key-encryption key does not match this store")]
+    WrongKek,
+    /// A sealed key did not open or a row holds impossible values.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Sealing or randomness failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Key creation kept colliding (never expected with random ids).
+    #[error("could not create a unique key id")]
+    KeyIdCollision,
+}
+
+/// Which database the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// A content key with its identity.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    /// Track type.
+    pub track_type: String,
+    /// Key period.
+    pub key_period: u32,
+    /// CENC key id.
+    pub key_id: ContentKeyId,
+    /// The clear key (redacted in `Debug`).
+    pub key: ContentKey,
+}
+
+/// What a session row holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// Session id.
+    pub session_id: SessionId,
+    /// Account.
+    pub account: String,
+    /// Title.
+    pub title: String,
+    /// Renditions granted.
+    pub renditions: Vec<String>,
+    /// Client's X25519 key the content keys are wrapped to.
+    pub client_hpke_key: Vec<u8>,
+    /// Client's Ed25519 peer key, which signs renewals.
+    pub peer_key: Vec<u8>,
+    /// Region hint.
+    pub region: String,
+    /// ISP hint.
+    pub isp: String,
+    /// Last renewal sequence accepted (0 after acquisition).
+    pub renewal_seq: u64,
+    /// The session is over after this instant (0 once released).
+    pub expires_at: UnixSeconds,
+    /// The entitlement behind the session expires then; renewals stop.
+    pub entitlement_expires_at: UnixSeconds,
+}
+
+/// A new session to admit.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    /// The record to write (its `renewal_seq` is 0).
+    pub record: &'a SessionRecord,
+    /// Concurrency limit of the account.
+    pub max_streams: u32,
+    /// Now.
+    pub now: UnixSeconds,
+    /// Until when the client's HPKE key is remembered against replays.
+    pub replay_horizon: UnixSeconds,
+}
+
+/// Outcome of an admission attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The session holds this slot.
+    Admitted(u32),
+    /// This client key was already used for an acquisition.
+    Replay,
+    /// Every slot of the account is held by a live session.
+    LimitReached,
+}
+
+/// Outcome of a renewal or release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionUpdate {
+    /// Done.
+    Updated,
+    /// No such session (never existed, or its slot was reused).
+    Unknown,
+    /// The session is over (released or past its grace period).
+    Over,
+    /// The renewal sequence did not increase.
+    Replay,
+}
+
+/// Row counts, for operators and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RowCounts {
+    /// Content keys.
+    pub content_keys: i64,
+    /// Session rows (live or not).
+    pub sessions: i64,
+    /// Replay markers.
+    pub acquire_nonces: i64,
+}
+
+const SQLITE_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS content_keys (
+        title TEXT NOT NULL, track_type TEXT NOT NULL, key_period BIGINT NOT NULL,
+        key_id BLOB NOT NULL UNIQUE, sealed_key BLOB NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (title, track_type, key_period))",
+    "CREATE TABLE IF NOT EXISTS sessions (
+        account TEXT NOT NULL, slot BIGINT NOT NULL, session_id BLOB NOT NULL UNIQUE,
+        title TEXT NOT NULL, renditions TEXT NOT NULL, client_hpke_key BLOB NOT NULL,
+        peer_key BLOB NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
+        renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (account, slot))",
+    "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+    "CREATE TABLE IF NOT EXISTS acquire_nonces (
+        client_hpke_key BLOB PRIMARY KEY, expires_at BIGINT NOT NULL)",
+];
+
+const POSTGRES_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS content_keys (
+        title TEXT NOT NULL, track_type TEXT NOT NULL, key_period BIGINT NOT NULL,
+        key_id BYTEA NOT NULL UNIQUE, sealed_key BYTEA NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (title, track_type, key_period))",
+    "CREATE TABLE IF NOT EXISTS sessions (
+        account TEXT NOT NULL, slot BIGINT NOT NULL, session_id BYTEA NOT NULL UNIQUE,
+        title TEXT NOT NULL, renditions TEXT NOT NULL, client_hpke_key BYTEA NOT NULL,
+        peer_key BYTEA NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
+        renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (account, slot))",
+    "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
+    "CREATE TABLE IF NOT EXISTS acquire_nonces (
+        client_hpke_key BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL)",
+];
+
+/// Serializes schema creation across replicas starting together (PostgreSQL
+/// `CREATE TABLE IF NOT EXISTS` is not race-free).
+const POSTGRES_SCHEMA_LOCK: i64 = 0x4c4f_4156_4553; // "LOAVES"
+
+fn to_db(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn from_db(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// The store. Cheap to clone (pools are shared).
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Backend,
+    /// Writes of content keys: `synchronous = FULL` on SQLite.
+    keys: AnyPool,
+    /// Sessions and everything else. On SQLite `synchronous = NORMAL` in WAL
+    /// mode: safe against process crashes; a power loss may forget the last
+    /// session changes, never a key.
+    sessions: AnyPool,
+    kek: Kek,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `url` and checks the KEK
+    /// against it. A new store records a check value of the KEK; an existing
+    /// one refuses any other KEK.
+    pub async fn open(url: &str, max_connections: u32, kek: Kek) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl);
+        };
+        let (keys, sessions) = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') {
+                    url.to_owned()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let options = AnyConnectOptions::from_str(&url)?;
+                // Set WAL once, before any pool exists: switching needs the
+                // database to itself.
+                {
+                    use sqlx::ConnectOptions;
+                    let mut conn = options.connect().await?;
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut conn)
+                        .await?;
+                    sqlx::Connection::close(conn).await?;
+                }
+                let keys = sqlite_pool(&options, 2, "FULL").await?;
+                let sessions = sqlite_pool(&options, max_connections, "NORMAL").await?;
+                (keys, sessions)
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?;
+                (pool.clone(), pool)
+            }
+        };
+        let store = Self {
+            backend,
+            keys,
+            sessions,
+            kek,
+        };
+        store.migrate().await?;
+        store.check_kek().await?;
+        Ok(store)
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut tx = self.keys.begin().await?;
+        let schema = match self.backend {
+            Backend::Sqlite => SQLITE_SCHEMA,
+            Backend::Postgres => {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(POSTGRES_SCHEMA_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                POSTGRES_SCHEMA
+            }
+        };
+        for statement in schema {
+            sqlx::query(*statement).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn check_kek(&self) -> Result<(), StoreError> {
+        let check = self.kek.check_value()?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES ('kek_check', $1) ON CONFLICT DO NOTHING",
+        )
+        .bind(check)
+        .execute(&self.keys)
+        .await?;
+        let row = sqlx::query("SELECT value FROM meta WHERE name = 'kek_check'")
+            .fetch_one(&self.keys)
+            .await?;
+        let stored: Vec<u8> = row.try_get("value")?;
+        if self.kek.verify_check_value(&stored) {
+            Ok(())
+        } else {
+            Err(StoreError::WrongKek)
+        }
+    }
+
+    fn decode_key(&self, title: &str, row: &AnyRow) -> Result<StoredKey, StoreError> {
+        let track_type: String = row.try_get("track_type")?;
+        let period: i64 = row.try_get("key_period")?;
+        let key_period =
+            u32::try_from(period).map_err(|_| StoreError::Corrupt("key_period".into()))?;
+        let key_id_bytes: Vec<u8> = row.try_get("key_id")?;
+        let key_id = ContentKeyId::from_slice(&key_id_bytes)
+            .ok_or_else(|| StoreError::Corrupt("key_id".into()))?;
+        let sealed: Vec<u8> = row.try_get("sealed_key")?;
+        let key_row = KeyRow {
+            title,
+            track_type: &track_type,
+            key_period,
+        };
+        let key = self
+            .kek
+            .open_key(&key_row, &key_id, &sealed)
+            .map_err(|_| StoreError::Corrupt(format!("sealed key {key_id} does not open")))?;
+        Ok(StoredKey {
+            track_type,
+            key_period,
+            key_id,
+            key,
+        })
+    }
+
+    /// The keys of `title` for every `(track type, key period)` in `wanted`
+    /// (duplicates ignored), creating the missing ones. Sorted by track
+    /// type, then period. Every key returned is committed.
+    pub async fn get_or_create_keys(
+        &self,
+        title: &str,
+        wanted: &[(&str, u32)],
+        now: UnixSeconds,
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let mut wanted: Vec<(&str, u32)> = wanted.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Fast path: everything exists already (the common case for
+        // licenses), one read, no write.
+        let mut found = self.read_keys(&self.sessions, title, &wanted).await?;
+        if found.len() == wanted.len() {
+            return Ok(found);
+        }
+        for _attempt in 0..3 {
+            let mut tx = self.keys.begin().await?;
+            for &(track_type, period) in &wanted {
+                if found
+                    .iter()
+                    .any(|k| k.track_type == track_type && k.key_period == period)
+                {
+                    continue;
+                }
+                let key_id = ContentKeyId::random().map_err(SealError::from)?;
+                let key = ContentKey::generate().map_err(SealError::from)?;
+                let row = KeyRow {
+                    title,
+                    track_type,
+                    key_period: period,
+                };
+                let sealed = self.kek.seal_key(&row, &key_id, &key)?;
+                // Without a conflict target: a clash on the triple (another
+                // replica or request won) or on the key id (astronomically
+                // unlikely) both insert nothing; the read below tells which.
+                sqlx::query(
+                    "INSERT INTO content_keys
+                        (title, track_type, key_period, key_id, sealed_key, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(title)
+                .bind(track_type)
+                .bind(i64::from(period))
+                .bind(key_id.0.to_vec())
+                .bind(sealed)
+                .bind(to_db(now.0))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            found = self.read_keys(&self.keys, title, &wanted).await?;
+            if found.len() == wanted.len() {
+                return Ok(found);
+            }
+        }
+        Err(StoreError::KeyIdCollision)
+    }
+
+    /// The existing keys among `wanted` (sorted, deduplicated).
+    async fn read_keys(
+        &self,
+        pool: &AnyPool,
+        title: &str,
+        wanted: &[(&str, u32)],
+    ) -> Result<Vec<StoredKey>, StoreError> {
+        let first = wanted.iter().map(|w| w.1).min().unwrap_or(0);
+        let last = wanted.iter().map(|w| w.1).max().unwrap_or(0);
+        let rows = sqlx::query(
+            "SELECT track_type, key_period, key_id, sealed_key FROM content_keys
+             WHERE title = $1 AND key_period >= $2 AND key_period <= $3
+             ORDER BY track_type, key_period",
+        )
+        .bind(title)
+        .bind(i64::from(first))
+        .bind(i64::from(last))
+        .fetch_all(pool)
+        .await?;
+        let mut keys = Vec::with_capacity(wanted.len());
+        for row in &rows {
+            let track_type: String = row.try_get("track_type")?;
+            let period: i64 = row.try_get("key_period")?;
+            let is_wanted = wanted
+                .iter()
+                .any(|&(t, p)| t == track_type && i64::from(p) == period);
+            if is_wanted {
+                keys.push(self.decode_key(title, row)?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The key with this key id, with its title, if any.
+    pub async fn key_by_id(
+        &self,
+        key_id: &ContentKeyId,
+    ) -> Result<Option<(String, StoredKey)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT title, track_type, key_period, key_id, sealed_key FROM content_keys
+             WHERE key_id = $1",
+        )
+        .bind(key_id.0.to_vec())
+        .fetch_optional(&self.sessions)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let title: String = row.try_get("title")?;
+                let key = self.decode_key(&title, &row)?;
+                Ok(Some((title, key)))
+            }
+        }
+    }
+
+    /// Admits a session into a free slot of its account, atomically with its
+    /// replay marker. Writes nothing unless admitted.
+    pub async fn admit_session(&self, new: NewSession<'_>) -> Result<Admission, StoreError> {
+        let r = new.record;
+        let mut tx = self.sessions.begin().await?;
+        let marked = sqlx::query(
+            "INSERT INTO acquire_nonces (client_hpke_key, expires_at) VALUES ($1, $2)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(r.client_hpke_key.clone())
+        .bind(to_db(new.replay_horizon.0))
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(Admission::Replay);
+        }
+        for slot in 0..new.max_streams {
+            // Inserts into an empty slot, or takes over a slot whose session
+            // is over; a live session's row is left alone (no row returned).
+            // PostgreSQL locks the conflicting row and re-checks the WHERE on
+            // its latest version, SQLite has a single writer: either way two
+            // acquisitions never both take one slot.
+            let claimed = sqlx::query(
+                "INSERT INTO sessions (account, slot, session_id, title, renditions,
+                    client_hpke_key, peer_key, region, isp, renewal_seq, expires_at,
+                    entitlement_expires_at, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12)
+                 ON CONFLICT (account, slot) DO UPDATE SET
+                    session_id = excluded.session_id, title = excluded.title,
+                    renditions = excluded.renditions,
+                    client_hpke_key = excluded.client_hpke_key,
+                    peer_key = excluded.peer_key, region = excluded.region,
+                    isp = excluded.isp, renewal_seq = 0,
+                    expires_at = excluded.expires_at,
+                    entitlement_expires_at = excluded.entitlement_expires_at,
+                    created_at = excluded.created_at
+                 WHERE sessions.expires_at < $12
+                 RETURNING slot",
+            )
+            .bind(r.account.as_str())
+            .bind(i64::from(slot))
+            .bind(r.session_id.0.to_vec())
+            .bind(r.title.as_str())
+            .bind(r.renditions.join("\n"))
+            .bind(r.client_hpke_key.clone())
+            .bind(r.peer_key.clone())
+            .bind(r.region.as_str())
+            .bind(r.isp.as_str())
+            .bind(to_db(r.expires_at.0))
+            .bind(to_db(r.entitlement_expires_at.0))
+            .bind(to_db(new.now.0))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if claimed.is_some() {
+                tx.commit().await?;
+                return Ok(Admission::Admitted(slot));
+            }
+        }
+        tx.rollback().await?;
+        Ok(Admission::LimitReached)
+    }
+
+    /// The session with this id, live or not.
+    pub async fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT session_id, account, title, renditions, client_hpke_key, peer_key, region,
+                isp, renewal_seq, expires_at, entitlement_expires_at
+             FROM sessions WHERE session_id = $1",
+        )
+        .bind(id.0.to_vec())
+        .fetch_optional(&self.sessions)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let session_id: Vec<u8> = row.try_get("session_id")?;
+        let renditions: String = row.try_get("renditions")?;
+        Ok(Some(SessionRecord {
+            session_id: SessionId::from_slice(&session_id)
+                .ok_or_else(|| StoreError::Corrupt("session_id".into()))?,
+            account: row.try_get("account")?,
+            title: row.try_get("title")?,
+            renditions: renditions
+                .split('\n')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            client_hpke_key: row.try_get("client_hpke_key")?,
+            peer_key: row.try_get("peer_key")?,
+            region: row.try_get("region")?,
+            isp: row.try_get("isp")?,
+            renewal_seq: from_db(row.try_get("renewal_seq")?),
+            expires_at: UnixSeconds(from_db(row.try_get("expires_at")?)),
+            entitlement_expires_at: UnixSeconds(from_db(row.try_get("entitlement_expires_at")?)),
+        }))
+    }
+
+    /// Extends a live session to `expires_at` if `seq` is above the last
+    /// accepted sequence.
+    pub async fn renew_session(
+        &self,
+        id: &SessionId,
+        seq: u64,
+        now: UnixSeconds,
+        expires_at: UnixSeconds,
+    ) -> Result<SessionUpdate, StoreError> {
+        self.update_session(id, seq, now, expires_at).await
+    }
+
+    /// Ends a live session at once (frees its slot) if `seq` is above the
+    /// last accepted sequence.
+    pub async fn release_session(
+        &self,
+        id: &SessionId,
+        seq: u64,
+        now: UnixSeconds,
+    ) -> Result<SessionUpdate, StoreError> {
+        self.update_session(id, seq, now, UnixSeconds(0)).await
+    }
+
+    async fn update_session(
+        &self,
+        id: &SessionId,
+        seq: u64,
+        now: UnixSeconds,
+        expires_at: UnixSeconds,
+    ) -> Result<SessionUpdate, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE sessions SET renewal_seq = $2, expires_at = $3
+             WHERE session_id = $1 AND renewal_seq < $2 AND expires_at >= $4",
+        )
+        .bind(id.0.to_vec())
+        .bind(to_db(seq))
+        .bind(to_db(expires_at.0))
+        .bind(to_db(now.0))
+        .execute(&self.sessions)
+        .await?;
+        if updated.rows_affected() == 1 {
+            return Ok(SessionUpdate::Updated);
+        }
+        // Nothing changed: say why.
+        Ok(match self.session(id).await? {
+            None => SessionUpdate::Unknown,
+            Some(s) if s.expires_at < now => SessionUpdate::Over,
+            Some(_) => SessionUpdate::Replay,
+        })
+    }
+
+    /// Whether the session is live at `now`.
+    pub async fn session_is_live(
+        &self,
+        id: &SessionId,
+        now: UnixSeconds,
+    ) -> Result<bool, StoreError> {
+        Ok(self.session(id).await?.is_some_and(|s| s.expires_at >= now))
+    }
+
+    /// Sessions live at `now`, across all replicas.
+    pub async fn active_sessions(&self, now: UnixSeconds) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE expires_at >= $1")
+            .bind(to_db(now.0))
+            .fetch_one(&self.sessions)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Forgets replay markers past their horizon and session rows over for
+    /// longer than `retention_s`. Never touches keys.
+    pub async fn sweep(&self, now: UnixSeconds, retention_s: u64) -> Result<u64, StoreError> {
+        let nonces = sqlx::query("DELETE FROM acquire_nonces WHERE expires_at < $1")
+            .bind(to_db(now.0))
+            .execute(&self.sessions)
+            .await?;
+        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(to_db(now.0.saturating_sub(retention_s)))
+            .execute(&self.sessions)
+            .await?;
+        Ok(nonces.rows_affected() + sessions.rows_affected())
+    }
+
+    /// How many rows each table holds.
+    pub async fn row_counts(&self) -> Result<RowCounts, StoreError> {
+        let mut counts = RowCounts::default();
+        for (table, slot) in [
+            ("content_keys", &mut counts.content_keys),
+            ("sessions", &mut counts.sessions),
+            ("acquire_nonces", &mut counts.acquire_nonces),
+        ] {
+            let sql = match table {
+                "content_keys" => "SELECT COUNT(*) AS n FROM content_keys",
+                "sessions" => "SELECT COUNT(*) AS n FROM sessions",
+                _ => "SELECT COUNT(*) AS n FROM acquire_nonces",
+            };
+            let row = sqlx::query(sql).fetch_one(&self.keys).await?;
+            *slot = row.try_get("n")?;
+        }
+        Ok(counts)
+    }
+
+    /// Closes the pools, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.sessions.close().await;
+        self.keys.close().await;
+    }
+}
+
+async fn sqlite_pool(
+    options: &AnyConnectOptions,
+    max_connections: u32,
+    synchronous: &'static str,
+) -> Result<AnyPool, StoreError> {
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                let pragma = if synchronous == "FULL" {
+                    "PRAGMA synchronous = FULL"
+                } else {
+                    "PRAGMA synchronous = NORMAL"
+                };
+                sqlx::query(pragma).execute(&mut *conn).await?;
+                sqlx::query("PRAGMA busy_timeout = 10000")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with(options.clone())
+        .await?;
+    Ok(pool)
+}
