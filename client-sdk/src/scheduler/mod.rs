@@ -1,0 +1,903 @@
+//! The scheduler: which source each segment comes from, and when.
+//!
+//! Sans-I/O, in the manner of quinn-proto: no sockets, no clock, no
+//! randomness of its own. The driver (or the simulator) feeds it events —
+//! time, the playhead, the segments of the manifest, peers and what they
+//! hold, transfer progress and outcomes — and calls [`Scheduler::poll`] to get
+//! [`Action`]s: fetch a segment (or a byte range of it) from a peer, a seed or
+//! the CDN; cancel a transfer; drop a peer. Time is a [`Millis`] value the
+//! caller passes in; the only randomness is a seeded generator created from
+//! [`SchedulerConfig::seed`], so a run replays exactly.
+//!
+//! Every segment has a deadline: the instant the player needs it, computed
+//! from the playhead and the durations of the segments before it. *What* to
+//! do about each segment is the [`Policy`]'s decision (see [`policy`]); the
+//! scheduler does the book-keeping: transfers in flight, per-source
+//! throughput estimates, the bytes each source delivered, bans.
+//!
+//! ## Invariants
+//!
+//! - A segment has at most one transfer in flight, except for the moment a
+//!   late peer transfer is cancelled and its missing tail requested from the
+//!   CDN (the cancel is emitted first, in the same batch).
+//! - A cancelled transfer's bytes stay valid as the prefix of the range fetch
+//!   that completes it: the driver keeps them and appends the range.
+//! - A banned peer is never asked again in this session.
+//! - Nothing is fetched beyond the look-ahead window, and the number of
+//!   transfers in flight is bounded (per peer and in total).
+
+pub mod policy;
+
+use std::collections::{BTreeMap, HashMap};
+
+pub use policy::{CdnOnly, Choice, DeadlineFirst, DeadlineFirstThresholds, Policy};
+
+/// Milliseconds on the caller's clock (virtual time in the simulator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    /// `self + ms`, saturating.
+    pub fn plus(self, ms: u64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+
+    /// `self - earlier`, or 0 if `earlier` is later.
+    pub fn since(self, earlier: Millis) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A peer (viewer or seed) known to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerId(pub u64);
+
+/// One transfer the scheduler asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransferId(pub u64);
+
+/// Where bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Another viewer.
+    Peer(PeerId),
+    /// An edge seed (operator infrastructure, peer protocol).
+    Seed(PeerId),
+    /// The CDN (HTTP byte ranges).
+    Cdn,
+}
+
+impl Source {
+    /// The peer behind this source, if any.
+    pub fn peer(self) -> Option<PeerId> {
+        match self {
+            Self::Peer(peer) | Self::Seed(peer) => Some(peer),
+            Self::Cdn => None,
+        }
+    }
+}
+
+/// Whether a peer is a viewer or an edge seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKind {
+    /// Another viewer of the same swarm.
+    Viewer,
+    /// An operator's edge seed.
+    Seed,
+}
+
+/// Network distance of a peer, from the tracker's region / ISP hints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Locality {
+    /// Same ISP (and so the same region).
+    SameIsp,
+    /// Same region, another ISP.
+    SameRegion,
+    /// Elsewhere.
+    Remote,
+}
+
+/// What the driver knows of a peer when it connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Viewer or seed.
+    pub kind: PeerKind,
+    /// Distance.
+    pub locality: Locality,
+    /// Measured round-trip time.
+    pub rtt_ms: u32,
+    /// Initial throughput estimate, bytes per second (refined by transfers).
+    pub throughput_bytes_per_s: u64,
+}
+
+/// Live or video on demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live: follow the live edge; inject new segments into the swarm.
+    Live,
+    /// VOD: rarest first beyond the urgent window.
+    Vod,
+}
+
+/// Book-keeping limits of the scheduler (the policy has its own thresholds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// Live or VOD.
+    pub mode: Mode,
+    /// How many segments past the playhead are considered.
+    pub lookahead_segments: u64,
+    /// Most transfers in flight to one peer.
+    pub max_inflight_per_peer: u32,
+    /// Most transfers in flight in total.
+    pub max_inflight_total: usize,
+    /// CDN throughput estimate before any CDN transfer was measured, bytes/s.
+    pub cdn_throughput_bytes_per_s: u64,
+    /// CDN round-trip time estimate.
+    pub cdn_rtt_ms: u32,
+    /// A transfer with no progress for this long is abandoned.
+    pub stall_timeout_ms: u64,
+    /// Before playback starts, the first segment's deadline is this far away.
+    pub startup_target_ms: u64,
+    /// Seed of the deterministic random generator.
+    pub seed: u64,
+    /// Most peers tracked at once (further `add_peer` calls are ignored).
+    pub max_peers: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Live,
+            lookahead_segments: 8,
+            max_inflight_per_peer: 2,
+            max_inflight_total: 8,
+            cdn_throughput_bytes_per_s: 2_500_000,
+            cdn_rtt_ms: 50,
+            stall_timeout_ms: 2_000,
+            startup_target_ms: 1_000,
+            seed: 0,
+            max_peers: 64,
+        }
+    }
+}
+
+/// A byte range `[start, end)` of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Number of bytes.
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a peer is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Its transfers kept arriving too late and had to be completed elsewhere.
+    Slow,
+    /// A transfer made no progress within the stall timeout.
+    Stalled,
+    /// It sent bytes that failed manifest verification.
+    Corrupt,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Start a transfer of `range` of segment `sequence` from `source`. When
+    /// `range.start > 0`, the bytes before it come from the transfer this
+    /// one completes.
+    Fetch {
+        /// Id to report progress and outcome under.
+        transfer: TransferId,
+        /// Segment.
+        sequence: u64,
+        /// Where from.
+        source: Source,
+        /// Which bytes.
+        range: ByteRange,
+    },
+    /// Stop a transfer (keep the bytes it delivered if a range fetch of the
+    /// same segment follows).
+    Cancel {
+        /// The transfer.
+        transfer: TransferId,
+    },
+    /// Stop using this peer for the rest of the session.
+    DropPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DropReason,
+    },
+}
+
+/// How a transfer ended, as the driver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// All bytes arrived and the whole segment verified against the manifest.
+    Verified,
+    /// The assembled segment failed manifest verification.
+    Corrupt,
+    /// The transfer failed (connection lost, HTTP error, timeout).
+    Failed,
+    /// The source refused at once because it is at capacity.
+    Busy,
+}
+
+/// Bytes delivered (verified) by each kind of source, and other counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SchedulerStats {
+    /// Bytes from viewers.
+    pub bytes_from_peers: u64,
+    /// Bytes from edge seeds.
+    pub bytes_from_seeds: u64,
+    /// Bytes from the CDN.
+    pub bytes_from_cdn: u64,
+    /// Peer transfers completed by a CDN byte range instead of restarting.
+    pub range_completions: u64,
+    /// Segments fetched early from seed / CDN to inject them into the swarm.
+    pub injections: u64,
+    /// Peers dropped (any reason).
+    pub peers_dropped: u64,
+    /// Segments verified and handed to the player.
+    pub segments_completed: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    size: u64,
+    duration_ms: u32,
+    held: bool,
+    /// The single transfer in flight for it, if any.
+    transfer: Option<TransferId>,
+    /// Viewers (not seeds) known to hold it.
+    holders: u32,
+    /// Whether it was considered for live injection already.
+    injection_decided: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    info: PeerInfo,
+    holds: std::collections::BTreeSet<u64>,
+    inflight: u32,
+    /// Measured throughput (EWMA), bytes per second.
+    throughput: f64,
+    late_strikes: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    sequence: u64,
+    source: Source,
+    range: ByteRange,
+    started_at: Millis,
+    last_progress_at: Millis,
+    received: u64,
+    /// For a CDN range completion: the peer whose prefix it completes, and
+    /// how many bytes that prefix holds.
+    completes: Option<(PeerId, u64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Playhead {
+    sequence: u64,
+    offset_ms: u64,
+    at: Millis,
+    playing: bool,
+}
+
+/// The view of one candidate source the policy decides on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// The source.
+    pub source: Source,
+    /// Distance (CDN: [`Locality::Remote`]).
+    pub locality: Locality,
+    /// When the whole segment would arrive if asked now.
+    pub projected_finish: Millis,
+}
+
+/// Everything the policy sees about one segment to decide where it comes from.
+#[derive(Debug, Clone)]
+pub struct SegmentDecision<'a> {
+    /// Current time.
+    pub now: Millis,
+    /// The segment.
+    pub sequence: u64,
+    /// Its size.
+    pub size: u64,
+    /// When the player needs it.
+    pub deadline: Millis,
+    /// Live or VOD.
+    pub mode: Mode,
+    /// Viewers that hold it and have a free slot, best first.
+    pub peers: &'a [Candidate],
+    /// Seeds with a free slot (seeds hold every segment), best first.
+    pub seeds: &'a [Candidate],
+    /// The CDN.
+    pub cdn: Candidate,
+    /// Peers the scheduler currently knows (viewers only).
+    pub swarm_size: usize,
+    /// Whether no viewer is known to hold it yet (a fresh live segment).
+    pub is_fresh: bool,
+    /// A uniform random number in [0, 1) drawn for this decision.
+    pub random: f64,
+}
+
+/// The deadline-aware scheduler.
+#[derive(Debug)]
+pub struct Scheduler<P: Policy> {
+    config: SchedulerConfig,
+    policy: P,
+    segments: BTreeMap<u64, Segment>,
+    peers: HashMap<PeerId, Peer>,
+    banned: std::collections::HashSet<PeerId>,
+    transfers: HashMap<TransferId, Transfer>,
+    next_transfer: u64,
+    playhead: Option<Playhead>,
+    cdn_throughput: f64,
+    rng_state: u64,
+    stats: SchedulerStats,
+}
+
+impl<P: Policy> Scheduler<P> {
+    /// A scheduler with no segments and no peers yet.
+    pub fn new(config: SchedulerConfig, policy: P) -> Self {
+        let cdn_throughput = config.cdn_throughput_bytes_per_s.max(1) as f64;
+        let rng_state = config.seed;
+        Self {
+            config,
+            policy,
+            segments: BTreeMap::new(),
+            peers: HashMap::new(),
+            banned: Default::default(),
+            transfers: HashMap::new(),
+            next_transfer: 0,
+            playhead: None,
+            cdn_throughput,
+            rng_state,
+            stats: SchedulerStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> SchedulerStats {
+        self.stats
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> &P {
+        &self.policy
+    }
+
+    /// A segment of the (verified) manifest.
+    pub fn add_segment(&mut self, sequence: u64, size: u64, duration_ms: u32) {
+        self.segments.entry(sequence).or_insert(Segment {
+            size,
+            duration_ms,
+            held: false,
+            transfer: None,
+            holders: 0,
+            injection_decided: false,
+        });
+        // A viewer may have announced it before the manifest listed it.
+        let holders = self
+            .peers
+            .values()
+            .filter(|p| p.info.kind == PeerKind::Viewer && p.holds.contains(&sequence))
+            .count() as u32;
+        if let Some(segment) = self.segments.get_mut(&sequence) {
+            segment.holders = holders;
+        }
+    }
+
+    /// Whether the segment is held (verified) locally.
+    pub fn is_held(&self, sequence: u64) -> bool {
+        self.segments.get(&sequence).is_some_and(|s| s.held)
+    }
+
+    /// Where the player is: segment `sequence`, `offset_ms` into it, at
+    /// `now`; `playing` is false before startup and during a stall.
+    pub fn set_playhead(&mut self, now: Millis, sequence: u64, offset_ms: u64, playing: bool) {
+        self.playhead = Some(Playhead {
+            sequence,
+            offset_ms,
+            at: now,
+            playing,
+        });
+        // Segments behind the playhead are of no further use to the player;
+        // drop their book-keeping to bound memory (the driver's store keeps
+        // the bytes for upload as long as its budget allows).
+        let keep_from = sequence.saturating_sub(1);
+        let stale: Vec<u64> = self
+            .segments
+            .range(..keep_from)
+            .filter(|(_, s)| s.transfer.is_none())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in stale {
+            self.segments.remove(&seq);
+        }
+    }
+
+    /// A peer connected. Ignored when banned or when `max_peers` are known.
+    pub fn add_peer(&mut self, peer: PeerId, info: PeerInfo) {
+        if self.banned.contains(&peer)
+            || (self.peers.len() >= self.config.max_peers && !self.peers.contains_key(&peer))
+        {
+            return;
+        }
+        self.peers.insert(
+            peer,
+            Peer {
+                info,
+                holds: Default::default(),
+                inflight: 0,
+                throughput: info.throughput_bytes_per_s.max(1) as f64,
+                late_strikes: 0,
+            },
+        );
+    }
+
+    /// A peer went away; its transfers are abandoned by the driver (report
+    /// them as [`Outcome::Failed`]).
+    pub fn remove_peer(&mut self, peer: PeerId) {
+        if let Some(gone) = self.peers.remove(&peer)
+            && gone.info.kind == PeerKind::Viewer
+        {
+            for seq in gone.holds {
+                if let Some(segment) = self.segments.get_mut(&seq) {
+                    segment.holders = segment.holders.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// A peer holds `sequence` (from a HAVE notice or a tracker announce).
+    pub fn peer_has(&mut self, peer: PeerId, sequence: u64) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        // Bound what is remembered per peer to the useful window.
+        let floor = self.playhead.map_or(0, |p| p.sequence);
+        if sequence < floor
+            || sequence > floor.saturating_add(4 * self.config.lookahead_segments + 64)
+        {
+            return;
+        }
+        if state.holds.insert(sequence)
+            && state.info.kind == PeerKind::Viewer
+            && let Some(segment) = self.segments.get_mut(&sequence)
+        {
+            segment.holders += 1;
+        }
+        state.holds.retain(|&s| s >= floor);
+    }
+
+    /// Progress of a transfer: `received` bytes of its range so far.
+    pub fn on_progress(&mut self, now: Millis, transfer: TransferId, received: u64) {
+        let Some(state) = self.transfers.get_mut(&transfer) else {
+            return;
+        };
+        let received = received.min(state.range.len());
+        if received > state.received {
+            state.received = received;
+            state.last_progress_at = now;
+        }
+        let elapsed_ms = now.since(state.started_at);
+        let (source, received) = (state.source, state.received);
+        // Below ~100 ms the estimate is mostly RTT noise.
+        if elapsed_ms >= 100 && received > 0 {
+            let rate = received as f64 * 1000.0 / elapsed_ms as f64;
+            self.update_throughput(source, rate);
+        }
+    }
+
+    /// A transfer ended.
+    pub fn on_complete(
+        &mut self,
+        now: Millis,
+        transfer: TransferId,
+        outcome: Outcome,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let Some(state) = self.transfers.remove(&transfer) else {
+            return actions;
+        };
+        if let Some(peer) = state.source.peer().and_then(|p| self.peers.get_mut(&p)) {
+            peer.inflight = peer.inflight.saturating_sub(1);
+        }
+        let Some(segment) = self.segments.get_mut(&state.sequence) else {
+            return actions;
+        };
+        if segment.transfer == Some(transfer) {
+            segment.transfer = None;
+        }
+        match outcome {
+            Outcome::Verified => {
+                segment.held = true;
+                let elapsed_ms = now.since(state.started_at).max(1);
+                self.update_throughput(
+                    state.source,
+                    state.range.len() as f64 * 1000.0 / elapsed_ms as f64,
+                );
+                self.stats.segments_completed += 1;
+                self.account(state.source, state.range.len());
+                if let Some((peer, prefix)) = state.completes {
+                    let source = match self.peers.get(&peer).map(|p| p.info.kind) {
+                        Some(PeerKind::Seed) => Source::Seed(peer),
+                        _ => Source::Peer(peer),
+                    };
+                    self.account(source, prefix);
+                }
+            }
+            Outcome::Corrupt => {
+                // Blame the peer that sent bytes; the CDN is the trusted path.
+                // For a range completion the suspect is the prefix's peer.
+                let suspect = state.source.peer().or(state.completes.map(|(p, _)| p));
+                if let Some(peer) = suspect {
+                    self.ban(peer, DropReason::Corrupt, &mut actions);
+                }
+            }
+            Outcome::Failed | Outcome::Busy => {}
+        }
+        actions
+    }
+
+    /// The next instant `poll` has work to do, if the driver has no event
+    /// before it.
+    pub fn next_timeout(&self, now: Millis) -> Option<Millis> {
+        let pending = !self.transfers.is_empty()
+            || self
+                .segments
+                .values()
+                .any(|s| !s.held && s.transfer.is_none());
+        pending.then(|| now.plus(100))
+    }
+
+    /// Decides what to do now.
+    pub fn poll(&mut self, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.check_transfers(now, &mut actions);
+        self.plan_fetches(now, &mut actions);
+        actions
+    }
+
+    fn check_transfers(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        let mut ids: Vec<TransferId> = self.transfers.keys().copied().collect();
+        ids.sort();
+        for id in ids {
+            let Some(transfer) = self.transfers.get(&id).cloned() else {
+                continue;
+            };
+            if now.since(transfer.last_progress_at) >= self.config.stall_timeout_ms {
+                self.abandon(id, actions);
+                if let Some(peer) = transfer.source.peer() {
+                    self.ban(peer, DropReason::Stalled, actions);
+                }
+                continue;
+            }
+            let (Source::Peer(peer) | Source::Seed(peer)) = transfer.source else {
+                continue;
+            };
+            let Some(deadline) = self.deadline(now, transfer.sequence) else {
+                continue;
+            };
+            let remaining = transfer.range.len().saturating_sub(transfer.received);
+            // The transfer's own pace says more than the peer's average:
+            // a peer that slows down mid-transfer must be noticed at once.
+            let elapsed_ms = now.since(transfer.started_at);
+            let rate = if elapsed_ms >= 300 && transfer.received > 0 {
+                transfer.received as f64 * 1000.0 / elapsed_ms as f64
+            } else {
+                self.peers.get(&peer).map_or(1.0, |p| p.throughput)
+            };
+            let projected = now.plus((remaining as f64 * 1000.0 / rate.max(1.0)) as u64);
+            let cdn_finish = self.cdn_projection(now, remaining);
+            if self
+                .policy
+                .complete_from_cdn(now, deadline, projected, cdn_finish)
+            {
+                // Keep the prefix, fetch the missing tail from the CDN.
+                let prefix_end = transfer.range.start + transfer.received;
+                let size = transfer.range.end;
+                self.abandon(id, actions);
+                self.stats.range_completions += 1;
+                let strikes = self.peers.get_mut(&peer).map(|p| {
+                    p.late_strikes += 1;
+                    p.late_strikes
+                });
+                if strikes.is_some_and(|s| s >= self.policy.max_late_strikes()) {
+                    self.ban(peer, DropReason::Slow, actions);
+                }
+                self.start(
+                    now,
+                    transfer.sequence,
+                    Source::Cdn,
+                    ByteRange {
+                        start: prefix_end,
+                        end: size,
+                    },
+                    Some((peer, transfer.received)),
+                    actions,
+                );
+            }
+        }
+    }
+
+    fn plan_fetches(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        let Some(playhead) = self.playhead else {
+            return;
+        };
+        let window_end = playhead
+            .sequence
+            .saturating_add(self.config.lookahead_segments);
+        let mut wanted: Vec<(u64, Millis, u32)> = self
+            .segments
+            .range(playhead.sequence..window_end)
+            .filter(|(_, s)| !s.held && s.transfer.is_none())
+            .filter_map(|(seq, s)| self.deadline(now, *seq).map(|d| (*seq, d, s.holders)))
+            .collect();
+        // Deadline order; for VOD, segments with slack go rarest first.
+        let urgent_horizon = now.plus(self.policy.urgent_window_ms());
+        wanted.sort_by_key(|&(seq, deadline, holders)| {
+            let urgent = deadline <= urgent_horizon;
+            match self.config.mode {
+                Mode::Vod if !urgent => (1, holders, seq),
+                _ => (0, 0, seq),
+            }
+        });
+        let swarm_size = self
+            .peers
+            .values()
+            .filter(|p| p.info.kind == PeerKind::Viewer)
+            .count();
+        for (sequence, deadline, holders) in wanted {
+            if self.transfers.len() >= self.config.max_inflight_total {
+                break;
+            }
+            let Some(size) = self.segments.get(&sequence).map(|s| s.size) else {
+                continue;
+            };
+            let (peers, seeds) = self.candidates(now, sequence, size);
+            let is_fresh = holders == 0;
+            let random = self.next_random();
+            let decision = SegmentDecision {
+                now,
+                sequence,
+                size,
+                deadline,
+                mode: self.config.mode,
+                peers: &peers,
+                seeds: &seeds,
+                cdn: Candidate {
+                    source: Source::Cdn,
+                    locality: Locality::Remote,
+                    projected_finish: self.cdn_projection(now, size),
+                },
+                swarm_size,
+                is_fresh,
+                random,
+            };
+            let injection_first_look = self.config.mode == Mode::Live
+                && is_fresh
+                && self
+                    .segments
+                    .get(&sequence)
+                    .is_some_and(|s| !s.injection_decided);
+            let choice = self.policy.choose(&decision, injection_first_look);
+            if injection_first_look && let Some(segment) = self.segments.get_mut(&sequence) {
+                segment.injection_decided = true;
+            }
+            let source = match choice {
+                Choice::Wait => continue,
+                Choice::Inject(source) => {
+                    self.stats.injections += 1;
+                    source
+                }
+                Choice::Fetch(source) => source,
+            };
+            self.start(
+                now,
+                sequence,
+                source,
+                ByteRange {
+                    start: 0,
+                    end: size,
+                },
+                None,
+                actions,
+            );
+        }
+    }
+
+    fn candidates(
+        &self,
+        now: Millis,
+        sequence: u64,
+        size: u64,
+    ) -> (Vec<Candidate>, Vec<Candidate>) {
+        let mut peers = Vec::new();
+        let mut seeds = Vec::new();
+        let mut ids: Vec<&PeerId> = self.peers.keys().collect();
+        ids.sort();
+        for id in ids {
+            let Some(peer) = self.peers.get(id) else {
+                continue;
+            };
+            if peer.inflight >= self.config.max_inflight_per_peer {
+                continue;
+            }
+            // Queue: transfers already in flight to this peer share its rate.
+            let queued: u64 = self
+                .transfers
+                .values()
+                .filter(|t| t.source.peer() == Some(*id))
+                .map(|t| t.range.len().saturating_sub(t.received))
+                .sum();
+            let transfer_ms = ((queued + size) as f64 * 1000.0 / peer.throughput.max(1.0)) as u64;
+            let candidate = Candidate {
+                source: match peer.info.kind {
+                    PeerKind::Viewer => Source::Peer(*id),
+                    PeerKind::Seed => Source::Seed(*id),
+                },
+                locality: peer.info.locality,
+                projected_finish: now.plus(u64::from(peer.info.rtt_ms) + transfer_ms),
+            };
+            match peer.info.kind {
+                PeerKind::Viewer if peer.holds.contains(&sequence) => peers.push(candidate),
+                PeerKind::Seed => seeds.push(candidate),
+                PeerKind::Viewer => {}
+            }
+        }
+        let rank = |c: &Candidate| self.policy.rank(c);
+        peers.sort_by_key(rank);
+        seeds.sort_by_key(rank);
+        (peers, seeds)
+    }
+
+    fn start(
+        &mut self,
+        now: Millis,
+        sequence: u64,
+        source: Source,
+        range: ByteRange,
+        completes: Option<(PeerId, u64)>,
+        actions: &mut Vec<Action>,
+    ) {
+        let transfer = TransferId(self.next_transfer);
+        self.next_transfer += 1;
+        if let Some(peer) = source.peer().and_then(|p| self.peers.get_mut(&p)) {
+            peer.inflight += 1;
+        }
+        if let Some(segment) = self.segments.get_mut(&sequence) {
+            segment.transfer = Some(transfer);
+        }
+        self.transfers.insert(
+            transfer,
+            Transfer {
+                sequence,
+                source,
+                range,
+                started_at: now,
+                last_progress_at: now,
+                received: 0,
+                completes,
+            },
+        );
+        actions.push(Action::Fetch {
+            transfer,
+            sequence,
+            source,
+            range,
+        });
+    }
+
+    fn abandon(&mut self, id: TransferId, actions: &mut Vec<Action>) {
+        if let Some(transfer) = self.transfers.remove(&id) {
+            if let Some(peer) = transfer.source.peer().and_then(|p| self.peers.get_mut(&p)) {
+                peer.inflight = peer.inflight.saturating_sub(1);
+            }
+            if let Some(segment) = self.segments.get_mut(&transfer.sequence)
+                && segment.transfer == Some(id)
+            {
+                segment.transfer = None;
+            }
+            actions.push(Action::Cancel { transfer: id });
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: DropReason, actions: &mut Vec<Action>) {
+        if !self.banned.insert(peer) {
+            return;
+        }
+        let in_flight: Vec<TransferId> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| t.source.peer() == Some(peer))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in in_flight {
+            self.abandon(id, actions);
+        }
+        self.remove_peer(peer);
+        self.stats.peers_dropped += 1;
+        actions.push(Action::DropPeer { peer, reason });
+    }
+
+    fn account(&mut self, source: Source, bytes: u64) {
+        match source {
+            Source::Peer(_) => self.stats.bytes_from_peers += bytes,
+            Source::Seed(_) => self.stats.bytes_from_seeds += bytes,
+            Source::Cdn => self.stats.bytes_from_cdn += bytes,
+        }
+    }
+
+    fn update_throughput(&mut self, source: Source, rate: f64) {
+        const WEIGHT: f64 = 0.3;
+        let estimate = match source.peer() {
+            Some(peer) => match self.peers.get_mut(&peer) {
+                Some(state) => &mut state.throughput,
+                None => return,
+            },
+            None => &mut self.cdn_throughput,
+        };
+        *estimate = (1.0 - WEIGHT) * *estimate + WEIGHT * rate.max(1.0);
+    }
+
+    fn cdn_projection(&self, now: Millis, bytes: u64) -> Millis {
+        now.plus(
+            u64::from(self.config.cdn_rtt_ms)
+                + (bytes as f64 * 1000.0 / self.cdn_throughput) as u64,
+        )
+    }
+
+    /// When the player needs `sequence`, from the playhead and durations.
+    fn deadline(&self, now: Millis, sequence: u64) -> Option<Millis> {
+        let playhead = self.playhead?;
+        if sequence < playhead.sequence {
+            return None;
+        }
+        let ahead_ms: u64 = self
+            .segments
+            .range(playhead.sequence..sequence)
+            .map(|(_, s)| u64::from(s.duration_ms))
+            .sum();
+        Some(if playhead.playing {
+            Millis(
+                playhead
+                    .at
+                    .plus(ahead_ms)
+                    .0
+                    .saturating_sub(playhead.offset_ms),
+            )
+        } else {
+            now.plus(self.config.startup_target_ms).plus(ahead_ms)
+        })
+    }
+
+    fn next_random(&mut self) -> f64 {
+        // SplitMix64: tiny, fast and good enough for sampling decisions; the
+        // point is that the caller's seed makes every run replayable.
+        self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
