@@ -330,8 +330,8 @@ impl Config {
         if p.max_periods_per_request == 0 || p.max_periods_per_request > 1024 {
             return invalid("policy.max_periods_per_request must be in 1..=1024".into());
         }
-        if p.max_concurrent_streams_cap == 0 || p.max_concurrent_streams_cap > 1024 {
-            return invalid("policy.max_concurrent_streams_cap must be in 1..=1024".into());
+        if p.max_concurrent_streams_cap == 0 || p.max_concurrent_streams_cap > 100_000 {
+            return invalid("policy.max_concurrent_streams_cap must be in 1..=100000".into());
         }
         let l = &self.limits;
         if l.max_in_flight == 0 || l.max_request_bytes < 1024 || l.max_keys_per_request == 0 {

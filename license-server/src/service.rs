@@ -6,7 +6,8 @@
 //! nothing: verify the entitlement, check the title, the keys offered by the
 //! client (a trial HPKE seal refuses low-order X25519 points) and the key
 //! periods, and only then admit the session (one transaction: replay marker
-//! and slot), fetch or create the content keys, wrap, sign.
+//! and session row, under the account's lock), fetch or create the content
+//! keys, wrap, sign.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,12 +224,12 @@ impl LicenseCore {
             })
             .await?;
         match admission {
-            Admission::Admitted(slot) => {
+            Admission::Admitted(live) => {
                 tracing::info!(
                     session = %session_id,
                     account = %record.account,
                     title = %record.title,
-                    slot,
+                    live,
                     "session admitted"
                 );
             }

@@ -1,4 +1,4 @@
-//! The durable store: content keys (sealed) and sessions (concurrency slots).
+//! The durable store: content keys (sealed), sessions and accounts.
 //!
 //! One code path for SQLite (the embedded default) and PostgreSQL (multi
 //! replica), through sqlx's `Any` driver. The SQL is the common subset of
@@ -13,12 +13,14 @@
 //! - **Durable before returned.** A key is returned only after the
 //!   transaction that created it committed (or after it was read as already
 //!   committed by another). SQLite key writes use `synchronous = FULL`.
-//! - **Slots.** A session occupies one row `(account, slot)` with
-//!   `slot < max_concurrent_streams`. A row whose `expires_at` is in the past
-//!   is a free slot. Claiming a slot is a single atomic upsert that only
-//!   overwrites a free row, so N+1 racing acquisitions cannot all win, on one
-//!   replica or many. Release sets `expires_at = 0`; a session that stops
-//!   renewing frees its slot when `expires_at` passes.
+//! - **Concurrency slots.** Admission runs in one transaction that first
+//!   upserts the account's row in `accounts` — taking that row's lock on
+//!   PostgreSQL, the database's single write lock on SQLite — then counts the
+//!   account's live sessions (`expires_at >= now`) and inserts the new one
+//!   only if the count is below the limit. Admissions of one account are thus
+//!   serialized on every replica, so N+1 racing acquisitions cannot all win.
+//!   Release sets `expires_at = 0`; a session that stops renewing stops
+//!   counting when its `expires_at` passes.
 //! - **Nothing written on refusal.** Acquisition is one transaction: the
 //!   replay marker and the slot are committed together or not at all.
 
@@ -120,11 +122,11 @@ pub struct NewSession<'a> {
 /// Outcome of an admission attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// The session holds this slot.
+    /// The session is admitted; the account now has this many live sessions.
     Admitted(u32),
     /// This client key was already used for an acquisition.
     Replay,
-    /// Every slot of the account is held by a live session.
+    /// The account already has its limit of live sessions.
     LimitReached,
 }
 
@@ -133,7 +135,7 @@ pub enum Admission {
 pub enum SessionUpdate {
     /// Done.
     Updated,
-    /// No such session (never existed, or its slot was reused).
+    /// No such session (never existed, or swept long after it ended).
     Unknown,
     /// The session is over (released or past its grace period).
     Over,
@@ -150,6 +152,8 @@ pub struct RowCounts {
     pub sessions: i64,
     /// Replay markers.
     pub acquire_nonces: i64,
+    /// Accounts ever admitted.
+    pub accounts: i64,
 }
 
 const SQLITE_SCHEMA: &[&str] = &[
@@ -158,13 +162,15 @@ const SQLITE_SCHEMA: &[&str] = &[
         title TEXT NOT NULL, track_type TEXT NOT NULL, key_period BIGINT NOT NULL,
         key_id BLOB NOT NULL UNIQUE, sealed_key BLOB NOT NULL, created_at BIGINT NOT NULL,
         PRIMARY KEY (title, track_type, key_period))",
+    "CREATE TABLE IF NOT EXISTS accounts (
+        account TEXT PRIMARY KEY, acquisitions BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions (
-        account TEXT NOT NULL, slot BIGINT NOT NULL, session_id BLOB NOT NULL UNIQUE,
+        session_id BLOB PRIMARY KEY, account TEXT NOT NULL,
         title TEXT NOT NULL, renditions TEXT NOT NULL, client_hpke_key BLOB NOT NULL,
         peer_key BLOB NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
         renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL,
-        PRIMARY KEY (account, slot))",
+        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account, expires_at)",
     "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
     "CREATE TABLE IF NOT EXISTS acquire_nonces (
         client_hpke_key BLOB PRIMARY KEY, expires_at BIGINT NOT NULL)",
@@ -176,13 +182,15 @@ const POSTGRES_SCHEMA: &[&str] = &[
         title TEXT NOT NULL, track_type TEXT NOT NULL, key_period BIGINT NOT NULL,
         key_id BYTEA NOT NULL UNIQUE, sealed_key BYTEA NOT NULL, created_at BIGINT NOT NULL,
         PRIMARY KEY (title, track_type, key_period))",
+    "CREATE TABLE IF NOT EXISTS accounts (
+        account TEXT PRIMARY KEY, acquisitions BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions (
-        account TEXT NOT NULL, slot BIGINT NOT NULL, session_id BYTEA NOT NULL UNIQUE,
+        session_id BYTEA PRIMARY KEY, account TEXT NOT NULL,
         title TEXT NOT NULL, renditions TEXT NOT NULL, client_hpke_key BYTEA NOT NULL,
         peer_key BYTEA NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
         renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL,
-        PRIMARY KEY (account, slot))",
+        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account, expires_at)",
     "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
     "CREATE TABLE IF NOT EXISTS acquire_nonces (
         client_hpke_key BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL)",
@@ -456,11 +464,14 @@ impl Store {
         }
     }
 
-    /// Admits a session into a free slot of its account, atomically with its
-    /// replay marker. Writes nothing unless admitted.
+    /// Admits a session if its account is below its limit, atomically with
+    /// its replay marker. Writes nothing unless admitted.
     pub async fn admit_session(&self, new: NewSession<'_>) -> Result<Admission, StoreError> {
         let r = new.record;
         let mut tx = self.sessions.begin().await?;
+        // A write first: on SQLite the transaction takes the write lock now
+        // (no read-then-upgrade race); on PostgreSQL a concurrent duplicate
+        // waits here for the first to commit or roll back.
         let marked = sqlx::query(
             "INSERT INTO acquire_nonces (client_hpke_key, expires_at) VALUES ($1, $2)
              ON CONFLICT DO NOTHING",
@@ -473,50 +484,50 @@ impl Store {
             tx.rollback().await?;
             return Ok(Admission::Replay);
         }
-        for slot in 0..new.max_streams {
-            // Inserts into an empty slot, or takes over a slot whose session
-            // is over; a live session's row is left alone (no row returned).
-            // PostgreSQL locks the conflicting row and re-checks the WHERE on
-            // its latest version, SQLite has a single writer: either way two
-            // acquisitions never both take one slot.
-            let claimed = sqlx::query(
-                "INSERT INTO sessions (account, slot, session_id, title, renditions,
-                    client_hpke_key, peer_key, region, isp, renewal_seq, expires_at,
-                    entitlement_expires_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, $11, $12)
-                 ON CONFLICT (account, slot) DO UPDATE SET
-                    session_id = excluded.session_id, title = excluded.title,
-                    renditions = excluded.renditions,
-                    client_hpke_key = excluded.client_hpke_key,
-                    peer_key = excluded.peer_key, region = excluded.region,
-                    isp = excluded.isp, renewal_seq = 0,
-                    expires_at = excluded.expires_at,
-                    entitlement_expires_at = excluded.entitlement_expires_at,
-                    created_at = excluded.created_at
-                 WHERE sessions.expires_at < $12
-                 RETURNING slot",
-            )
-            .bind(r.account.as_str())
-            .bind(i64::from(slot))
-            .bind(r.session_id.0.to_vec())
-            .bind(r.title.as_str())
-            .bind(r.renditions.join("\n"))
-            .bind(r.client_hpke_key.clone())
-            .bind(r.peer_key.clone())
-            .bind(r.region.as_str())
-            .bind(r.isp.as_str())
-            .bind(to_db(r.expires_at.0))
-            .bind(to_db(r.entitlement_expires_at.0))
-            .bind(to_db(new.now.0))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if claimed.is_some() {
-                tx.commit().await?;
-                return Ok(Admission::Admitted(slot));
-            }
+        // Lock the account: every admission of this account, on any replica,
+        // queues here until the previous one committed.
+        sqlx::query(
+            "INSERT INTO accounts (account, acquisitions) VALUES ($1, 1)
+             ON CONFLICT (account) DO UPDATE SET acquisitions = accounts.acquisitions + 1",
+        )
+        .bind(r.account.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let live: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM sessions WHERE account = $1 AND expires_at >= $2",
+        )
+        .bind(r.account.as_str())
+        .bind(to_db(new.now.0))
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        if live >= i64::from(new.max_streams) {
+            tx.rollback().await?;
+            return Ok(Admission::LimitReached);
         }
-        tx.rollback().await?;
-        Ok(Admission::LimitReached)
+        sqlx::query(
+            "INSERT INTO sessions (session_id, account, title, renditions, client_hpke_key,
+                peer_key, region, isp, renewal_seq, expires_at, entitlement_expires_at,
+                created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
+        )
+        .bind(r.session_id.0.to_vec())
+        .bind(r.account.as_str())
+        .bind(r.title.as_str())
+        .bind(r.renditions.join("\n"))
+        .bind(r.client_hpke_key.clone())
+        .bind(r.peer_key.clone())
+        .bind(r.region.as_str())
+        .bind(r.isp.as_str())
+        .bind(to_db(r.expires_at.0))
+        .bind(to_db(r.entitlement_expires_at.0))
+        .bind(to_db(new.now.0))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Admission::Admitted(
+            u32::try_from(live + 1).unwrap_or(u32::MAX),
+        ))
     }
 
     /// The session with this id, live or not.
@@ -638,16 +649,18 @@ impl Store {
     /// How many rows each table holds.
     pub async fn row_counts(&self) -> Result<RowCounts, StoreError> {
         let mut counts = RowCounts::default();
-        for (table, slot) in [
-            ("content_keys", &mut counts.content_keys),
-            ("sessions", &mut counts.sessions),
-            ("acquire_nonces", &mut counts.acquire_nonces),
+        for (sql, slot) in [
+            (
+                "SELECT COUNT(*) AS n FROM content_keys",
+                &mut counts.content_keys,
+            ),
+            ("SELECT COUNT(*) AS n FROM sessions", &mut counts.sessions),
+            (
+                "SELECT COUNT(*) AS n FROM acquire_nonces",
+                &mut counts.acquire_nonces,
+            ),
+            ("SELECT COUNT(*) AS n FROM accounts", &mut counts.accounts),
         ] {
-            let sql = match table {
-                "content_keys" => "SELECT COUNT(*) AS n FROM content_keys",
-                "sessions" => "SELECT COUNT(*) AS n FROM sessions",
-                _ => "SELECT COUNT(*) AS n FROM acquire_nonces",
-            };
             let row = sqlx::query(sql).fetch_one(&self.keys).await?;
             *slot = row.try_get("n")?;
         }

@@ -101,16 +101,17 @@ pub fn test_config(dir: &std::path::Path, store_url: &str) -> (Config, SigningKe
     std::fs::write(dir.join("admin-token"), ADMIN).unwrap();
     let files = loaves_proto::keygen::write_key_pair(dir, "signin", true).unwrap();
     let signer = loaves_proto::keygen::read_signing_key(&files.private_key).unwrap();
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.metrics_listen = "127.0.0.1:0".parse().unwrap();
-    config.clearkey_listen = Some("127.0.0.1:0".parse().unwrap());
-    config.data_dir = data;
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        clearkey_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: data,
+        ..Config::default()
+    };
     config.store.url = Some(store_url.to_owned());
     config.keys.kek_file = Some(dir.join("kek"));
     config.keys.admin_token_file = Some(dir.join("admin-token"));
     config.keys.entitlement_public_keys = vec![files.public_key];
-    config.keys.signing_key_file = None;
     let mut live = license_server::config::TitleConfig::demo();
     live.id = "live".into();
     live.key_period_s = 600;
