@@ -7,4 +7,5 @@
 //! driver, the peer wire, license handling and the local player endpoint are
 //! built around it in later steps.
 
+pub mod license;
 pub mod scheduler;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The scheduler driven with explicit time: no sockets, no sleeps.
 
 use loaves_client_sdk::scheduler::{
