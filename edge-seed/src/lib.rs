@@ -1,0 +1,22 @@
+//! The origin side of Loaves: the packager.
+//!
+//! [`package::package`] turns a clear CMAF presentation (HLS playlists or a
+//! directory of renditions) into Common Encryption (`cenc` or `cbcs`)
+//! protected segments, signed manifests, HLS and DASH. The transformation
+//! core is free of I/O: [`init::protect_init`] and
+//! [`segment::protect_segment`] take bytes and return bytes; [`cenc`] holds
+//! the ciphers and the subsample rules; [`boxes`] the ISO-BMFF reader and
+//! writer. Keys come through the [`keysource::KeySource`] trait.
+
+pub mod boxes;
+pub mod cenc;
+pub mod error;
+pub mod init;
+pub mod input;
+pub mod keysource;
+pub mod package;
+pub mod playlist;
+pub mod segment;
+
+pub use error::{Mp4Error, PackageError};
+pub use package::{PackageOptions, PackageSummary, Progress, package};

@@ -1,0 +1,210 @@
+//! `edge-seed`: the Loaves origin. `edge-seed package` protects and signs a
+//! CMAF presentation.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use edge_seed::keysource::{GrpcKeySource, KeySource, LocalKeySource};
+use edge_seed::{PackageOptions, Progress, package};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use loaves_proto::manifest::Scheme;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edge-seed",
+    version,
+    about = "Loaves origin: CENC packager for CMAF presentations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Protect a clear CMAF presentation with Common Encryption, sign its
+    /// manifests and write HLS and DASH.
+    ///
+    /// INPUT is an HLS multivariant or media playlist whose media is
+    /// fragmented MP4 (EXT-X-MAP), or a directory holding one subdirectory
+    /// per rendition with `init.mp4` and numbered segments.
+    Package(PackageArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    /// AES-128-CTR, subsample encryption for video.
+    Cenc,
+    /// AES-128-CBC, 1:9 pattern for video, constant IV.
+    Cbcs,
+    /// Already protected input: copied byte for byte, only signed.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeySourceArg {
+    /// The license server's KeyService over gRPC (production).
+    Grpc,
+    /// Keys derived from --dev-key-secret (development and tests only).
+    Local,
+}
+
+#[derive(Debug, clap::Args)]
+struct PackageArgs {
+    /// Input presentation (playlist or directory).
+    input: PathBuf,
+    /// Output directory (published atomically).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Title id used in manifests and key requests.
+    #[arg(short, long)]
+    title: String,
+    /// Protection scheme.
+    #[arg(long, value_enum, default_value = "cenc")]
+    scheme: SchemeArg,
+    /// Origin manifest signing key (PKCS#8 PEM, as written by loaves-keygen).
+    #[arg(long, env = "LOAVES_ORIGIN_KEY")]
+    origin_key: PathBuf,
+    /// Where content keys come from.
+    #[arg(long, value_enum, default_value = "grpc")]
+    key_source: KeySourceArg,
+    /// License server KeyService endpoint.
+    #[arg(
+        long,
+        env = "LOAVES_KEY_SERVICE",
+        default_value = "https://127.0.0.1:50051"
+    )]
+    key_service: String,
+    /// Admin bearer token for the KeyService.
+    #[arg(long, env = "LOAVES_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// PEM of the CA (or of the server's self-signed certificate) the key
+    /// service's certificate must chain to.
+    #[arg(long, env = "LOAVES_KEY_SERVICE_CA")]
+    ca_cert: Option<PathBuf>,
+    /// Secret of the local development key source.
+    #[arg(
+        long,
+        env = "LOAVES_DEV_KEY_SECRET",
+        default_value = "loaves-dev",
+        hide_env_values = true
+    )]
+    dev_key_secret: String,
+    /// New key period every N segments (0: one key period for the title).
+    #[arg(long, default_value_t = 0)]
+    key_period_segments: u32,
+    /// Video at least this tall uses the `hd` key, below it the `sd` key.
+    #[arg(long, default_value_t = 720)]
+    hd_min_height: u16,
+    /// ClearKey license URL written in HLS and DASH.
+    #[arg(long, default_value = "/clearkey/license")]
+    clearkey_license_url: String,
+    /// Replace the output directory if it exists.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Package(args) => run_package(args),
+    }
+}
+
+fn run_package(args: PackageArgs) -> Result<()> {
+    let origin_key = loaves_proto::keygen::read_signing_key(&args.origin_key)
+        .context("reading the origin signing key")?;
+    let scheme = match args.scheme {
+        SchemeArg::Cenc => Scheme::Cenc,
+        SchemeArg::Cbcs => Scheme::Cbcs,
+        SchemeArg::Passthrough => Scheme::Passthrough,
+    };
+    let keys: Box<dyn KeySource> = match args.key_source {
+        KeySourceArg::Local => Box::new(LocalKeySource::new(args.dev_key_secret.as_bytes())),
+        KeySourceArg::Grpc => {
+            let ca = match &args.ca_cert {
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            if args.key_service.starts_with("https://") && ca.is_none() {
+                bail!("--ca-cert is required for an https key service");
+            }
+            Box::new(GrpcKeySource::new(
+                args.key_service.clone(),
+                args.admin_token.clone(),
+                ca,
+            ))
+        }
+    };
+    let options = PackageOptions {
+        title: args.title,
+        scheme,
+        key_period_segments: args.key_period_segments,
+        hd_min_height: args.hd_min_height,
+        clearkey_license_url: args.clearkey_license_url,
+        force: args.force,
+    };
+    eprintln!("keys: {}", keys.describe());
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} segments {binary_bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    let summary = package(
+        &args.input,
+        &args.output,
+        &options,
+        keys.as_ref(),
+        &origin_key,
+        &mut |p| match p {
+            Progress::Total(n) => bar.set_length(n),
+            Progress::Segment { bytes: b } => {
+                bytes += b;
+                bar.inc(1);
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let summary = summary?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "packaged {} renditions, {} segments, {:.1} MB in {:.2} s ({:.1} MB/s) with {} into {}",
+        summary.renditions.len(),
+        summary.segments(),
+        summary.bytes_in() as f64 / 1e6,
+        elapsed,
+        bytes as f64 / 1e6 / elapsed.max(1e-9),
+        summary.scheme.as_str(),
+        summary.output.display()
+    );
+    for r in &summary.renditions {
+        let kids: Vec<String> = r
+            .kids
+            .iter()
+            .map(|(p, k)| format!("{p}:{}", hex::encode(k)))
+            .collect();
+        println!(
+            "  {:<14} {:<5} {:<12} {:>3} segments {:>8} kbit/s  kids [{}]",
+            r.name,
+            r.track_type,
+            r.codec_string,
+            r.segments.len(),
+            r.average_bandwidth / 1000,
+            kids.join(" ")
+        );
+    }
+    Ok(())
+}

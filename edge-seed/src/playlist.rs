@@ -1,0 +1,319 @@
+//! HLS (multivariant + media playlists) and DASH (MPD) for a packaged
+//! presentation. Pure text generation from [`PackagedRendition`]s.
+
+use std::fmt::Write as _;
+
+use loaves_proto::manifest::Scheme;
+
+use crate::init::{CLEARKEY_SYSTEM_ID, COMMON_SYSTEM_ID, pssh_box};
+use crate::package::PackagedRendition;
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A key id as a UUID string (`8-4-4-4-12`).
+pub fn kid_uuid(kid: &[u8; 16]) -> String {
+    let h = hex::encode(kid);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn uuid(id: &[u8; 16]) -> String {
+    kid_uuid(id)
+}
+
+fn hls_method(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Cenc => "SAMPLE-AES-CTR",
+        _ => "SAMPLE-AES",
+    }
+}
+
+/// The `EXT-X-KEY` (or `EXT-X-SESSION-KEY`) lines for one key: the common
+/// system (`pssh` in a data URI) and W3C ClearKey (license URL).
+fn key_lines(tag: &str, scheme: Scheme, kid: &[u8; 16], clearkey_url: &str) -> String {
+    let pssh = base64(&pssh_box(&COMMON_SYSTEM_ID, &[*kid]));
+    format!(
+        "#{tag}:METHOD={m},URI=\"data:text/plain;base64,{pssh}\",KEYID=0x{k},KEYFORMAT=\"urn:uuid:{sys}\",KEYFORMATVERSIONS=\"1\"\n\
+         #{tag}:METHOD={m},URI=\"{clearkey_url}\",KEYID=0x{k},KEYFORMAT=\"org.w3.clearkey\",KEYFORMATVERSIONS=\"1\"\n",
+        m = hls_method(scheme),
+        k = hex::encode(kid),
+        sys = uuid(&COMMON_SYSTEM_ID),
+    )
+}
+
+/// The media playlist of one rendition (VOD, or a live sliding window when
+/// `window` is set and `ended` is false).
+pub fn hls_media_playlist(
+    r: &PackagedRendition,
+    scheme: Scheme,
+    clearkey_url: &str,
+    ended: bool,
+) -> String {
+    let target = r
+        .segments
+        .iter()
+        .map(|s| s.duration_ms.div_ceil(1000))
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let first = r.segments.first().map(|s| s.sequence).unwrap_or(0);
+    let mut out = String::new();
+    out.push_str("#EXTM3U\n#EXT-X-VERSION:7\n");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
+    if ended {
+        out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
+    }
+    out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI=\"init.mp4\"\n");
+    let mut period = None;
+    for s in &r.segments {
+        if scheme != Scheme::Passthrough && period != Some(s.key_period) {
+            if let Some(kid) = r.kid_of(s.key_period) {
+                out.push_str(&key_lines("EXT-X-KEY", scheme, &kid, clearkey_url));
+            }
+            period = Some(s.key_period);
+        }
+        let _ = writeln!(out, "#EXTINF:{:.3},", f64::from(s.duration_ms) / 1000.0);
+        let _ = writeln!(out, "{}", s.file_name);
+    }
+    if ended {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
+    out
+}
+
+/// The multivariant playlist: audio renditions as `EXT-X-MEDIA`, each video
+/// rendition as a variant referring to the audio group, and one
+/// `EXT-X-SESSION-KEY` pair per distinct first key.
+pub fn hls_multivariant(
+    renditions: &[PackagedRendition],
+    scheme: Scheme,
+    clearkey_url: &str,
+) -> String {
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
+    if scheme != Scheme::Passthrough {
+        let mut seen = Vec::new();
+        for r in renditions {
+            if let Some(kid) = r.kid_of(0)
+                && !seen.contains(&kid)
+            {
+                out.push_str(&key_lines("EXT-X-SESSION-KEY", scheme, &kid, clearkey_url));
+                seen.push(kid);
+            }
+        }
+    }
+    let audio: Vec<_> = renditions.iter().filter(|r| !r.is_video).collect();
+    for (i, a) in audio.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"{}\",DEFAULT={},AUTOSELECT=YES,URI=\"{}/media.m3u8\"",
+            a.name,
+            if i == 0 { "YES" } else { "NO" },
+            a.name
+        );
+    }
+    let audio_peak = audio.iter().map(|a| a.peak_bandwidth).max().unwrap_or(0);
+    let audio_codec = audio.first().map(|a| a.codec_string.clone());
+    for v in renditions.iter().filter(|r| r.is_video) {
+        let codecs = match &audio_codec {
+            Some(a) => format!("{},{}", v.codec_string, a),
+            None => v.codec_string.clone(),
+        };
+        let mut line = format!(
+            "#EXT-X-STREAM-INF:BANDWIDTH={},AVERAGE-BANDWIDTH={},CODECS=\"{}\"",
+            v.peak_bandwidth + audio_peak,
+            v.average_bandwidth + audio.first().map(|a| a.average_bandwidth).unwrap_or(0),
+            codecs
+        );
+        if let Some((w, h)) = v.dimensions {
+            let _ = write!(line, ",RESOLUTION={w}x{h}");
+        }
+        if !audio.is_empty() {
+            line.push_str(",AUDIO=\"audio\"");
+        }
+        let _ = writeln!(out, "{line}\n{}/media.m3u8", v.name);
+    }
+    if !audio.is_empty() && renditions.iter().all(|r| !r.is_video) {
+        // Audio-only presentation: each audio rendition is a variant.
+        for a in &audio {
+            let _ = writeln!(
+                out,
+                "#EXT-X-STREAM-INF:BANDWIDTH={},CODECS=\"{}\"\n{}/media.m3u8",
+                a.peak_bandwidth, a.codec_string, a.name
+            );
+        }
+    }
+    out
+}
+
+fn iso_duration(ms: u64) -> String {
+    format!("PT{}.{:03}S", ms / 1000, ms % 1000)
+}
+
+/// A static MPD: one adaptation set per track type (renditions sharing a
+/// key, as DASH-IF requires one `default_KID` per adaptation set), each
+/// with `ContentProtection` for the scheme (`mp4protection`, default KID),
+/// the common system and ClearKey.
+pub fn dash_mpd(renditions: &[PackagedRendition], scheme: Scheme, clearkey_url: &str) -> String {
+    let duration_ms = renditions
+        .iter()
+        .map(|r| {
+            r.segments
+                .iter()
+                .map(|s| u64::from(s.duration_ms))
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" xmlns:cenc=\"urn:mpeg:cenc:2013\" xmlns:dashif=\"https://dashif.org/\" \
+         type=\"static\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" minBufferTime=\"PT2S\" mediaPresentationDuration=\"{}\">",
+        iso_duration(duration_ms)
+    );
+    out.push_str("  <Period id=\"0\" start=\"PT0S\">\n");
+    let mut groups: Vec<(&str, Vec<&PackagedRendition>)> = Vec::new();
+    for r in renditions {
+        match groups.iter_mut().find(|g| g.0 == r.track_type) {
+            Some(g) => g.1.push(r),
+            None => groups.push((&r.track_type, vec![r])),
+        }
+    }
+    for (id, (track_type, members)) in groups.iter().enumerate() {
+        let video = members[0].is_video;
+        let _ = writeln!(
+            out,
+            "    <AdaptationSet id=\"{id}\" contentType=\"{}\" mimeType=\"{}\" segmentAlignment=\"true\" startWithSAP=\"1\"><!-- {track_type} -->",
+            if video { "video" } else { "audio" },
+            if video { "video/mp4" } else { "audio/mp4" },
+        );
+        if scheme != Scheme::Passthrough
+            && let Some(kid) = members[0].kid_of(0)
+        {
+            let all: Vec<[u8; 16]> = members[0].kids.iter().map(|k| k.1).collect();
+            let _ = writeln!(
+                out,
+                "      <ContentProtection schemeIdUri=\"urn:mpeg:dash:mp4protection:2011\" value=\"{}\" cenc:default_KID=\"{}\"/>",
+                scheme.as_str(),
+                kid_uuid(&kid)
+            );
+            let _ = writeln!(
+                out,
+                "      <ContentProtection schemeIdUri=\"urn:uuid:{}\"><cenc:pssh>{}</cenc:pssh></ContentProtection>",
+                uuid(&COMMON_SYSTEM_ID),
+                base64(&pssh_box(&COMMON_SYSTEM_ID, &all))
+            );
+            let _ = writeln!(
+                out,
+                "      <ContentProtection schemeIdUri=\"urn:uuid:{}\" value=\"ClearKey1.0\"><dashif:Laurl Lic_type=\"EME-1.0\">{}</dashif:Laurl><cenc:pssh>{}</cenc:pssh></ContentProtection>",
+                uuid(&CLEARKEY_SYSTEM_ID),
+                xml_escape(clearkey_url),
+                base64(&pssh_box(&CLEARKEY_SYSTEM_ID, &all))
+            );
+        }
+        for r in members {
+            let mut attrs = format!(
+                "id=\"{}\" bandwidth=\"{}\" codecs=\"{}\"",
+                r.name, r.peak_bandwidth, r.codec_string
+            );
+            if let Some((w, h)) = r.dimensions {
+                let _ = write!(attrs, " width=\"{w}\" height=\"{h}\"");
+            }
+            let _ = writeln!(out, "      <Representation {attrs}>");
+            let start = r.segments.first().map(|s| s.sequence).unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "        <SegmentTemplate timescale=\"{}\" initialization=\"{}/init.mp4\" media=\"{}/seg_$Number%05d$.m4s\" startNumber=\"{start}\">",
+                r.timescale, r.name, r.name
+            );
+            out.push_str("          <SegmentTimeline>\n");
+            let mut t = r.base_decode_time;
+            let mut i = 0;
+            while i < r.segments.len() {
+                let d = r.segments[i].duration_ticks;
+                let mut repeat = 0;
+                while i + repeat + 1 < r.segments.len()
+                    && r.segments[i + repeat + 1].duration_ticks == d
+                {
+                    repeat += 1;
+                }
+                if repeat > 0 {
+                    let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\" r=\"{repeat}\"/>");
+                } else {
+                    let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\"/>");
+                }
+                t += d * (repeat as u64 + 1);
+                i += repeat + 1;
+            }
+            out.push_str("          </SegmentTimeline>\n        </SegmentTemplate>\n      </Representation>\n");
+        }
+        out.push_str("    </AdaptationSet>\n");
+    }
+    out.push_str("  </Period>\n</MPD>\n");
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (i, o) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(i.as_bytes()), o);
+        }
+    }
+
+    #[test]
+    fn uuid_form() {
+        assert_eq!(
+            uuid(&COMMON_SYSTEM_ID),
+            "1077efec-c0b2-4d02-ace3-3c1e52e2fb4b"
+        );
+        assert_eq!(
+            uuid(&CLEARKEY_SYSTEM_ID),
+            "e2719d58-a985-b3c9-781a-b030af78d30e"
+        );
+    }
+}
