@@ -26,6 +26,8 @@ pub mod keys;
 pub mod keywrap;
 pub mod license;
 pub mod manifest;
+#[cfg(feature = "quic")]
+pub mod peerwire;
 pub mod shard;
 pub mod signed;
 pub mod token;
