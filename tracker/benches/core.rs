@@ -1,1 +1,199 @@
-fn main() {}
+//! Announces per second of the swarm core alone (one thread = one core).
+//!
+//! `cargo bench -p tracker --bench core` (release). Prints one line per
+//! scenario. No I/O, no clock inside the core: the loop passes `now`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use loaves_proto::{UnixSeconds, pb};
+use tracker::rng::SplitMix64;
+use tracker::stats::{self, StatsBook, StatsLimits};
+use tracker::swarm::{Requester, SwarmBook, SwarmConfig};
+
+const REGIONS: [&str; 3] = ["eu-west", "eu-central", "us-east"];
+const ISPS: [&str; 6] = ["isp-a", "isp-b", "isp-c", "isp-d", "isp-e", "isp-f"];
+
+struct Peer {
+    key: [u8; 32],
+    region: &'static str,
+    isp: &'static str,
+    swarm: usize,
+}
+
+fn key(i: usize) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    k[8] = 1;
+    k
+}
+
+fn announce_for(peer: &Peer, index: usize, round: u64, want: u32) -> pb::Announce {
+    let head = 1000 + round + (index as u64 % 7);
+    pb::Announce {
+        swarm: Some(pb::SwarmId {
+            title: format!("title-{}", peer.swarm),
+            rendition: "720p".into(),
+        }),
+        addresses: vec![format!(
+            "10.{}.{}.{}:4433",
+            index >> 16 & 255,
+            index >> 8 & 255,
+            index & 255
+        )],
+        holdings: Some(pb::Holdings {
+            kind: Some(pb::holdings::Kind::LiveWindow(pb::LiveWindow {
+                first_sequence: head - 20,
+                last_sequence: head,
+            })),
+        }),
+        next_sequence: head + 1,
+        upload_capacity_bps: 5_000_000 + (index as u64 % 10) * 1_000_000,
+        upload_in_use_bps: (index as u64 % 5) * 1_000_000,
+        stats: Some(pb::StatsDelta {
+            bytes_from_peers: 3_000_000,
+            bytes_from_seeds: 500_000,
+            bytes_from_cdn: 1_000_000,
+            bytes_uploaded: 2_000_000,
+            played_ms: 30_000,
+            ..Default::default()
+        }),
+        max_peers: want,
+    }
+}
+
+fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_stats: bool) {
+    let config = SwarmConfig {
+        max_total_peers: swarms * peers_per_swarm + 1,
+        max_peers_per_swarm: peers_per_swarm + 1,
+        ..SwarmConfig::default()
+    };
+    let mut book = SwarmBook::new(config, 1);
+    let mut stats_book = StatsBook::new(StatsLimits::default());
+    let mut rng = SplitMix64::new(5);
+    let total = swarms * peers_per_swarm;
+    let peers: Vec<Peer> = (0..total)
+        .map(|i| Peer {
+            key: key(i),
+            region: REGIONS[rng.below(REGIONS.len())],
+            isp: ISPS[rng.below(ISPS.len())],
+            swarm: i % swarms,
+        })
+        .collect();
+    // Pre-built announces (decoding is the driver's job, not the core's).
+    let messages: Vec<pb::Announce> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| announce_for(p, i, 0, want))
+        .collect();
+    let now = UnixSeconds(1_000_000);
+    for (peer, message) in peers.iter().zip(&messages) {
+        let who = Requester {
+            key: &peer.key,
+            region: peer.region,
+            isp: peer.isp,
+        };
+        book.announce(now, &who, message).ok();
+    }
+    // Measure re-announces in a shuffled order.
+    let mut order: Vec<usize> = (0..total).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let rounds = (2_000_000 / total).max(1);
+    let mut returned = 0u64;
+    let mut bytes = 0u64;
+    let started = Instant::now();
+    for round in 0..rounds {
+        let now = UnixSeconds(1_000_000 + round as u64);
+        for &i in &order {
+            let peer = &peers[i];
+            let who = Requester {
+                key: &peer.key,
+                region: peer.region,
+                isp: peer.isp,
+            };
+            let message = &messages[i];
+            if with_stats && let Some(delta) = &message.stats {
+                let window =
+                    stats::report_window(Some(UnixSeconds(now.0 - 30)), now, stats_book.limits());
+                let (counters, _) = stats::clamp(delta, window, stats_book.limits());
+                let labels = stats_book.labels_for(
+                    message.swarm.as_ref().map_or("", |s| s.title.as_str()),
+                    peer.region,
+                    peer.isp,
+                );
+                stats_book.ingest(&labels, &counters);
+            }
+            if let Ok(outcome) = book.announce(now, &who, black_box(message)) {
+                returned += u64::from(outcome.peers);
+                bytes += outcome.reply.len() as u64;
+                black_box(&outcome.reply);
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let announces = (rounds * total) as f64;
+    println!(
+        "{name:<44} {:>10.0} announces/s  ({:.0} ns each; {:.1} peers and {:.0} bytes per reply; {} peers in {} swarms)",
+        announces / elapsed,
+        elapsed * 1e9 / announces,
+        returned as f64 / announces,
+        bytes as f64 / announces,
+        total,
+        swarms,
+    );
+}
+
+fn main() {
+    println!("tracker core: single thread, release build");
+    scenario(
+        "1000 swarms x 100 peers, 30 per reply",
+        1000,
+        100,
+        30,
+        false,
+    );
+    scenario(
+        "100 swarms x 1000 peers, 30 per reply",
+        100,
+        1000,
+        30,
+        false,
+    );
+    scenario(
+        "10 swarms x 10000 peers, 30 per reply",
+        10,
+        10_000,
+        30,
+        false,
+    );
+    scenario(
+        "1 swarm x 100000 peers, 30 per reply",
+        1,
+        100_000,
+        30,
+        false,
+    );
+    scenario(
+        "100 swarms x 1000 peers, 50 per reply",
+        100,
+        1000,
+        50,
+        false,
+    );
+    scenario(
+        "100 swarms x 1000 peers, 10 per reply",
+        100,
+        1000,
+        10,
+        false,
+    );
+    scenario(
+        "100 swarms x 1000 peers, 30/reply + stats",
+        100,
+        1000,
+        30,
+        true,
+    );
+}

@@ -593,7 +593,7 @@ impl SwarmBook {
             now,
             ttl: self.config.peer_ttl_s,
             lookahead: self.config.lookahead_segments,
-            cap: want.saturating_mul(self.config.candidates_per_slot).max(8),
+            cap: self.config.candidates_per_slot,
             want,
             diversity: self.config.diversity_peers.min(want / 3),
         };
@@ -932,7 +932,7 @@ struct Choice {
     now: UnixSeconds,
     ttl: u64,
     lookahead: u64,
-    /// Candidates examined per class.
+    /// Candidates scored per reply slot.
     cap: usize,
     want: usize,
     diversity: usize,
@@ -971,30 +971,53 @@ impl Choice {
     }
 }
 
-/// Scores up to `cap` eligible candidates of `group` (starting at a random
-/// offset, wrapping) whose class is `class`, into `out`.
-#[allow(clippy::too_many_arguments)]
+/// Fewest candidates scored for a class that may fill any slot.
+const MIN_CANDIDATES: usize = 16;
+
+/// Scores up to `cap` eligible candidates of class `class` into `out`,
+/// examining at most `scan_limit` members of `group` (`None`: the whole
+/// swarm) from a random offset, wrapping. `out` ends sorted best first.
 fn collect(
     swarm: &Swarm,
-    group: &[u32],
+    group: Option<&[u32]>,
     class: u8,
     context: &Choice,
-    scan_limit: usize,
+    (cap, scan_limit): (usize, usize),
     rng: &mut SplitMix64,
     out: &mut Vec<(u64, u32)>,
 ) {
     out.clear();
-    let n = group.len();
-    if n == 0 {
+    let n = group.map_or(swarm.peers.len(), <[u32]>::len);
+    if n == 0 || cap == 0 {
         return;
     }
-    let start = rng.below(n);
-    for step in 0..n.min(scan_limit) {
-        let index = group[(start + step) % n];
+    let mut position = rng.below(n);
+    for _ in 0..n.min(scan_limit) {
+        let index = match group {
+            // A window of the group: its members are all (ISP) or mostly
+            // (region) of the class sought.
+            Some(group) => {
+                let index = group[position];
+                position += 1;
+                if position == n {
+                    position = 0;
+                }
+                index
+            }
+            // Random probes of the whole swarm: the class sought may be a
+            // minority, and arrival order clusters localities.
+            None => {
+                let index = rng.below(n) as u32;
+                if out.iter().any(|(_, seen)| *seen == index) {
+                    continue;
+                }
+                index
+            }
+        };
         let peer = &swarm.peers[index as usize];
         if context.eligible(index, peer) && context.class(peer.region, peer.isp) == class {
             out.push((context.score(peer, rng), index));
-            if out.len() >= context.cap {
+            if out.len() >= cap {
                 break;
             }
         }
@@ -1003,6 +1026,13 @@ fn collect(
 }
 
 /// Appends the chosen peers' entries to `reply`; returns how many.
+///
+/// Slots: `want - diversity` for the same ISP, then the same region fills
+/// what the ISP could not, then elsewhere gets the rest (at least
+/// `diversity` when available); slots nobody can fill go back to nearer
+/// classes. Each class scores about `candidates_per_slot` candidates per
+/// slot it may fill, so the work per announce is bounded by the reply size,
+/// not the swarm size.
 fn choose_peers(
     swarm: &Swarm,
     context: &Choice,
@@ -1014,50 +1044,76 @@ fn choose_peers(
     if want == 0 {
         return 0;
     }
-    let empty: Vec<u32> = Vec::new();
-    let isp_group = if known(context.isp) {
-        swarm.by_isp.get(&context.isp).unwrap_or(&empty)
-    } else {
-        &empty
+    let factor = context.cap.max(1);
+    let isp_group = known(context.isp)
+        .then(|| swarm.by_isp.get(&context.isp))
+        .flatten()
+        .map_or(&[][..], Vec::as_slice);
+    let region_group = known(context.region)
+        .then(|| swarm.by_region.get(&context.region))
+        .flatten()
+        .map_or(&[][..], Vec::as_slice);
+    // Small needs still look at a few candidates, so that in small swarms
+    // the best peers are always found.
+    let budget = |need: usize| {
+        let cap = if need == 0 {
+            0
+        } else {
+            (need * factor).max(MIN_CANDIDATES)
+        };
+        (cap, cap * 4)
     };
-    let region_group = if known(context.region) {
-        swarm.by_region.get(&context.region).unwrap_or(&empty)
-    } else {
-        &empty
-    };
+
+    let need_a = want - context.diversity;
     collect(
         swarm,
-        isp_group,
+        Some(isp_group),
         0,
         context,
-        context.cap * 2,
+        budget(need_a),
         rng,
         &mut scratch.class_a,
     );
+    let mut a = scratch.class_a.len().min(need_a);
+    let need_b = want - context.diversity - a;
     collect(
         swarm,
-        region_group,
+        Some(region_group),
         1,
         context,
-        context.cap * 4,
+        budget(need_b),
         rng,
         &mut scratch.class_b,
     );
+    let mut b = scratch.class_b.len().min(need_b);
+    let need_c = want - a - b;
     // Class 2 has no index of its own: sample the whole swarm.
-    collect_all(swarm, context, context.cap * 4, rng, &mut scratch.class_c);
-
-    let (na, nb, nc) = (
-        scratch.class_a.len(),
-        scratch.class_b.len(),
-        scratch.class_c.len(),
+    collect(
+        swarm,
+        None,
+        2,
+        context,
+        budget(need_c),
+        rng,
+        &mut scratch.class_c,
     );
-    let c_reserved = nc.min(context.diversity);
-    let mut a = na.min(want - c_reserved);
-    let mut b = nb.min(want - c_reserved - a);
-    let c = nc.min(want - a - b);
+    let c = scratch.class_c.len().min(need_c);
     // Not enough elsewhere: give the slots back to nearer peers.
-    a = na.min(want - b - c);
-    b = nb.min(want - a - c);
+    a = scratch.class_a.len().min(want - b - c);
+    if a + b + c < want && need_b < want - a - c {
+        // The region was skipped or under-sampled: look again for the rest.
+        let need = want - a - c;
+        collect(
+            swarm,
+            Some(region_group),
+            1,
+            context,
+            budget(need),
+            rng,
+            &mut scratch.class_b,
+        );
+    }
+    b = scratch.class_b.len().min(want - a - c);
     let mut added = 0;
     for (_, index) in scratch.class_a[..a]
         .iter()
@@ -1072,30 +1128,4 @@ fn choose_peers(
         added += 1;
     }
     added
-}
-
-fn collect_all(
-    swarm: &Swarm,
-    context: &Choice,
-    scan_limit: usize,
-    rng: &mut SplitMix64,
-    out: &mut Vec<(u64, u32)>,
-) {
-    out.clear();
-    let n = swarm.peers.len();
-    if n == 0 {
-        return;
-    }
-    let start = rng.below(n);
-    for step in 0..n.min(scan_limit) {
-        let index = ((start + step) % n) as u32;
-        let peer = &swarm.peers[index as usize];
-        if context.eligible(index, peer) && context.class(peer.region, peer.isp) == 2 {
-            out.push((context.score(peer, rng), index));
-            if out.len() >= context.cap {
-                break;
-            }
-        }
-    }
-    out.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
 }
