@@ -7,5 +7,13 @@
 //! driver, the peer wire, license handling and the local player endpoint are
 //! built around it in later steps.
 
+pub mod cdn;
 pub mod license;
 pub mod scheduler;
+pub mod store;
+
+/// Makes ring the process's TLS crypto provider (the HTTP client needs one);
+/// harmless when the application already installed one.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,252 @@
+//! The CDN: plain HTTP(S) GETs with byte ranges against one or more base
+//! URLs, with failover. The CDN is the safety net of the platform, so this
+//! client is strict about what it accepts: a size cap on every body, a
+//! timeout on every request, and a check that a ranged answer is the range
+//! that was asked for.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, RANGE};
+
+use crate::scheduler::ByteRange;
+
+/// How to reach the CDN.
+#[derive(Debug, Clone)]
+pub struct CdnConfig {
+    /// Base URLs, in order of preference (e.g. `https://cdn-a.example/vod/`);
+    /// a failing one is skipped in favour of the next.
+    pub base_urls: Vec<String>,
+    /// Bound on each request, connection included.
+    pub request_timeout: Duration,
+    /// Largest body accepted.
+    pub max_body_bytes: u64,
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        Self {
+            base_urls: Vec::new(),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Why a CDN fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CdnError {
+    /// No base URL is configured.
+    #[error("no CDN base URL configured")]
+    NoBaseUrl,
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+    /// Every base URL failed; the last error is given.
+    #[error("every CDN failed; last: {0}")]
+    AllFailed(Box<CdnError>),
+    /// A request failed (connection, TLS, timeout).
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// An unexpected HTTP status.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// The body is larger than allowed.
+    #[error("{url}: body larger than {max} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        max: u64,
+    },
+    /// The answer is not the byte range asked for.
+    #[error("{url}: answered another range than {start}-{end}")]
+    WrongRange {
+        /// The URL.
+        url: String,
+        /// Asked start.
+        start: u64,
+        /// Asked end (exclusive).
+        end: u64,
+    },
+}
+
+/// A CDN client with failover across base URLs.
+#[derive(Debug)]
+pub struct CdnClient {
+    http: reqwest::Client,
+    config: CdnConfig,
+    /// Index of the base URL that last worked: tried first next time.
+    preferred: AtomicUsize,
+}
+
+impl CdnClient {
+    /// A client for `config`.
+    pub fn new(config: CdnConfig) -> Result<Self, CdnError> {
+        if config.base_urls.is_empty() {
+            return Err(CdnError::NoBaseUrl);
+        }
+        crate::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(config.request_timeout)
+            .connect_timeout(config.request_timeout)
+            .build()
+            .map_err(|e| CdnError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            config,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// Fetches `path` (relative to the base URLs), or `range` of it.
+    pub async fn fetch(&self, path: &str, range: Option<ByteRange>) -> Result<Bytes, CdnError> {
+        let bases = &self.config.base_urls;
+        let first = self.preferred.load(Ordering::Relaxed) % bases.len();
+        let mut last_error = None;
+        for offset in 0..bases.len() {
+            let index = (first + offset) % bases.len();
+            let url = join(&bases[index], path);
+            match self.fetch_one(&url, range).await {
+                Ok(bytes) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(bytes);
+                }
+                // A 404 is an answer about the content, not about the CDN:
+                // another CDN of the same origin would say the same.
+                Err(error @ CdnError::Status { status: 404, .. }) => return Err(error),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(CdnError::AllFailed(Box::new(
+            last_error.unwrap_or(CdnError::NoBaseUrl),
+        )))
+    }
+
+    async fn fetch_one(&self, url: &str, range: Option<ByteRange>) -> Result<Bytes, CdnError> {
+        let transport = |e: reqwest::Error| CdnError::Transport {
+            url: url.to_owned(),
+            message: e.to_string(),
+        };
+        let mut request = self.http.get(url);
+        if let Some(range) = range {
+            if range.is_empty() {
+                return Ok(Bytes::new());
+            }
+            request = request.header(RANGE, format!("bytes={}-{}", range.start, range.end - 1));
+        }
+        let mut response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let max = self.config.max_body_bytes;
+        let wrong_range = |range: ByteRange| CdnError::WrongRange {
+            url: url.to_owned(),
+            start: range.start,
+            end: range.end,
+        };
+        // What part of the body to keep.
+        let keep = match (status, range) {
+            (StatusCode::OK, None) => None,
+            (StatusCode::PARTIAL_CONTENT, Some(range)) => {
+                let answered = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range);
+                if answered != Some((range.start, range.end)) {
+                    return Err(wrong_range(range));
+                }
+                None
+            }
+            // A server that ignores Range sends the whole object: keep the
+            // asked part (bounded by the size cap like any body).
+            (StatusCode::OK, Some(range)) => Some(range),
+            (status, _) => {
+                return Err(CdnError::Status {
+                    url: url.to_owned(),
+                    status: status.as_u16(),
+                });
+            }
+        };
+        if response.content_length().is_some_and(|len| len > max) {
+            return Err(CdnError::TooLarge {
+                url: url.to_owned(),
+                max,
+            });
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(CdnError::TooLarge {
+                    url: url.to_owned(),
+                    max,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = body.freeze();
+        match keep {
+            None => Ok(body),
+            Some(range) => {
+                let (Ok(start), Ok(end)) =
+                    (usize::try_from(range.start), usize::try_from(range.end))
+                else {
+                    return Err(wrong_range(range));
+                };
+                if end > body.len() {
+                    return Err(wrong_range(range));
+                }
+                Ok(body.slice(start..end))
+            }
+        }
+    }
+}
+
+fn join(base: &str, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+/// Parses `bytes START-END/TOTAL` into `(START, END + 1)`.
+fn parse_content_range(value: &str) -> Option<(u64, u64)> {
+    let spec = value.strip_prefix("bytes ")?;
+    let (range, _total) = spec.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    (end >= start).then(|| (start, end + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0, 100)));
+        assert_eq!(parse_content_range("bytes 10-10/*"), Some((10, 11)));
+        assert_eq!(parse_content_range("bytes 10-9/100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes x-1/2"), None);
+    }
+
+    #[test]
+    fn urls_join_with_one_slash() {
+        assert_eq!(join("http://a/b/", "/c/d"), "http://a/b/c/d");
+        assert_eq!(join("http://a/b", "c"), "http://a/b/c");
+    }
+}
