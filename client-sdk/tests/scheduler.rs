@@ -374,3 +374,25 @@ fn same_seed_same_decisions() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_peer_that_no_longer_has_a_segment_is_not_asked_again_for_it() {
+    let mut s = vod(DeadlineFirst::default());
+    s.set_playhead(Millis(0), 0, 0, true);
+    s.add_peer(PeerId(1), viewer(Locality::SameIsp, 5_000_000));
+    s.add_peer(PeerId(2), viewer(Locality::SameRegion, 5_000_000));
+    s.peer_has(PeerId(1), 3);
+    s.peer_has(PeerId(2), 3);
+    let (transfer, _, source, _) = fetches(&s.poll(Millis(0)))
+        .into_iter()
+        .find(|f| f.1 == 3)
+        .expect("segment 3 from a peer");
+    assert_eq!(source, Source::Peer(PeerId(1)), "the same-ISP peer first");
+    // It answers NOT_FOUND (evicted): the driver reports a failure.
+    assert!(s.on_complete(Millis(50), transfer, Outcome::Failed).is_empty());
+    let retry = fetches(&s.poll(Millis(60)))
+        .into_iter()
+        .find(|f| f.1 == 3)
+        .expect("segment 3 again");
+    assert_eq!(retry.2, Source::Peer(PeerId(2)));
+}

@@ -553,7 +553,18 @@ impl<P: Policy> Scheduler<P> {
                     self.ban(peer, DropReason::Corrupt, &mut actions);
                 }
             }
-            Outcome::Failed | Outcome::Busy => {}
+            Outcome::Failed | Outcome::Busy => {
+                // Ask somebody else next time: forget that this peer offers
+                // the segment (it may have evicted it, or be at capacity).
+                if let Some(peer) = state.source.peer()
+                    && let Some(peer_state) = self.peers.get_mut(&peer)
+                    && peer_state.holds.remove(&state.sequence)
+                    && peer_state.info.kind == PeerKind::Viewer
+                    && let Some(segment) = self.segments.get_mut(&state.sequence)
+                {
+                    segment.holders = segment.holders.saturating_sub(1);
+                }
+            }
         }
         actions
     }
