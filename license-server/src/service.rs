@@ -178,7 +178,9 @@ impl LicenseCore {
         if peer_key.is_weak() {
             return Err(Denial::InvalidPeerKey);
         }
-        check_client_key(&req.client_hpke_public_key)?;
+        if req.client_hpke_public_key.len() != X25519_KEY_LEN {
+            return Err(Denial::InvalidClientKey(WrapError::InvalidPublicKey));
+        }
         let periods = self.key_periods(title, req.key_periods.as_ref(), now)?;
         if req.renditions.len() > MAX_REQUESTED_RENDITIONS {
             return Err(Denial::InvalidArgument("too many renditions".into()));
@@ -214,6 +216,18 @@ impl LicenseCore {
             expires_at: self.session_expiry(now),
             entitlement_expires_at: entitlement.expires_at,
         };
+        // Wrap now if every key exists already (the usual case): that also
+        // refuses low-order client keys before anything is written.
+        // Otherwise check the client key with a trial seal; the missing keys
+        // are created only once the session is admitted.
+        let wanted = wanted_keys(title, &record.renditions, &periods);
+        let prewrapped = match self.store.known_keys(&title.id, &wanted).await? {
+            Some(keys) => Some(wrap_all(&record, &keys)?),
+            None => {
+                check_client_key(&req.client_hpke_public_key)?;
+                None
+            }
+        };
         let admission = self
             .store
             .admit_session(NewSession {
@@ -224,19 +238,21 @@ impl LicenseCore {
             })
             .await?;
         match admission {
-            Admission::Admitted(live) => {
+            Admission::Admitted => {
                 tracing::info!(
                     session = %session_id,
                     account = %record.account,
                     title = %record.title,
-                    live,
                     "session admitted"
                 );
             }
             Admission::Replay => return Err(Denial::Replay),
             Admission::LimitReached => return Err(Denial::ConcurrencyLimit(limit)),
         }
-        match self.issue(title, &record, periods, 0, now).await {
+        match self
+            .issue(title, &record, periods, 0, now, prewrapped)
+            .await
+        {
             Ok(response) => {
                 self.metrics.licenses_issued.inc();
                 Ok(response)
@@ -252,8 +268,9 @@ impl LicenseCore {
         }
     }
 
-    /// Fetches (creating if needed) the session's keys for `periods`, wraps
-    /// them to the session and signs the license and a fresh token.
+    /// Fetches (creating if needed) the session's keys for `periods` and
+    /// wraps them to the session (unless `prewrapped`), then signs the
+    /// license and a fresh token.
     async fn issue(
         &self,
         title: &TitleConfig,
@@ -261,28 +278,20 @@ impl LicenseCore {
         periods: std::ops::RangeInclusive<u32>,
         renewal_sequence: u64,
         now: UnixSeconds,
+        prewrapped: Option<Vec<pb::WrappedKey>>,
     ) -> Result<pb::LicenseResponse, Denial> {
-        let track_types = title.track_types_of(&session.renditions);
-        let wanted: Vec<(&str, u32)> = track_types
-            .iter()
-            .flat_map(|t| periods.clone().map(move |p| (*t, p)))
-            .collect();
-        let keys = self
-            .store
-            .get_or_create_keys(&title.id, &wanted, now)
-            .await?;
+        let wrapped = match prewrapped {
+            Some(wrapped) => wrapped,
+            None => {
+                let wanted = wanted_keys(title, &session.renditions, &periods);
+                let keys = self
+                    .store
+                    .get_or_create_keys(&title.id, &wanted, now)
+                    .await?;
+                wrap_all(session, &keys)?
+            }
+        };
         let expires_at = self.session_expiry(now);
-        let mut wrapped = Vec::with_capacity(keys.len());
-        for key in &keys {
-            let w = keywrap::wrap(
-                &session.client_hpke_key,
-                &session.session_id,
-                key.key_id,
-                &key.key,
-            )
-            .map_err(Denial::InvalidClientKey)?;
-            wrapped.push(w.to_pb(&key.track_type, key.key_period));
-        }
         let peer_key =
             verifying_key_from_slice(&session.peer_key).map_err(|_| Denial::InvalidPeerKey)?;
         let token = SessionToken {
@@ -367,7 +376,7 @@ impl LicenseCore {
             .await?;
         session_update(update)?;
         let response = self
-            .issue(title, &session, periods, body.renewal_sequence, now)
+            .issue(title, &session, periods, body.renewal_sequence, now, None)
             .await?;
         self.metrics.renewals.inc();
         tracing::debug!(session = %session.session_id, seq = body.renewal_sequence, "session renewed");
@@ -455,6 +464,35 @@ impl LicenseCore {
         self.metrics.keys_served.inc_by(out.len() as u64);
         Ok(pb::GetContentKeysResponse { keys: out })
     }
+}
+
+/// Every (track type, period) a session's renditions need.
+fn wanted_keys<'a>(
+    title: &'a TitleConfig,
+    renditions: &[String],
+    periods: &std::ops::RangeInclusive<u32>,
+) -> Vec<(&'a str, u32)> {
+    title
+        .track_types_of(renditions)
+        .into_iter()
+        .flat_map(|t| periods.clone().map(move |p| (t, p)))
+        .collect()
+}
+
+/// Seals every key to the session with HPKE.
+fn wrap_all(session: &SessionRecord, keys: &[StoredKey]) -> Result<Vec<pb::WrappedKey>, Denial> {
+    keys.iter()
+        .map(|key| {
+            keywrap::wrap(
+                &session.client_hpke_key,
+                &session.session_id,
+                key.key_id,
+                &key.key,
+            )
+            .map(|w| w.to_pb(&key.track_type, key.key_period))
+            .map_err(Denial::InvalidClientKey)
+        })
+        .collect()
 }
 
 fn replay_horizon(entitlement: &Entitlement, skew_s: u64) -> UnixSeconds {

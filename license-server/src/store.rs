@@ -12,19 +12,29 @@
 //!   winner's key. Key ids are `UNIQUE`, so a key id never names two keys.
 //! - **Durable before returned.** A key is returned only after the
 //!   transaction that created it committed (or after it was read as already
-//!   committed by another). SQLite key writes use `synchronous = FULL`.
-//! - **Concurrency slots.** Admission runs in one transaction that first
-//!   upserts the account's row in `accounts` — taking that row's lock on
-//!   PostgreSQL, the database's single write lock on SQLite — then counts the
-//!   account's live sessions (`expires_at >= now`) and inserts the new one
-//!   only if the count is below the limit. Admissions of one account are thus
-//!   serialized on every replica, so N+1 racing acquisitions cannot all win.
-//!   Release sets `expires_at = 0`; a session that stops renewing stops
-//!   counting when its `expires_at` passes.
-//! - **Nothing written on refusal.** Acquisition is one transaction: the
-//!   replay marker and the slot are committed together or not at all.
+//!   committed by another). On SQLite the commit of new keys runs with
+//!   `synchronous = FULL` (fsync), other writes with `NORMAL`.
+//! - **Concurrency slots.** A session counts against its account while
+//!   `expires_at >= now`. Admission is one conditional insert, "insert this
+//!   session if the account has fewer than N live sessions", made atomic per
+//!   account: on PostgreSQL it runs in a transaction that first upserts the
+//!   account's row in `accounts`, whose row lock queues every other admission
+//!   of that account on any replica until commit; on SQLite the single write
+//!   lock does the same (one writer connection per process, and the statement
+//!   fails rather than commits if another process wrote meanwhile). So N+1
+//!   racing acquisitions cannot all win. Release sets `expires_at = 0`; a
+//!   session that stops renewing stops counting when `expires_at` passes.
+//! - **Replays.** The client's HPKE key is `UNIQUE` among sessions, and a
+//!   session row is kept until its entitlement (plus skew) has expired, so an
+//!   acquisition request replayed while its entitlement is valid is refused.
+//! - **Nothing written on refusal.** The conditional insert writes nothing
+//!   when it refuses, and the PostgreSQL transaction is rolled back.
+//! - **Keys are immutable**, so the process caches them once read or
+//!   created: a cached key is always the committed one.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use loaves_proto::UnixSeconds;
@@ -122,8 +132,8 @@ pub struct NewSession<'a> {
 /// Outcome of an admission attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// The session is admitted; the account now has this many live sessions.
-    Admitted(u32),
+    /// The session is admitted.
+    Admitted,
     /// This client key was already used for an acquisition.
     Replay,
     /// The account already has its limit of live sessions.
@@ -150,8 +160,6 @@ pub struct RowCounts {
     pub content_keys: i64,
     /// Session rows (live or not).
     pub sessions: i64,
-    /// Replay markers.
-    pub acquire_nonces: i64,
     /// Accounts ever admitted.
     pub accounts: i64,
 }
@@ -166,14 +174,14 @@ const SQLITE_SCHEMA: &[&str] = &[
         account TEXT PRIMARY KEY, acquisitions BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions (
         session_id BLOB PRIMARY KEY, account TEXT NOT NULL,
-        title TEXT NOT NULL, renditions TEXT NOT NULL, client_hpke_key BLOB NOT NULL,
+        title TEXT NOT NULL, renditions TEXT NOT NULL,
+        client_hpke_key BLOB NOT NULL UNIQUE,
         peer_key BLOB NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
         renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL)",
+        entitlement_expires_at BIGINT NOT NULL, replay_horizon BIGINT NOT NULL,
+        created_at BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account, expires_at)",
     "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
-    "CREATE TABLE IF NOT EXISTS acquire_nonces (
-        client_hpke_key BLOB PRIMARY KEY, expires_at BIGINT NOT NULL)",
 ];
 
 const POSTGRES_SCHEMA: &[&str] = &[
@@ -186,15 +194,21 @@ const POSTGRES_SCHEMA: &[&str] = &[
         account TEXT PRIMARY KEY, acquisitions BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sessions (
         session_id BYTEA PRIMARY KEY, account TEXT NOT NULL,
-        title TEXT NOT NULL, renditions TEXT NOT NULL, client_hpke_key BYTEA NOT NULL,
+        title TEXT NOT NULL, renditions TEXT NOT NULL,
+        client_hpke_key BYTEA NOT NULL UNIQUE,
         peer_key BYTEA NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
         renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-        entitlement_expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL)",
+        entitlement_expires_at BIGINT NOT NULL, replay_horizon BIGINT NOT NULL,
+        created_at BIGINT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account, expires_at)",
     "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
-    "CREATE TABLE IF NOT EXISTS acquire_nonces (
-        client_hpke_key BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL)",
 ];
+
+/// Keys by (title, track type, key period).
+type KeyCache = HashMap<(String, String, u32), StoredKey>;
+
+/// Most keys kept in the in-process cache (about 100 bytes each).
+const KEY_CACHE_CAPACITY: usize = 100_000;
 
 /// Serializes schema creation across replicas starting together (PostgreSQL
 /// `CREATE TABLE IF NOT EXISTS` is not race-free).
@@ -212,12 +226,17 @@ fn from_db(value: i64) -> u64 {
 #[derive(Debug, Clone)]
 pub struct Store {
     backend: Backend,
-    /// Writes of content keys: `synchronous = FULL` on SQLite.
-    keys: AnyPool,
-    /// Sessions and everything else. On SQLite `synchronous = NORMAL` in WAL
-    /// mode: safe against process crashes; a power loss may forget the last
-    /// session changes, never a key.
-    sessions: AnyPool,
+    /// Every write. On SQLite a single connection: SQLite has one writer
+    /// anyway, and queueing in the pool is far cheaper than SQLite's
+    /// sleeping busy handler. It runs in WAL mode with `synchronous =
+    /// NORMAL` (safe against process crashes; a power loss may forget the
+    /// last session changes) and switches to `FULL` around the commit of new
+    /// content keys, so a key is on stable storage before it is returned.
+    writer: AnyPool,
+    /// Reads. On SQLite, WAL readers never wait for the writer.
+    reader: AnyPool,
+    /// Keys already read or created (keys never change).
+    cache: Arc<Mutex<KeyCache>>,
     kek: Kek,
 }
 
@@ -234,7 +253,7 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl);
         };
-        let (keys, sessions) = match backend {
+        let (writer, reader) = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') {
                     url.to_owned()
@@ -252,9 +271,9 @@ impl Store {
                         .await?;
                     sqlx::Connection::close(conn).await?;
                 }
-                let keys = sqlite_pool(&options, 2, "FULL").await?;
-                let sessions = sqlite_pool(&options, max_connections, "NORMAL").await?;
-                (keys, sessions)
+                let writer = sqlite_pool(&options, 1).await?;
+                let reader = sqlite_pool(&options, max_connections).await?;
+                (writer, reader)
             }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -267,8 +286,9 @@ impl Store {
         };
         let store = Self {
             backend,
-            keys,
-            sessions,
+            writer,
+            reader,
+            cache: Arc::default(),
             kek,
         };
         store.migrate().await?;
@@ -282,7 +302,7 @@ impl Store {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut tx = self.keys.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let schema = match self.backend {
             Backend::Sqlite => SQLITE_SCHEMA,
             Backend::Postgres => {
@@ -306,10 +326,10 @@ impl Store {
             "INSERT INTO meta (name, value) VALUES ('kek_check', $1) ON CONFLICT DO NOTHING",
         )
         .bind(check)
-        .execute(&self.keys)
+        .execute(&self.writer)
         .await?;
         let row = sqlx::query("SELECT value FROM meta WHERE name = 'kek_check'")
-            .fetch_one(&self.keys)
+            .fetch_one(&self.writer)
             .await?;
         let stored: Vec<u8> = row.try_get("value")?;
         if self.kek.verify_check_value(&stored) {
@@ -360,15 +380,54 @@ impl Store {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        // Fast path: everything exists already (the common case for
-        // licenses), one read, no write.
-        let mut found = self.read_keys(&self.sessions, title, &wanted).await?;
+        // Fast path: everything known already (the common case for
+        // licenses): no database at all.
+        if let Some(cached) = self.cached_keys(title, &wanted) {
+            return Ok(cached);
+        }
+        // Then one read, no write.
+        let mut found = self.read_keys(title, &wanted).await?;
         if found.len() == wanted.len() {
             return Ok(found);
         }
         for _attempt in 0..3 {
-            let mut tx = self.keys.begin().await?;
-            for &(track_type, period) in &wanted {
+            let mut conn = self.writer.acquire().await?;
+            if self.backend == Backend::Sqlite {
+                sqlx::query("PRAGMA synchronous = FULL")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let created = self
+                .insert_keys(&mut conn, title, &wanted, &found, now)
+                .await;
+            if self.backend == Backend::Sqlite {
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            drop(conn);
+            created?;
+            found = self.read_keys(title, &wanted).await?;
+            if found.len() == wanted.len() {
+                return Ok(found);
+            }
+        }
+        Err(StoreError::KeyIdCollision)
+    }
+
+    /// Inserts the keys of `wanted` not in `found`, in one transaction.
+    async fn insert_keys(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        title: &str,
+        wanted: &[(&str, u32)],
+        found: &[StoredKey],
+        now: UnixSeconds,
+    ) -> Result<(), StoreError> {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await?;
+        {
+            for &(track_type, period) in wanted {
                 if found
                     .iter()
                     .any(|k| k.track_type == track_type && k.key_period == period)
@@ -400,19 +459,58 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            tx.commit().await?;
-            found = self.read_keys(&self.keys, title, &wanted).await?;
-            if found.len() == wanted.len() {
-                return Ok(found);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every key of `wanted` if all exist already (from the cache, else one
+    /// read); `None` if any is missing. Never writes.
+    pub async fn known_keys(
+        &self,
+        title: &str,
+        wanted: &[(&str, u32)],
+    ) -> Result<Option<Vec<StoredKey>>, StoreError> {
+        let mut wanted: Vec<(&str, u32)> = wanted.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if let Some(cached) = self.cached_keys(title, &wanted) {
+            return Ok(Some(cached));
+        }
+        let found = self.read_keys(title, &wanted).await?;
+        Ok((found.len() == wanted.len()).then_some(found))
+    }
+
+    /// Every key of `wanted` if all are cached.
+    fn cached_keys(&self, title: &str, wanted: &[(&str, u32)]) -> Option<Vec<StoredKey>> {
+        let cache = self.cache.lock().ok()?;
+        wanted
+            .iter()
+            .map(|&(track, period)| {
+                cache
+                    .get(&(title.to_owned(), track.to_owned(), period))
+                    .cloned()
+            })
+            .collect()
+    }
+
+    fn remember(&self, title: &str, keys: &[StoredKey]) {
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() + keys.len() > KEY_CACHE_CAPACITY {
+                cache.clear();
+            }
+            for key in keys {
+                cache.insert(
+                    (title.to_owned(), key.track_type.clone(), key.key_period),
+                    key.clone(),
+                );
             }
         }
-        Err(StoreError::KeyIdCollision)
     }
 
     /// The existing keys among `wanted` (sorted, deduplicated).
     async fn read_keys(
         &self,
-        pool: &AnyPool,
         title: &str,
         wanted: &[(&str, u32)],
     ) -> Result<Vec<StoredKey>, StoreError> {
@@ -426,7 +524,7 @@ impl Store {
         .bind(title)
         .bind(i64::from(first))
         .bind(i64::from(last))
-        .fetch_all(pool)
+        .fetch_all(&self.reader)
         .await?;
         let mut keys = Vec::with_capacity(wanted.len());
         for row in &rows {
@@ -439,6 +537,7 @@ impl Store {
                 keys.push(self.decode_key(title, row)?);
             }
         }
+        self.remember(title, &keys);
         Ok(keys)
     }
 
@@ -452,7 +551,7 @@ impl Store {
              WHERE key_id = $1",
         )
         .bind(key_id.0.to_vec())
-        .fetch_optional(&self.sessions)
+        .fetch_optional(&self.reader)
         .await?;
         match row {
             None => Ok(None),
@@ -464,52 +563,17 @@ impl Store {
         }
     }
 
-    /// Admits a session if its account is below its limit, atomically with
-    /// its replay marker. Writes nothing unless admitted.
+    /// Admits a session if its account has fewer than `max_streams` live
+    /// sessions and its client key was never used. Writes nothing otherwise.
     pub async fn admit_session(&self, new: NewSession<'_>) -> Result<Admission, StoreError> {
         let r = new.record;
-        let mut tx = self.sessions.begin().await?;
-        // A write first: on SQLite the transaction takes the write lock now
-        // (no read-then-upgrade race); on PostgreSQL a concurrent duplicate
-        // waits here for the first to commit or roll back.
-        let marked = sqlx::query(
-            "INSERT INTO acquire_nonces (client_hpke_key, expires_at) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(r.client_hpke_key.clone())
-        .bind(to_db(new.replay_horizon.0))
-        .execute(&mut *tx)
-        .await?;
-        if marked.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(Admission::Replay);
-        }
-        // Lock the account: every admission of this account, on any replica,
-        // queues here until the previous one committed.
-        sqlx::query(
-            "INSERT INTO accounts (account, acquisitions) VALUES ($1, 1)
-             ON CONFLICT (account) DO UPDATE SET acquisitions = accounts.acquisitions + 1",
-        )
-        .bind(r.account.as_str())
-        .execute(&mut *tx)
-        .await?;
-        let live: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM sessions WHERE account = $1 AND expires_at >= $2",
-        )
-        .bind(r.account.as_str())
-        .bind(to_db(new.now.0))
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("n")?;
-        if live >= i64::from(new.max_streams) {
-            tx.rollback().await?;
-            return Ok(Admission::LimitReached);
-        }
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO sessions (session_id, account, title, renditions, client_hpke_key,
                 peer_key, region, isp, renewal_seq, expires_at, entitlement_expires_at,
-                created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11)",
+                replay_horizon, created_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10, $11, $12
+             WHERE (SELECT COUNT(*) FROM sessions WHERE account = $2 AND expires_at >= $12) < $13
+             ON CONFLICT (client_hpke_key) DO NOTHING",
         )
         .bind(r.session_id.0.to_vec())
         .bind(r.account.as_str())
@@ -521,13 +585,46 @@ impl Store {
         .bind(r.isp.as_str())
         .bind(to_db(r.expires_at.0))
         .bind(to_db(r.entitlement_expires_at.0))
+        .bind(to_db(new.replay_horizon.0))
         .bind(to_db(new.now.0))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Admission::Admitted(
-            u32::try_from(live + 1).unwrap_or(u32::MAX),
-        ))
+        .bind(i64::from(new.max_streams));
+        let inserted = match self.backend {
+            // The single writer connection and SQLite's write lock make the
+            // statement atomic on its own.
+            Backend::Sqlite => insert.execute(&self.writer).await?.rows_affected(),
+            Backend::Postgres => {
+                let mut tx = self.writer.begin().await?;
+                // Lock the account: every admission of this account, on any
+                // replica, queues here until the previous one committed.
+                sqlx::query(
+                    "INSERT INTO accounts (account, acquisitions) VALUES ($1, 1)
+                     ON CONFLICT (account) DO UPDATE
+                     SET acquisitions = accounts.acquisitions + 1",
+                )
+                .bind(r.account.as_str())
+                .execute(&mut *tx)
+                .await?;
+                let inserted = insert.execute(&mut *tx).await?.rows_affected();
+                if inserted == 1 {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                inserted
+            }
+        };
+        if inserted == 1 {
+            return Ok(Admission::Admitted);
+        }
+        let used = sqlx::query("SELECT 1 AS one FROM sessions WHERE client_hpke_key = $1")
+            .bind(r.client_hpke_key.clone())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(if used.is_some() {
+            Admission::Replay
+        } else {
+            Admission::LimitReached
+        })
     }
 
     /// The session with this id, live or not.
@@ -538,7 +635,7 @@ impl Store {
              FROM sessions WHERE session_id = $1",
         )
         .bind(id.0.to_vec())
-        .fetch_optional(&self.sessions)
+        .fetch_optional(&self.reader)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let session_id: Vec<u8> = row.try_get("session_id")?;
@@ -601,7 +698,7 @@ impl Store {
         .bind(to_db(seq))
         .bind(to_db(expires_at.0))
         .bind(to_db(now.0))
-        .execute(&self.sessions)
+        .execute(&self.writer)
         .await?;
         if updated.rows_affected() == 1 {
             return Ok(SessionUpdate::Updated);
@@ -627,23 +724,21 @@ impl Store {
     pub async fn active_sessions(&self, now: UnixSeconds) -> Result<i64, StoreError> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM sessions WHERE expires_at >= $1")
             .bind(to_db(now.0))
-            .fetch_one(&self.sessions)
+            .fetch_one(&self.reader)
             .await?;
         Ok(row.try_get("n")?)
     }
 
-    /// Forgets replay markers past their horizon and session rows over for
-    /// longer than `retention_s`. Never touches keys.
+    /// Deletes session rows over for longer than `retention_s` whose replay
+    /// horizon has passed. Never touches keys.
     pub async fn sweep(&self, now: UnixSeconds, retention_s: u64) -> Result<u64, StoreError> {
-        let nonces = sqlx::query("DELETE FROM acquire_nonces WHERE expires_at < $1")
-            .bind(to_db(now.0))
-            .execute(&self.sessions)
-            .await?;
-        let sessions = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-            .bind(to_db(now.0.saturating_sub(retention_s)))
-            .execute(&self.sessions)
-            .await?;
-        Ok(nonces.rows_affected() + sessions.rows_affected())
+        let swept =
+            sqlx::query("DELETE FROM sessions WHERE expires_at < $1 AND replay_horizon < $2")
+                .bind(to_db(now.0.saturating_sub(retention_s)))
+                .bind(to_db(now.0))
+                .execute(&self.writer)
+                .await?;
+        Ok(swept.rows_affected())
     }
 
     /// How many rows each table holds.
@@ -655,13 +750,9 @@ impl Store {
                 &mut counts.content_keys,
             ),
             ("SELECT COUNT(*) AS n FROM sessions", &mut counts.sessions),
-            (
-                "SELECT COUNT(*) AS n FROM acquire_nonces",
-                &mut counts.acquire_nonces,
-            ),
             ("SELECT COUNT(*) AS n FROM accounts", &mut counts.accounts),
         ] {
-            let row = sqlx::query(sql).fetch_one(&self.keys).await?;
+            let row = sqlx::query(sql).fetch_one(&self.reader).await?;
             *slot = row.try_get("n")?;
         }
         Ok(counts)
@@ -669,27 +760,23 @@ impl Store {
 
     /// Closes the pools, waiting for connections to be returned.
     pub async fn close(&self) {
-        self.sessions.close().await;
-        self.keys.close().await;
+        self.reader.close().await;
+        self.writer.close().await;
     }
 }
 
 async fn sqlite_pool(
     options: &AnyConnectOptions,
     max_connections: u32,
-    synchronous: &'static str,
 ) -> Result<AnyPool, StoreError> {
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .after_connect(move |conn, _meta| {
+        .after_connect(|conn, _meta| {
             Box::pin(async move {
-                let pragma = if synchronous == "FULL" {
-                    "PRAGMA synchronous = FULL"
-                } else {
-                    "PRAGMA synchronous = NORMAL"
-                };
-                sqlx::query(pragma).execute(&mut *conn).await?;
+                sqlx::query("PRAGMA synchronous = NORMAL")
+                    .execute(&mut *conn)
+                    .await?;
                 sqlx::query("PRAGMA busy_timeout = 10000")
                     .execute(&mut *conn)
                     .await?;

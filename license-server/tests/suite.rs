@@ -466,6 +466,24 @@ async fn bad_acquisitions_get_specific_statuses_and_write_nothing(db: Db) {
     assert_eq!(keys.len(), 9, "3 track types x periods 10..=12");
     let status = refused!(h, client.acquire_license(live_request), Code::AlreadyExists);
     assert!(status.message().contains("replay"), "{status:?}");
+    // Now that the keys exist (and are cached) a low-order point is refused
+    // on the path that wraps before admission, still writing nothing.
+    for point in LOW_ORDER_POINTS {
+        let key = hex::decode(point).unwrap();
+        let status = refused!(
+            h,
+            client.acquire_license(request(&|r| {
+                r.title = "live".into();
+                r.key_periods = periods(10, 3);
+                r.client_hpke_public_key = key.clone();
+            })),
+            Code::InvalidArgument
+        );
+        assert!(
+            status.message().contains("low-order"),
+            "{point}: {status:?}"
+        );
+    }
 
     let (_, metrics) = h.http_get("/metrics").await;
     for reason in [
