@@ -17,6 +17,7 @@ pub mod keysource;
 pub mod package;
 pub mod playlist;
 pub mod segment;
+pub mod synthetic;
 
 pub use error::{Mp4Error, PackageError};
 pub use package::{PackageOptions, PackageSummary, Progress, package};
