@@ -18,6 +18,7 @@ pub mod package;
 pub mod playlist;
 pub mod segment;
 pub mod synthetic;
+pub mod serve;
 
 pub use error::{Mp4Error, PackageError};
 pub use package::{PackageOptions, PackageSummary, Progress, package};

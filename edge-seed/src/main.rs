@@ -31,6 +31,10 @@ enum Command {
     /// fragmented MP4 (EXT-X-MAP), or a directory holding one subdirectory
     /// per rendition with `init.mp4` and numbered segments.
     Package(PackageArgs),
+    /// Run the edge seed: QUIC peer wire server and HTTP origin for the
+    /// packaged titles, with verified origin pulls, caches, live prefetch and
+    /// tracker registration (see `edge_seed::serve`).
+    Serve(edge_seed::serve::cli::ServeArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,6 +117,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Package(args) => run_package(args),
+        Command::Serve(args) => Ok(edge_seed::serve::cli::run(args)?),
     }
 }
 

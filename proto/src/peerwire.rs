@@ -1042,6 +1042,8 @@ async fn write_header(
     framing::write_message(send, header, limits.max_frame_len, limits.request_timeout).await?;
     send.finish()
         .map_err(|e| PeerWireError::Stream(e.to_string()))?;
+    // Delivered before the stream (and maybe the connection) goes away.
+    let _ = tokio::time::timeout(limits.request_timeout, send.stopped()).await;
     Ok(())
 }
 
@@ -1097,9 +1099,16 @@ async fn write_segment(
         }
         first = false;
     }
-    match send.finish() {
-        Ok(()) => Outcome::Served { bytes: written },
-        Err(_) => Outcome::Failed,
+    if send.finish().is_err() {
+        return Outcome::Failed;
+    }
+    // Wait until the peer acknowledged everything (bounded): the upload slot
+    // stays held while the bytes are in flight, and a connection closed right
+    // after (drain) does not discard them.
+    let remaining = (deadline + paused).saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining.max(limits.stall_timeout), send.stopped()).await {
+        Ok(Ok(None)) => Outcome::Served { bytes: written },
+        _ => Outcome::Failed,
     }
 }
 

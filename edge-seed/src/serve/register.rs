@@ -1,0 +1,258 @@
+//! Registration with the tracker as a seed, re-announced on an interval.
+//!
+//! The transport is behind [`Registrar`], so tests (or another tracker
+//! client) can replace it; [`QuicRegistrar`] speaks the tracker protocol
+//! (ALPN `loaves-tracker/1`): one hello with the seed credential, then one
+//! stream per `SeedRegistration`, answered by an `Ack` carrying the
+//! interval. Titles map to tracker shards by rendezvous hashing
+//! ([`loaves_proto::shard::ShardMap`]), the tracker's own rule.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use loaves_proto::framing;
+use loaves_proto::identity::{self, PeerIdentity};
+use loaves_proto::pb;
+use loaves_proto::shard::ShardMap;
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::{Mutex, watch};
+
+use super::metrics::Metrics;
+use super::store::Store;
+
+/// Why a registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// Endpoint or TLS setup failed.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// Connecting or the connection failed.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// Frames could not be exchanged.
+    #[error("frame: {0}")]
+    Frame(#[from] framing::FrameError),
+    /// The tracker refused.
+    #[error("tracker refused: {0}")]
+    Refused(String),
+    /// No or an unexpected response.
+    #[error("unexpected response")]
+    Unexpected,
+}
+
+/// Sends one registration; returns the interval the tracker asks for.
+pub trait Registrar: Send + Sync + 'static {
+    /// Registers `registration`.
+    fn register(
+        &self,
+        registration: &pb::SeedRegistration,
+    ) -> impl Future<Output = Result<Option<u32>, RegisterError>> + Send;
+}
+
+/// Registration over QUIC to one tracker.
+#[derive(Debug)]
+pub struct QuicRegistrar {
+    endpoint: quinn::Endpoint,
+    tracker: SocketAddr,
+    client: quinn::ClientConfig,
+    credential: Vec<u8>,
+    connection: Mutex<Option<quinn::Connection>>,
+    timeout: Duration,
+}
+
+const MAX_RESPONSE_LEN: usize = 256 * 1024;
+
+impl QuicRegistrar {
+    /// A registrar for `tracker`, presenting `identity` and `credential`.
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        tracker: SocketAddr,
+        identity: &PeerIdentity,
+        credential: Vec<u8>,
+    ) -> Result<Self, RegisterError> {
+        let tls = identity
+            .client_config(loaves_proto::ALPN_TRACKER)
+            .map_err(|e| RegisterError::Setup(e.to_string()))?;
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| RegisterError::Setup(e.to_string()))?;
+        Ok(Self {
+            endpoint,
+            tracker,
+            client: quinn::ClientConfig::new(Arc::new(crypto)),
+            credential,
+            connection: Mutex::new(None),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    async fn request(
+        &self,
+        connection: &quinn::Connection,
+        request: &pb::TrackerRequest,
+    ) -> Result<pb::TrackerResponse, RegisterError> {
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| RegisterError::Connection(e.to_string()))?;
+        framing::write_message(
+            &mut send,
+            request,
+            framing::DEFAULT_MAX_FRAME_LEN,
+            self.timeout,
+        )
+        .await?;
+        let _ = send.finish();
+        let response: pb::TrackerResponse =
+            framing::read_message(&mut recv, MAX_RESPONSE_LEN, self.timeout)
+                .await?
+                .ok_or(RegisterError::Unexpected)?;
+        if let Some(pb::tracker_response::Kind::Error(error)) = &response.kind {
+            let mut message = error.message.clone();
+            message.truncate(256);
+            return Err(RegisterError::Refused(message));
+        }
+        Ok(response)
+    }
+
+    async fn connection(&self) -> Result<quinn::Connection, RegisterError> {
+        let mut guard = self.connection.lock().await;
+        if let Some(connection) = guard.as_ref()
+            && connection.close_reason().is_none()
+        {
+            return Ok(connection.clone());
+        }
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), self.tracker, identity::SERVER_NAME)
+            .map_err(|e| RegisterError::Connection(e.to_string()))?;
+        let connection = tokio::time::timeout(self.timeout, connecting)
+            .await
+            .map_err(|_| RegisterError::Connection("handshake timed out".into()))?
+            .map_err(|e| RegisterError::Connection(e.to_string()))?;
+        let hello = pb::TrackerRequest {
+            kind: Some(pb::tracker_request::Kind::Hello(pb::TrackerHello {
+                credential: Some(pb::tracker_hello::Credential::SeedCredential(
+                    self.credential.clone(),
+                )),
+            })),
+        };
+        self.request(&connection, &hello).await?;
+        *guard = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+impl Registrar for QuicRegistrar {
+    async fn register(
+        &self,
+        registration: &pb::SeedRegistration,
+    ) -> Result<Option<u32>, RegisterError> {
+        let connection = self.connection().await?;
+        let request = pb::TrackerRequest {
+            kind: Some(pb::tracker_request::Kind::RegisterSeed(
+                registration.clone(),
+            )),
+        };
+        match self.request(&connection, &request).await {
+            Ok(pb::TrackerResponse {
+                kind: Some(pb::tracker_response::Kind::Ack(ack)),
+            }) => Ok(Some(ack.interval_s).filter(|&s| s > 0)),
+            Ok(_) => Err(RegisterError::Unexpected),
+            Err(error) => {
+                // Reconnect next time.
+                *self.connection.lock().await = None;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// What the seed registers.
+#[derive(Debug, Clone)]
+pub struct RegistrationInfo {
+    /// Addresses peers reach the seed at.
+    pub addresses: Vec<String>,
+    /// Upload capacity offered, bits per second.
+    pub upload_capacity_bps: u64,
+}
+
+/// The registration for the titles of `shard` (all titles when `shards` is
+/// empty): every loaded rendition of each, with spare capacity estimated
+/// from the upload slots in use.
+pub fn registration_for(
+    store: &Store,
+    shards: &ShardMap,
+    shard: Option<&str>,
+    info: &RegistrationInfo,
+    metrics: &Metrics,
+    max_uploads: usize,
+) -> pb::SeedRegistration {
+    let swarms = store
+        .swarms()
+        .into_iter()
+        .filter(|(title, _)| shard.is_none_or(|s| shards.is_served_by(title, s)))
+        .map(|(title, rendition)| pb::SwarmId { title, rendition })
+        .collect();
+    let in_use = u64::try_from(metrics.uploads_in_flight.get().max(0)).unwrap_or(0);
+    let max = u64::try_from(max_uploads.max(1)).unwrap_or(1);
+    pb::SeedRegistration {
+        swarms,
+        addresses: info.addresses.clone(),
+        upload_capacity_bps: info.upload_capacity_bps,
+        upload_in_use_bps: info.upload_capacity_bps.saturating_mul(in_use.min(max)) / max,
+    }
+}
+
+/// Registers with `registrar` now and again every interval (the tracker's,
+/// or `default_interval`; retries after failures with a short backoff)
+/// until `stop` turns true.
+#[allow(clippy::too_many_arguments)]
+pub async fn registration_loop<R: Registrar>(
+    registrar: R,
+    store: Arc<Store>,
+    shards: ShardMap,
+    shard: Option<String>,
+    info: RegistrationInfo,
+    metrics: Metrics,
+    max_uploads: usize,
+    default_interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let registration = registration_for(
+            &store,
+            &shards,
+            shard.as_deref(),
+            &info,
+            &metrics,
+            max_uploads,
+        );
+        let wait = if registration.swarms.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            match registrar.register(&registration).await {
+                Ok(interval) => {
+                    metrics.registrations.with_label_values(&["ok"]).inc();
+                    interval
+                        .map(|s| Duration::from_secs(u64::from(s)))
+                        .unwrap_or(default_interval)
+                        .min(default_interval.max(Duration::from_secs(1)))
+                }
+                Err(error) => {
+                    metrics.registrations.with_label_values(&["error"]).inc();
+                    tracing::warn!(%error, "tracker registration failed");
+                    Duration::from_secs(2)
+                }
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
