@@ -330,7 +330,8 @@ pub struct SegmentDecision<'a> {
     pub seeds: &'a [Candidate],
     /// The CDN.
     pub cdn: Candidate,
-    /// Peers the scheduler currently knows (viewers only).
+    /// Other viewers in the swarm: the tracker's count when reported,
+    /// else the neighbours the scheduler knows.
     pub swarm_size: usize,
     /// Whether no viewer is known to hold it yet (a fresh live segment).
     pub is_fresh: bool,
@@ -352,6 +353,9 @@ pub struct Scheduler<P: Policy> {
     cdn_throughput: f64,
     rng_state: u64,
     stats: SchedulerStats,
+    /// Viewers in the swarm as the tracker counts them (the scheduler only
+    /// knows its neighbours otherwise).
+    reported_swarm_size: usize,
 }
 
 impl<P: Policy> Scheduler<P> {
@@ -371,6 +375,7 @@ impl<P: Policy> Scheduler<P> {
             cdn_throughput,
             rng_state,
             stats: SchedulerStats::default(),
+            reported_swarm_size: 0,
         }
     }
 
@@ -382,6 +387,13 @@ impl<P: Policy> Scheduler<P> {
     /// The policy in use.
     pub fn policy(&self) -> &P {
         &self.policy
+    }
+
+    /// The swarm's size as the tracker reported it in its last announce
+    /// reply (live injection is shared among all its viewers, not only the
+    /// neighbours this scheduler knows).
+    pub fn set_swarm_size(&mut self, viewers: usize) {
+        self.reported_swarm_size = viewers;
     }
 
     /// A segment of the (verified) manifest.
@@ -672,11 +684,13 @@ impl<P: Policy> Scheduler<P> {
                 _ => (0, 0, seq),
             }
         });
-        let swarm_size = self
+        let neighbours = self
             .peers
             .values()
             .filter(|p| p.info.kind == PeerKind::Viewer)
             .count();
+        // The tracker's count includes this viewer.
+        let swarm_size = neighbours.max(self.reported_swarm_size.saturating_sub(1));
         for (sequence, deadline, holders) in wanted {
             if self.transfers.len() >= self.config.max_inflight_total {
                 break;

@@ -1,0 +1,871 @@
+//! A discrete-event simulator of one live event, in virtual time.
+//!
+//! It runs the real scheduler ([`loaves_client_sdk::scheduler`]) in every
+//! viewer and the real tracker swarm book ([`tracker::swarm::SwarmBook`])
+//! for peer lists — no copies of their logic — over a flow-level network
+//! model: each transfer's rate is the smaller of its sender's upload share
+//! and its receiver's download share (capacity divided equally among a
+//! node's active transfers), recomputed whenever a transfer starts or ends
+//! at either end. The CDN has no capacity limit of its own; seeds have an
+//! upload capacity. Viewers join at random times in a window, start a few
+//! segments behind the live edge, and play in real (virtual) time; a
+//! segment missing at its playback instant is a stall.
+//!
+//! Simplifications, stated: HAVE notices reach neighbours after half the
+//! RTT (their peer map is updated at once; their scheduler runs then);
+//! latency enters otherwise only as the RTT the scheduler is told; no peer misbehaves (corruption is covered by the
+//! real-process tests, not here), so `corrupt_bytes_to_player` is 0 by
+//! construction; viewers do not leave before the end.
+
+pub mod policy;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+
+use loaves_client_sdk::scheduler::{
+    Action, Locality, Millis, Mode, Outcome, PeerId, PeerInfo, PeerKind, Scheduler,
+    SchedulerConfig, Source, TransferId,
+};
+use loaves_proto::{UnixSeconds, pb};
+use tracker::swarm::{PeerKey, Requester, SwarmBook, SwarmConfig};
+
+use crate::report::{Report, quantile};
+pub use policy::AnyPolicy;
+
+/// What to simulate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Viewers of the event (one swarm: one title, one rendition).
+    pub viewers: u64,
+    /// Length of the event, virtual seconds.
+    pub duration_s: u64,
+    /// Video bitrate, bits per second.
+    pub bitrate_bps: u64,
+    /// Segment duration.
+    pub segment_ms: u32,
+    /// Viewers join uniformly at random in `[0, join_window_s)`.
+    pub join_window_s: u64,
+    /// Mean viewer upload capacity (each gets 0.5x..1.5x of it), bits/s.
+    pub viewer_upload_bps: u64,
+    /// Viewer download capacity, bits/s.
+    pub viewer_download_bps: u64,
+    /// Edge seeds.
+    pub seeds: u32,
+    /// Upload capacity of each seed, bits/s.
+    pub seed_upload_bps: u64,
+    /// ISPs viewers are spread over.
+    pub isps: u32,
+    /// Regions the ISPs are spread over.
+    pub regions: u32,
+    /// Round-trip time between viewers (told to the scheduler).
+    pub rtt_ms: u32,
+    /// Segments behind the live edge a viewer starts at.
+    pub live_delay_segments: u64,
+    /// "deadline-first" or "cdn-only".
+    pub policy: String,
+    /// Seed of every random choice (joins, capacities, schedulers, tracker).
+    pub seed: u64,
+    /// How often each viewer's player and scheduler run, virtual ms.
+    pub tick_ms: u64,
+    /// Seconds between tracker announces.
+    pub announce_interval_s: u64,
+    /// Most neighbours per viewer.
+    pub max_peers: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            viewers: 1_000,
+            duration_s: 600,
+            bitrate_bps: 5_000_000,
+            segment_ms: 2_000,
+            join_window_s: 60,
+            viewer_upload_bps: 10_000_000,
+            viewer_download_bps: 50_000_000,
+            seeds: 2,
+            seed_upload_bps: 1_000_000_000,
+            isps: 4,
+            regions: 2,
+            rtt_ms: 40,
+            live_delay_segments: 3,
+            policy: "deadline-first".into(),
+            seed: 1,
+            tick_ms: 500,
+            announce_interval_s: 15,
+            max_peers: 20,
+        }
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A configuration value is out of range.
+    #[error("invalid simulation config: {0}")]
+    Invalid(String),
+}
+
+/// Engine counters, for reporting the simulator's own speed.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct EngineStats {
+    /// Events processed.
+    pub events: u64,
+    /// Scheduler polls.
+    pub polls: u64,
+    /// Transfers started.
+    pub transfers: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Publish(u64),
+    Join(u32),
+    Tick(u32),
+    /// A neighbour's HAVE arrived: run the scheduler (coalesced).
+    Poll(u32),
+    Announce(u32),
+    TransferDone {
+        slot: u32,
+        version: u32,
+    },
+    SeedRegistration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Viewer(u32),
+    Seed(u32),
+    Cdn,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    from: Node,
+    to: u32,
+    id: TransferId,
+    total: f64,
+    done: f64,
+    /// Bytes per virtual millisecond.
+    rate: f64,
+    last_ms: u64,
+    version: u32,
+    cross_isp: bool,
+}
+
+#[derive(Debug, Default)]
+struct Player {
+    start_sequence: u64,
+    playhead: u64,
+    offset_ms: u64,
+    started: bool,
+    playing: bool,
+    startup_ms: Option<u64>,
+    rebuffer_ms: u64,
+    rebuffer_events: u64,
+    played_ms: u64,
+    last_tick_ms: u64,
+}
+
+#[derive(Debug)]
+struct Viewer {
+    scheduler: Scheduler<AnyPolicy>,
+    joined: bool,
+    join_ms: u64,
+    isp: u32,
+    up: f64,
+    down: f64,
+    held: HashSet<u64>,
+    neighbours: Vec<u32>,
+    uploads: Vec<u32>,
+    downloads: Vec<u32>,
+    player: Player,
+    poll_pending: bool,
+}
+
+#[derive(Debug)]
+struct SeedNode {
+    up: f64,
+    uploads: Vec<u32>,
+}
+
+/// The simulator.
+#[derive(Debug)]
+pub struct Simulation {
+    config: SimConfig,
+    viewers: Vec<Viewer>,
+    seeds: Vec<SeedNode>,
+    book: SwarmBook,
+    swarm: pb::SwarmId,
+    transfers: Vec<Option<Transfer>>,
+    free_slots: Vec<u32>,
+    by_id: HashMap<(u32, TransferId), u32>,
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    order: u64,
+    now: u64,
+    latest_published: Option<u64>,
+    cross_isp_bytes: f64,
+    isp_names: Vec<String>,
+    region_names: Vec<String>,
+    engine: EngineStats,
+}
+
+const EPOCH: u64 = 1_800_000_000;
+
+fn bytes_per_ms(bps: u64) -> f64 {
+    bps as f64 / 8.0 / 1000.0
+}
+
+fn key_of(node: u64) -> PeerKey {
+    let mut key = [0xA5u8; 32];
+    key[..8].copy_from_slice(&node.to_le_bytes());
+    key
+}
+
+fn node_of(key: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+impl Simulation {
+    /// Prepares a run.
+    pub fn new(config: SimConfig) -> Result<Self, SimError> {
+        if config.viewers == 0 || config.viewers > u64::from(u32::MAX / 2) {
+            return Err(SimError::Invalid("viewers must be 1..2^31".into()));
+        }
+        if config.segment_ms == 0 || config.tick_ms == 0 || config.bitrate_bps == 0 {
+            return Err(SimError::Invalid(
+                "segment_ms, tick_ms and bitrate_bps must be positive".into(),
+            ));
+        }
+        if config.isps == 0 || config.regions == 0 {
+            return Err(SimError::Invalid(
+                "isps and regions must be positive".into(),
+            ));
+        }
+        let policy = AnyPolicy::parse(&config.policy)
+            .ok_or_else(|| SimError::Invalid(format!("unknown policy {:?}", config.policy)))?;
+        let mut rng = config.seed ^ 0x5EED_0F10_AF5E_u64;
+        let mut viewers = Vec::with_capacity(config.viewers as usize);
+        for index in 0..config.viewers {
+            let jitter = 0.5 + next_unit(&mut rng);
+            let scheduler_config = SchedulerConfig {
+                mode: Mode::Live,
+                lookahead_segments: config.live_delay_segments + 2,
+                cdn_throughput_bytes_per_s: config.viewer_download_bps / 8,
+                cdn_rtt_ms: config.rtt_ms,
+                seed: config.seed.wrapping_mul(31).wrapping_add(index),
+                max_peers: config.max_peers + config.seeds as usize,
+                ..SchedulerConfig::default()
+            };
+            viewers.push(Viewer {
+                scheduler: Scheduler::new(scheduler_config, policy.clone()),
+                joined: false,
+                join_ms: (next_unit(&mut rng) * config.join_window_s as f64 * 1000.0) as u64,
+                isp: (index % u64::from(config.isps)) as u32,
+                up: bytes_per_ms(config.viewer_upload_bps) * jitter,
+                down: bytes_per_ms(config.viewer_download_bps),
+                held: HashSet::new(),
+                neighbours: Vec::new(),
+                uploads: Vec::new(),
+                downloads: Vec::new(),
+                player: Player::default(),
+                poll_pending: false,
+            });
+        }
+        let seeds = (0..config.seeds)
+            .map(|_| SeedNode {
+                up: bytes_per_ms(config.seed_upload_bps),
+                uploads: Vec::new(),
+            })
+            .collect();
+        let swarm_config = SwarmConfig {
+            announce_interval_s: config.announce_interval_s as u32,
+            default_peers_per_reply: config.max_peers,
+            ..SwarmConfig::default()
+        };
+        let isp_names = (0..config.isps).map(|i| format!("isp-{i}")).collect();
+        let region_names = (0..config.regions).map(|r| format!("region-{r}")).collect();
+        let mut simulation = Self {
+            book: SwarmBook::new(swarm_config, config.seed),
+            swarm: pb::SwarmId {
+                title: "event".into(),
+                rendition: "1080p".into(),
+            },
+            viewers,
+            seeds,
+            transfers: Vec::new(),
+            free_slots: Vec::new(),
+            by_id: HashMap::new(),
+            queue: BinaryHeap::new(),
+            order: 0,
+            now: 0,
+            latest_published: None,
+            cross_isp_bytes: 0.0,
+            isp_names,
+            region_names,
+            engine: EngineStats::default(),
+            config,
+        };
+        simulation.schedule(0, Event::SeedRegistration);
+        simulation.schedule(0, Event::Publish(0));
+        for v in 0..simulation.viewers.len() {
+            let at = simulation.viewers[v].join_ms;
+            simulation.schedule(at, Event::Join(v as u32));
+        }
+        Ok(simulation)
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.order += 1;
+        self.queue.push(Reverse((at, self.order, event)));
+    }
+
+    fn region_of_isp(&self, isp: u32) -> u32 {
+        isp % self.config.regions
+    }
+
+    /// Runs to the end and returns the report and the engine's counters.
+    pub fn run(mut self) -> (Report, EngineStats) {
+        let end = self.config.duration_s * 1000;
+        while let Some(Reverse((at, _, event))) = self.queue.pop() {
+            if at > end {
+                break;
+            }
+            self.now = at;
+            self.engine.events += 1;
+            match event {
+                Event::Publish(sequence) => self.publish(sequence),
+                Event::Join(v) => self.join(v),
+                Event::Tick(v) => self.tick(v),
+                Event::Poll(v) => {
+                    self.viewers[v as usize].poll_pending = false;
+                    self.step(v);
+                }
+                Event::Announce(v) => self.announce(v),
+                Event::TransferDone { slot, version } => self.transfer_done(slot, version),
+                Event::SeedRegistration => self.register_seeds(),
+            }
+        }
+        self.now = end;
+        for v in 0..self.viewers.len() {
+            if self.viewers[v].joined {
+                self.advance_player(v as u32);
+            }
+        }
+        (self.report(), self.engine)
+    }
+
+    fn publish(&mut self, sequence: u64) {
+        self.latest_published = Some(sequence);
+        let (size, duration) = (self.segment_bytes(), self.config.segment_ms);
+        for viewer in self.viewers.iter_mut().filter(|v| v.joined) {
+            viewer.scheduler.add_segment(sequence, size, duration);
+        }
+        self.schedule(
+            self.now + u64::from(self.config.segment_ms),
+            Event::Publish(sequence + 1),
+        );
+    }
+
+    fn segment_bytes(&self) -> u64 {
+        self.config.bitrate_bps * u64::from(self.config.segment_ms) / 8 / 1000
+    }
+
+    fn join(&mut self, v: u32) {
+        let latest = self.latest_published.unwrap_or(0);
+        let start = latest.saturating_sub(self.config.live_delay_segments);
+        let (size, duration, now) = (self.segment_bytes(), self.config.segment_ms, self.now);
+        let viewer = &mut self.viewers[v as usize];
+        viewer.joined = true;
+        viewer.player = Player {
+            start_sequence: start,
+            playhead: start,
+            last_tick_ms: now,
+            ..Player::default()
+        };
+        for sequence in start..=latest {
+            viewer.scheduler.add_segment(sequence, size, duration);
+        }
+        viewer.scheduler.set_playhead(Millis(now), start, 0, false);
+        self.announce(v);
+        self.tick(v);
+    }
+
+    fn register_seeds(&mut self) {
+        for s in 0..self.seeds.len() as u32 {
+            let key = key_of(self.config.viewers + u64::from(s));
+            let isp = s % self.config.isps;
+            let region = self.region_of_isp(isp);
+            let registration = pb::SeedRegistration {
+                swarms: vec![self.swarm.clone()],
+                addresses: vec![format!("127.1.{}.{}:4433", s / 250, s % 250 + 1)],
+                upload_capacity_bps: self.config.seed_upload_bps,
+                upload_in_use_bps: 0,
+            };
+            let who = Requester {
+                key: &key,
+                region: &self.region_names[region as usize],
+                isp: &self.isp_names[isp as usize],
+            };
+            let _ =
+                self.book
+                    .register_seed(UnixSeconds(EPOCH + self.now / 1000), &who, &registration);
+        }
+        self.schedule(self.now + 60_000, Event::SeedRegistration);
+    }
+
+    fn announce(&mut self, v: u32) {
+        let viewer = &self.viewers[v as usize];
+        let playhead = viewer.player.playhead;
+        let mut last = None;
+        let mut sequence = playhead;
+        while viewer.held.contains(&sequence) {
+            last = Some(sequence);
+            sequence += 1;
+        }
+        let holdings = last.map(|last| pb::Holdings {
+            kind: Some(pb::holdings::Kind::LiveWindow(pb::LiveWindow {
+                first_sequence: playhead,
+                last_sequence: last,
+            })),
+        });
+        let announce = pb::Announce {
+            swarm: Some(self.swarm.clone()),
+            addresses: vec![format!(
+                "127.{}.{}.{}:4433",
+                (v >> 16) & 0xff,
+                (v >> 8) & 0xff,
+                v & 0xff
+            )],
+            holdings,
+            next_sequence: playhead,
+            upload_capacity_bps: (viewer.up * 8.0 * 1000.0) as u64,
+            upload_in_use_bps: 0,
+            stats: None,
+            max_peers: self.config.max_peers as u32,
+        };
+        let key = key_of(u64::from(v));
+        let isp = viewer.isp;
+        let region = self.region_of_isp(isp);
+        let who = Requester {
+            key: &key,
+            region: &self.region_names[region as usize],
+            isp: &self.isp_names[isp as usize],
+        };
+        let reply = self
+            .book
+            .announce(UnixSeconds(EPOCH + self.now / 1000), &who, &announce)
+            .ok()
+            .and_then(|outcome| tracker::wire::decode_reply(&outcome.reply).ok());
+        if let Some(reply) = reply {
+            self.viewers[v as usize]
+                .scheduler
+                .set_swarm_size(reply.swarm_size as usize);
+            for entry in reply.peers.iter().chain(reply.seeds.iter()) {
+                let Some(node) = node_of(&entry.peer_public_key) else {
+                    continue;
+                };
+                self.connect(v, node);
+            }
+        }
+        let next = self.now + self.config.announce_interval_s * 1000;
+        self.schedule(next, Event::Announce(v));
+    }
+
+    fn locality(&self, a_isp: u32, b_isp: u32) -> Locality {
+        if a_isp == b_isp {
+            Locality::SameIsp
+        } else if self.region_of_isp(a_isp) == self.region_of_isp(b_isp) {
+            Locality::SameRegion
+        } else {
+            Locality::Remote
+        }
+    }
+
+    /// Connects viewer `v` to node `other` (a viewer or a seed), both ways.
+    fn connect(&mut self, v: u32, other: u64) {
+        let viewers = self.config.viewers;
+        if other >= viewers {
+            let seed = (other - viewers) as u32;
+            if seed as usize >= self.seeds.len() {
+                return;
+            }
+            let isp = seed % self.config.isps;
+            let info = PeerInfo {
+                kind: PeerKind::Seed,
+                locality: self.locality(self.viewers[v as usize].isp, isp),
+                rtt_ms: self.config.rtt_ms / 2,
+                throughput_bytes_per_s: self.config.viewer_download_bps / 8,
+            };
+            self.viewers[v as usize]
+                .scheduler
+                .add_peer(PeerId(other), info);
+            return;
+        }
+        let u = other as u32;
+        if u == v || !self.viewers[u as usize].joined {
+            return;
+        }
+        let max = self.config.max_peers;
+        let (a, b) = (&self.viewers[v as usize], &self.viewers[u as usize]);
+        if a.neighbours.contains(&u) || a.neighbours.len() >= max || b.neighbours.len() >= max {
+            return;
+        }
+        let locality = self.locality(a.isp, b.isp);
+        for (from, to) in [(v, u), (u, v)] {
+            let sender_up = self.viewers[to as usize].up;
+            let info = PeerInfo {
+                kind: PeerKind::Viewer,
+                locality,
+                rtt_ms: self.config.rtt_ms,
+                // A guess until transfers measure it: a quarter of the
+                // sender's upload.
+                throughput_bytes_per_s: (sender_up * 1000.0 / 4.0) as u64,
+            };
+            let held: Vec<u64> = self.viewers[to as usize].held.iter().copied().collect();
+            let viewer = &mut self.viewers[from as usize];
+            viewer.neighbours.push(to);
+            viewer.scheduler.add_peer(PeerId(u64::from(to)), info);
+            for sequence in held {
+                viewer.scheduler.peer_has(PeerId(u64::from(to)), sequence);
+            }
+        }
+    }
+
+    fn tick(&mut self, v: u32) {
+        self.advance_player(v);
+        self.step(v);
+        self.schedule(self.now + self.config.tick_ms, Event::Tick(v));
+    }
+
+    fn advance_player(&mut self, v: u32) {
+        let now = self.now;
+        let segment_ms = u64::from(self.config.segment_ms);
+        let viewer = &mut self.viewers[v as usize];
+        let player = &mut viewer.player;
+        let mut elapsed = now.saturating_sub(player.last_tick_ms);
+        player.last_tick_ms = now;
+        if !player.started {
+            if viewer.held.contains(&player.start_sequence) {
+                player.started = true;
+                player.playing = true;
+                player.startup_ms = Some(now.saturating_sub(viewer.join_ms));
+            }
+            elapsed = 0;
+        }
+        while elapsed > 0 {
+            if player.playing {
+                let left = segment_ms - player.offset_ms;
+                if elapsed < left {
+                    player.offset_ms += elapsed;
+                    player.played_ms += elapsed;
+                    elapsed = 0;
+                } else {
+                    elapsed -= left;
+                    player.played_ms += left;
+                    player.playhead += 1;
+                    player.offset_ms = 0;
+                    if !viewer.held.contains(&player.playhead) {
+                        player.playing = false;
+                        player.rebuffer_events += 1;
+                    }
+                }
+            } else if viewer.held.contains(&player.playhead) {
+                player.playing = true;
+            } else {
+                player.rebuffer_ms += elapsed;
+                elapsed = 0;
+            }
+        }
+        if player.started {
+            let (playhead, offset, playing) = (player.playhead, player.offset_ms, player.playing);
+            viewer
+                .scheduler
+                .set_playhead(Millis(now), playhead, offset, playing);
+            let floor = playhead.saturating_sub(8);
+            viewer.held.retain(|&s| s >= floor);
+        }
+    }
+
+    /// Reports progress to `v`'s scheduler, polls it and carries out its actions.
+    fn step(&mut self, v: u32) {
+        let now = self.now;
+        let downloads = self.viewers[v as usize].downloads.clone();
+        for slot in downloads {
+            self.settle(slot);
+            if let Some(t) = &self.transfers[slot as usize] {
+                let (id, done) = (t.id, t.done as u64);
+                self.viewers[v as usize]
+                    .scheduler
+                    .on_progress(Millis(now), id, done);
+            }
+        }
+        self.engine.polls += 1;
+        let actions = self.viewers[v as usize].scheduler.poll(Millis(now));
+        self.apply(v, actions);
+    }
+
+    fn apply(&mut self, v: u32, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Fetch {
+                    transfer,
+                    sequence,
+                    source,
+                    range,
+                } => self.start_transfer(v, transfer, sequence, source, range.len()),
+                Action::Cancel { transfer } => {
+                    if let Some(slot) = self.by_id.get(&(v, transfer)).copied() {
+                        self.finish(slot);
+                    }
+                }
+                Action::DropPeer { peer, .. } => {
+                    let peer = peer.0 as u32;
+                    self.viewers[v as usize].neighbours.retain(|&n| n != peer);
+                }
+            }
+        }
+    }
+
+    fn start_transfer(
+        &mut self,
+        v: u32,
+        id: TransferId,
+        sequence: u64,
+        source: Source,
+        bytes: u64,
+    ) {
+        let viewers = self.config.viewers;
+        let from = match source {
+            Source::Cdn => Node::Cdn,
+            Source::Seed(p) => Node::Seed((p.0 - viewers) as u32),
+            Source::Peer(p) => Node::Viewer(p.0 as u32),
+        };
+        if let Node::Viewer(u) = from
+            && !self.viewers[u as usize].held.contains(&sequence)
+        {
+            // The peer no longer holds it (evicted): the request fails at once.
+            let actions = self.viewers[v as usize].scheduler.on_complete(
+                Millis(self.now),
+                id,
+                Outcome::Failed,
+            );
+            self.apply(v, actions);
+            return;
+        }
+        let cross_isp = match from {
+            Node::Viewer(u) => self.viewers[u as usize].isp != self.viewers[v as usize].isp,
+            _ => false,
+        };
+        let transfer = Transfer {
+            from,
+            to: v,
+            id,
+            total: bytes as f64,
+            done: 0.0,
+            rate: 0.0,
+            last_ms: self.now,
+            version: 0,
+            cross_isp,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.transfers[slot as usize] = Some(transfer);
+                slot
+            }
+            None => {
+                self.transfers.push(Some(transfer));
+                (self.transfers.len() - 1) as u32
+            }
+        };
+        self.engine.transfers += 1;
+        self.by_id.insert((v, id), slot);
+        self.viewers[v as usize].downloads.push(slot);
+        match from {
+            Node::Viewer(u) => self.viewers[u as usize].uploads.push(slot),
+            Node::Seed(s) => self.seeds[s as usize].uploads.push(slot),
+            Node::Cdn => {}
+        }
+        self.reshare(from, v);
+    }
+
+    /// Advances a transfer's bytes to now.
+    fn settle(&mut self, slot: u32) {
+        let now = self.now;
+        if let Some(t) = self.transfers[slot as usize].as_mut() {
+            let elapsed = now.saturating_sub(t.last_ms) as f64;
+            t.done = (t.done + t.rate * elapsed).min(t.total);
+            t.last_ms = now;
+        }
+    }
+
+    /// Recomputes the rates of every transfer sent by `from` or received by
+    /// `to`, after the number of transfers at either changed.
+    fn reshare(&mut self, from: Node, to: u32) {
+        let mut affected: Vec<u32> = self.viewers[to as usize].downloads.clone();
+        match from {
+            Node::Viewer(u) => affected.extend_from_slice(&self.viewers[u as usize].uploads),
+            Node::Seed(s) => affected.extend_from_slice(&self.seeds[s as usize].uploads),
+            Node::Cdn => {}
+        }
+        affected.sort_unstable();
+        affected.dedup();
+        for slot in affected {
+            self.settle(slot);
+            let Some(t) = self.transfers[slot as usize].as_ref() else {
+                continue;
+            };
+            let down = self.viewers[t.to as usize].down
+                / self.viewers[t.to as usize].downloads.len().max(1) as f64;
+            let up = match t.from {
+                Node::Viewer(u) => {
+                    let n = &self.viewers[u as usize];
+                    n.up / n.uploads.len().max(1) as f64
+                }
+                Node::Seed(s) => {
+                    let n = &self.seeds[s as usize];
+                    n.up / n.uploads.len().max(1) as f64
+                }
+                Node::Cdn => f64::INFINITY,
+            };
+            let rate = down.min(up).max(1e-9);
+            let remaining = (t.total - t.done).max(0.0);
+            let finish = self.now + (remaining / rate).ceil() as u64;
+            let version = t.version + 1;
+            if let Some(t) = self.transfers[slot as usize].as_mut() {
+                t.rate = rate;
+                t.version = version;
+            }
+            self.schedule(finish, Event::TransferDone { slot, version });
+        }
+    }
+
+    /// Removes a transfer (finished or cancelled) and re-shares capacity.
+    fn finish(&mut self, slot: u32) -> Option<Transfer> {
+        self.settle(slot);
+        let transfer = self.transfers[slot as usize].take()?;
+        self.free_slots.push(slot);
+        self.by_id.remove(&(transfer.to, transfer.id));
+        self.viewers[transfer.to as usize]
+            .downloads
+            .retain(|&s| s != slot);
+        match transfer.from {
+            Node::Viewer(u) => self.viewers[u as usize].uploads.retain(|&s| s != slot),
+            Node::Seed(s) => self.seeds[s as usize].uploads.retain(|&x| x != slot),
+            Node::Cdn => {}
+        }
+        if transfer.cross_isp {
+            self.cross_isp_bytes += transfer.done;
+        }
+        self.reshare(transfer.from, transfer.to);
+        Some(transfer)
+    }
+
+    fn transfer_done(&mut self, slot: u32, version: u32) {
+        let current = self.transfers[slot as usize]
+            .as_ref()
+            .is_some_and(|t| t.version == version);
+        if !current {
+            return;
+        }
+        let Some(transfer) = self.finish(slot) else {
+            return;
+        };
+        let v = transfer.to;
+        let now = Millis(self.now);
+        let viewer = &mut self.viewers[v as usize];
+        viewer
+            .scheduler
+            .on_progress(now, transfer.id, transfer.total as u64);
+        let actions = viewer
+            .scheduler
+            .on_complete(now, transfer.id, Outcome::Verified);
+        self.apply(v, actions);
+        self.note_held(v);
+        self.step(v);
+    }
+
+    /// Records newly held segments of `v` and tells its neighbours (HAVE).
+    fn note_held(&mut self, v: u32) {
+        let viewer = &self.viewers[v as usize];
+        let Some(latest) = self.latest_published else {
+            return;
+        };
+        let from = viewer.player.playhead;
+        let new: Vec<u64> = (from..=latest)
+            .filter(|&s| viewer.scheduler.is_held(s) && !viewer.held.contains(&s))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let neighbours = viewer.neighbours.clone();
+        self.viewers[v as usize].held.extend(new.iter().copied());
+        // HAVE notices reach neighbours half a round trip later; each
+        // neighbour's scheduler then runs once for all notices of that moment.
+        let arrival = self.now + u64::from(self.config.rtt_ms / 2);
+        for n in neighbours {
+            let neighbour = &mut self.viewers[n as usize];
+            for &sequence in &new {
+                neighbour.scheduler.peer_has(PeerId(u64::from(v)), sequence);
+            }
+            if !neighbour.poll_pending {
+                neighbour.poll_pending = true;
+                self.schedule(arrival, Event::Poll(n));
+            }
+        }
+    }
+
+    fn report(&self) -> Report {
+        let (mut peer, mut seed, mut cdn) = (0u64, 0u64, 0u64);
+        let (mut played, mut rebuffer, mut events) = (0u64, 0u64, 0u64);
+        let mut startups = Vec::new();
+        let mut upload_bps = 0u64;
+        let mut joined = 0u64;
+        for viewer in self.viewers.iter().filter(|v| v.joined) {
+            joined += 1;
+            let stats = viewer.scheduler.stats();
+            peer += stats.bytes_from_peers;
+            seed += stats.bytes_from_seeds;
+            cdn += stats.bytes_from_cdn;
+            played += viewer.player.played_ms;
+            rebuffer += viewer.player.rebuffer_ms;
+            events += viewer.player.rebuffer_events;
+            startups.extend(viewer.player.startup_ms);
+            upload_bps += (viewer.up * 8.0 * 1000.0) as u64;
+        }
+        let watch = played + rebuffer;
+        Report {
+            kind: "sim".into(),
+            policy: self.config.policy.clone(),
+            viewers: joined,
+            duration_s: self.config.duration_s as f64,
+            bytes_peer: peer,
+            bytes_seed: seed,
+            bytes_cdn: cdn,
+            offload_peer: Report::peer_share(peer, seed, cdn),
+            offload_limit: Report::offload_limit(joined, self.config.bitrate_bps, upload_bps),
+            rebuffer_ratio: if watch == 0 {
+                0.0
+            } else {
+                rebuffer as f64 / watch as f64
+            },
+            rebuffer_events: events,
+            startup_ms_p50: quantile(&mut startups.clone(), 0.5),
+            startup_ms_p95: quantile(&mut startups, 0.95),
+            cross_isp_bytes: self.cross_isp_bytes as u64,
+            corrupt_bytes_to_player: 0,
+        }
+    }
+}
+
+/// A uniform number in [0, 1) from a SplitMix64 state.
+fn next_unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
