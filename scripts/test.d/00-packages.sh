@@ -13,6 +13,6 @@ if [ "${#loaves_missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get
     echo "scripts/test: installing ${loaves_missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${loaves_missing[@]}" >/dev/null
+    apt-get install -y -qq "${loaves_missing[@]}" >/dev/null
 fi
 unset loaves_missing
