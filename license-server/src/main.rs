@@ -241,6 +241,8 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve) | None => {}
     }
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.overrides.log)
                 .context("parsing the log filter")?,

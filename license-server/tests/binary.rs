@@ -1,0 +1,224 @@
+//! The real binary with its development defaults: mint an entitlement with
+//! its CLI, get a license, keys and ClearKey keys, then SIGTERM: it drains
+//! and exits 0, and its log (at debug level) holds no key, token,
+//! entitlement or credential.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use common::{ADMIN, KEK_HEX, Viewer, connect, get_keys, http, open_license};
+use loaves_proto::UnixSeconds;
+use loaves_proto::pb::key_service_client::KeyServiceClient;
+use loaves_proto::pb::license_service_client::LicenseServiceClient;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_license-server");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_names_the_settings() {
+    let out = Command::new(BIN).arg("--help").output().await.unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "LOAVES_LICENSE_STORE_URL",
+        "LOAVES_LICENSE_KEK",
+        "--config",
+        "mint-entitlement",
+        "print-config",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+    let out = Command::new(BIN)
+        .arg("print-config")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let parsed = license_server::Config::from_toml(&printed).unwrap();
+    assert_eq!(parsed, license_server::Config::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let grpc = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let clearkey = format!("127.0.0.1:{}", free_port());
+    let cert = dir.path().join("cert.pem");
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            &grpc,
+            "--metrics-listen",
+            &metrics,
+            "--clearkey-listen",
+            &clearkey,
+        ])
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--dev-cert-out")
+        .arg(&cert)
+        .env("LOAVES_LICENSE_KEK", KEK_HEX)
+        .env("LOAVES_LICENSE_ADMIN_TOKEN", ADMIN)
+        .env(
+            "LOAVES_LICENSE_LOG",
+            "debug,h2=info,hyper=info,rustls=info,tower=info",
+        )
+        .env_remove("LOAVES_LICENSE_CONFIG")
+        .env_remove("LOAVES_LICENSE_STORE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut out = String::new();
+        let mut err = String::new();
+        let _ = tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        );
+        out + &err
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let grpc_addr = grpc.parse().unwrap();
+    let pem = loop {
+        if let Ok(pem) = std::fs::read_to_string(&cert)
+            && pem.contains("END CERTIFICATE")
+            && tokio::net::TcpStream::connect(grpc_addr).await.is_ok()
+        {
+            break pem;
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The default store and development material were created in data_dir.
+    assert!(data.join("license-server.db").exists());
+    assert!(data.join("license.pub").exists());
+
+    // An entitlement minted by the CLI with the development signer.
+    let minted = Command::new(BIN)
+        .arg("mint-entitlement")
+        .arg("--key")
+        .arg(data.join("entitlement-dev.key"))
+        .args([
+            "--account",
+            "acct-bin",
+            "--titles",
+            "demo",
+            "--max-streams",
+            "1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let entitlement_b64 = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let entitlement = URL_SAFE_NO_PAD.decode(&entitlement_b64).unwrap();
+
+    let channel = connect(grpc_addr, &pem).await;
+    let mut viewer = Viewer::new();
+    let response = LicenseServiceClient::new(channel.clone())
+        .acquire_license(viewer.acquire_request(entitlement.clone(), "demo"))
+        .await
+        .unwrap()
+        .into_inner();
+    let keyring = [loaves_proto::keygen::read_public_key(&data.join("license.pub")).unwrap()]
+        .into_iter()
+        .collect();
+    let (license, keys) = open_license(&keyring, &mut viewer, &response, UnixSeconds::now());
+    let mut packager = KeyServiceClient::new(channel);
+    let refused = get_keys(&mut packager, "demo", &[("hd", 0), ("uhd-none", 0)]).await;
+    assert!(refused.is_err(), "unknown track type refused");
+    let hd = get_keys(&mut packager, "demo", &[("hd", 0)]).await.unwrap();
+    let token = URL_SAFE_NO_PAD.encode(&license.session_token);
+    let kids: Vec<String> = keys
+        .iter()
+        .map(|k| URL_SAFE_NO_PAD.encode(k.key_id.0))
+        .collect();
+    let body = serde_json::json!({ "kids": kids, "type": "temporary" }).to_string();
+    let auth = format!("Bearer {token}");
+    let (status, jwks) = http(
+        clearkey.parse().unwrap(),
+        "POST",
+        "/clearkey",
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{jwks}");
+
+    // SIGTERM: drains and exits cleanly.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits within 30 s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let log = log.await.unwrap();
+    eprintln!("server log: {} lines checked", log.lines().count());
+    if let Ok(path) = std::env::var("LOAVES_DUMP_LOG") {
+        std::fs::write(path, &log).unwrap();
+    }
+    assert!(log.contains("license server listening"), "{log}");
+    assert!(log.contains("session admitted"), "{log}");
+    assert!(log.contains("shutting down"), "{log}");
+
+    // Nothing secret in the log, in any usual encoding.
+    let mut secrets: Vec<(String, Vec<u8>)> = vec![
+        ("admin credential".into(), ADMIN.as_bytes().to_vec()),
+        ("entitlement".into(), entitlement.clone()),
+        ("session token".into(), license.session_token.clone()),
+    ];
+    for key in &keys {
+        secrets.push((
+            format!("content key {}", key.key_id),
+            key.key.as_bytes().to_vec(),
+        ));
+    }
+    secrets.push(("packager key".into(), hd[0].key.clone()));
+    assert!(!log.contains(KEK_HEX), "KEK in the log");
+    assert!(!log.contains(&entitlement_b64), "entitlement in the log");
+    for (what, bytes) in &secrets {
+        for encoded in [
+            hex::encode(bytes),
+            STANDARD.encode(bytes),
+            URL_SAFE_NO_PAD.encode(bytes),
+            String::from_utf8_lossy(bytes).into_owned(),
+        ] {
+            // Short fragments could match by chance; whole values cannot.
+            if encoded.len() >= 12 {
+                assert!(!log.contains(&encoded), "{what} appears in the log");
+            }
+        }
+    }
+}
