@@ -1,16 +1,31 @@
-//! The Loaves client SDK.
+//! The Loaves client SDK: what a player app embeds to receive a title from
+//! peers, seeds and the CDN, with DRM intact.
 //!
-//! So far this crate holds the heart of the SDK, the [`scheduler`]: a
-//! sans-I/O state machine that decides, for every segment, whether it comes
-//! from a peer, a seed or the CDN, so that each segment meets its playback
-//! deadline while as many bytes as possible come from peers. The tokio
-//! driver, the peer wire, license handling and the local player endpoint are
-//! built around it in later steps.
+//! - [`Loaves`] / [`Session`] ([`session`]): the app-facing API — a builder,
+//!   `open(title, entitlement)`, the local player URL, events, stats, close.
+//! - [`scheduler`]: the sans-I/O heart, deciding for every segment whether
+//!   it comes from a peer, a seed or the CDN so that it meets its deadline.
+//! - The driver around it: one task per rendition (`track`), the QUIC side
+//!   (`peers`: upload server, peer connections, tracker announces), the
+//!   local HTTP player endpoint (`endpoint`), the [`license`] client, the
+//!   [`cdn`] client and the verified-segment [`store`].
+//!
+//! Every segment is verified against the origin's signed manifest before it
+//! reaches the player, the store or another peer.
 
 pub mod cdn;
+mod endpoint;
 pub mod license;
+mod peers;
+pub mod player;
 pub mod scheduler;
+pub mod session;
 pub mod store;
+mod track;
+
+pub use session::{
+    Error, Event, Events, Loaves, LoavesBuilder, NetworkType, Options, Session, Stats, Upload,
+};
 
 /// Makes ring the process's TLS crypto provider (the HTTP client needs one);
 /// harmless when the application already installed one.

@@ -389,7 +389,10 @@ fn a_peer_that_no_longer_has_a_segment_is_not_asked_again_for_it() {
         .expect("segment 3 from a peer");
     assert_eq!(source, Source::Peer(PeerId(1)), "the same-ISP peer first");
     // It answers NOT_FOUND (evicted): the driver reports a failure.
-    assert!(s.on_complete(Millis(50), transfer, Outcome::Failed).is_empty());
+    assert!(
+        s.on_complete(Millis(50), transfer, Outcome::Failed)
+            .is_empty()
+    );
     let retry = fetches(&s.poll(Millis(60)))
         .into_iter()
         .find(|f| f.1 == 3)

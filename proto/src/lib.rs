@@ -31,6 +31,8 @@ pub mod peerwire;
 pub mod shard;
 pub mod signed;
 pub mod token;
+#[cfg(feature = "quic")]
+pub mod tracker_client;
 
 /// Generated protobuf messages and gRPC stubs (package `loaves.v1`).
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]

@@ -23,6 +23,18 @@
 //! - A reply never contains the requester itself, never more than
 //!   `max_peers_per_reply` peers, and always the swarm's live seeds (up to
 //!   `max_seeds_per_reply`).
+//!
+//! # Reply cache
+//!
+//! In a large swarm, many requesters share a locality and a playhead, and
+//! would get statistically the same answer. A reply chosen for one of them
+//! (with one spare slot) is kept for the rest of that second, for at most
+//! `reply_cache_uses` requesters with the same (region, ISP, playhead /
+//! `lookahead_segments`) and the default reply size; each use skips the
+//! requester's own entry. Cached entries are at most one second old (a peer
+//! that stopped within that second may still be listed once), and the cache
+//! of a swarm holds at most [`MAX_CACHED_REPLIES`] replies. Swarms smaller
+//! than `reply_cache_min_peers` always choose afresh.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,6 +91,12 @@ pub struct SwarmConfig {
     pub max_locality_names: usize,
     /// Bounds on holdings.
     pub holdings: HoldingsLimits,
+    /// Replies reused by requesters of the same swarm, region, ISP and
+    /// playhead bucket within the same second (0 disables the cache). See
+    /// "Reply cache" in the module docs.
+    pub reply_cache_uses: u32,
+    /// Swarms smaller than this never cache replies.
+    pub reply_cache_min_peers: usize,
 }
 
 impl Default for SwarmConfig {
@@ -103,6 +121,8 @@ impl Default for SwarmConfig {
             max_name_len: 256,
             max_locality_names: 4096,
             holdings: HoldingsLimits::default(),
+            reply_cache_uses: 64,
+            reply_cache_min_peers: 200,
         }
     }
 }
@@ -252,8 +272,21 @@ struct Peer {
     region_pos: u32,
 }
 
+/// Most cached replies per swarm.
+pub const MAX_CACHED_REPLIES: usize = 64;
+
+#[derive(Debug)]
+struct CachedReply {
+    built_at: UnixSeconds,
+    uses: u32,
+    /// Key of each entry and where its encoded field ends in `bytes`.
+    entries: Vec<(PeerKey, u32)>,
+    bytes: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct Swarm {
+    cache: HashMap<(NameId, NameId, u64), CachedReply>,
     title: Box<str>,
     rendition: Box<str>,
     peers: Vec<Peer>,
@@ -379,6 +412,7 @@ struct Seed {
 #[derive(Debug, Default)]
 struct Scratch {
     swarm_key: String,
+    chosen: Vec<u32>,
     class_a: Vec<(u64, u32)>,
     class_b: Vec<(u64, u32)>,
     class_c: Vec<(u64, u32)>,
@@ -597,15 +631,74 @@ impl SwarmBook {
             want,
             diversity: self.config.diversity_peers.min(want / 3),
         };
-        let swarm = &self.swarms[key];
         let mut reply = Vec::with_capacity(want * 96 + 64);
-        let peers = choose_peers(
-            swarm,
-            &context,
-            &mut self.rng,
-            &mut self.scratch,
-            &mut reply,
-        );
+        let Some(swarm) = self.swarms.get_mut(key) else {
+            return Err(CoreError::InvalidSwarm);
+        };
+        let cacheable = self.config.reply_cache_uses > 0
+            && want == self.config.default_peers_per_reply
+            && swarm.peers.len() >= self.config.reply_cache_min_peers;
+        let peers = if cacheable {
+            let cache_key = (
+                region,
+                isp,
+                announce.next_sequence / self.config.lookahead_segments.max(1),
+            );
+            let fresh = swarm
+                .cache
+                .get(&cache_key)
+                .is_some_and(|c| c.built_at == now && c.uses < self.config.reply_cache_uses);
+            if !fresh {
+                let build = Choice {
+                    want: want + 1,
+                    ..context
+                };
+                choose_peers(swarm, &build, &mut self.rng, &mut self.scratch);
+                let mut cached = CachedReply {
+                    built_at: now,
+                    uses: 0,
+                    entries: Vec::with_capacity(self.scratch.chosen.len()),
+                    bytes: Vec::with_capacity((want + 1) * 96),
+                };
+                for &index in &self.scratch.chosen {
+                    let peer = &swarm.peers[index as usize];
+                    wire::put_always_bytes_field(&mut cached.bytes, wire::REPLY_PEERS, &peer.entry);
+                    cached.entries.push((peer.key, cached.bytes.len() as u32));
+                }
+                if swarm.cache.len() >= MAX_CACHED_REPLIES {
+                    swarm.cache.retain(|_, c| c.built_at == now);
+                    if swarm.cache.len() >= MAX_CACHED_REPLIES {
+                        swarm.cache.clear();
+                    }
+                }
+                swarm.cache.insert(cache_key, cached);
+            }
+            let mut added = 0;
+            if let Some(cached) = swarm.cache.get_mut(&cache_key) {
+                cached.uses += 1;
+                let mut start = 0usize;
+                for (peer_key, end) in &cached.entries {
+                    let end = *end as usize;
+                    if added < want as u32 && peer_key != who.key {
+                        reply.extend_from_slice(&cached.bytes[start..end]);
+                        added += 1;
+                    }
+                    start = end;
+                }
+            }
+            added
+        } else {
+            choose_peers(swarm, &context, &mut self.rng, &mut self.scratch);
+            for &index in &self.scratch.chosen {
+                wire::put_always_bytes_field(
+                    &mut reply,
+                    wire::REPLY_PEERS,
+                    &swarm.peers[index as usize].entry,
+                );
+            }
+            self.scratch.chosen.len() as u32
+        };
+        let swarm = &self.swarms[key];
         let seeds = self.add_seeds(swarm, &context, &mut reply);
         wire::put_u64_field(
             &mut reply,
@@ -771,6 +864,7 @@ impl SwarmBook {
         }
         let ttl = self.config.peer_ttl_s;
         for swarm in self.swarms.values_mut() {
+            swarm.cache.retain(|_, c| c.built_at == now);
             let mut i = 0;
             while i < swarm.peers.len() {
                 if swarm.peers[i].last_seen.0.saturating_add(ttl) < now.0 {
@@ -923,7 +1017,7 @@ fn valid_addresses(addresses: &[String], max: usize) -> Vec<String> {
 }
 
 /// Everything a peer choice depends on.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Choice {
     me: u32,
     region: NameId,
@@ -992,27 +1086,24 @@ fn collect(
         return;
     }
     let mut position = rng.below(n);
+    // Random probes of the whole swarm when it is larger than what may be
+    // examined (the class sought may be a minority there, and arrival order
+    // clusters localities); otherwise a full window.
+    let probe = group.is_none() && n > scan_limit;
     for _ in 0..n.min(scan_limit) {
-        let index = match group {
-            // A window of the group: its members are all (ISP) or mostly
-            // (region) of the class sought.
-            Some(group) => {
-                let index = group[position];
-                position += 1;
-                if position == n {
-                    position = 0;
-                }
-                index
+        let index = if probe {
+            let index = rng.below(n) as u32;
+            if out.iter().any(|(_, seen)| *seen == index) {
+                continue;
             }
-            // Random probes of the whole swarm: the class sought may be a
-            // minority, and arrival order clusters localities.
-            None => {
-                let index = rng.below(n) as u32;
-                if out.iter().any(|(_, seen)| *seen == index) {
-                    continue;
-                }
-                index
+            index
+        } else {
+            let index = group.map_or(position as u32, |g| g[position]);
+            position += 1;
+            if position == n {
+                position = 0;
             }
+            index
         };
         let peer = &swarm.peers[index as usize];
         if context.eligible(index, peer) && context.class(peer.region, peer.isp) == class {
@@ -1025,7 +1116,7 @@ fn collect(
     out.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
 }
 
-/// Appends the chosen peers' entries to `reply`; returns how many.
+/// Chooses peers into `scratch.chosen`, nearest first.
 ///
 /// Slots: `want - diversity` for the same ISP, then the same region fills
 /// what the ISP could not, then elsewhere gets the rest (at least
@@ -1033,16 +1124,11 @@ fn collect(
 /// classes. Each class scores about `candidates_per_slot` candidates per
 /// slot it may fill, so the work per announce is bounded by the reply size,
 /// not the swarm size.
-fn choose_peers(
-    swarm: &Swarm,
-    context: &Choice,
-    rng: &mut SplitMix64,
-    scratch: &mut Scratch,
-    reply: &mut Vec<u8>,
-) -> u32 {
+fn choose_peers(swarm: &Swarm, context: &Choice, rng: &mut SplitMix64, scratch: &mut Scratch) {
+    scratch.chosen.clear();
     let want = context.want;
     if want == 0 {
-        return 0;
+        return;
     }
     let factor = context.cap.max(1);
     let isp_group = known(context.isp)
@@ -1114,18 +1200,18 @@ fn choose_peers(
         );
     }
     b = scratch.class_b.len().min(want - a - c);
-    let mut added = 0;
-    for (_, index) in scratch.class_a[..a]
-        .iter()
-        .chain(&scratch.class_b[..b])
-        .chain(&scratch.class_c[..c])
-    {
-        wire::put_always_bytes_field(
-            reply,
-            wire::REPLY_PEERS,
-            &swarm.peers[*index as usize].entry,
-        );
-        added += 1;
-    }
-    added
+    let Scratch {
+        class_a,
+        class_b,
+        class_c,
+        chosen,
+        ..
+    } = scratch;
+    chosen.extend(
+        class_a[..a]
+            .iter()
+            .chain(&class_b[..b])
+            .chain(&class_c[..c])
+            .map(|(_, index)| *index),
+    );
 }

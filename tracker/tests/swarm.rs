@@ -549,3 +549,53 @@ fn churn_keeps_invariants() {
     }
     book.check_invariants().unwrap();
 }
+
+#[test]
+fn reply_cache_is_shared_within_a_second_and_never_lists_the_requester() {
+    let mut book = book();
+    for n in 1..=300 {
+        announce(&mut book, 100, &Viewer::new(n, "eu", "a"));
+    }
+    let first = numbers(&announce(&mut book, 101, &Viewer::new(1, "eu", "a")));
+    assert_eq!(first.len(), 30);
+    assert!(!first.contains(&1));
+    let second = numbers(&announce(&mut book, 101, &Viewer::new(2, "eu", "a")));
+    assert_eq!(second.len(), 30);
+    assert!(!second.contains(&2));
+    let common = first.iter().filter(|n| second.contains(n)).count();
+    assert!(common >= 29, "cached reply not reused: {common} in common");
+    // A requester that is itself in the cached reply is skipped in it.
+    let listed = first[0];
+    let own = numbers(&announce(&mut book, 101, &Viewer::new(listed, "eu", "a")));
+    assert_eq!(own.len(), 30);
+    assert!(!own.contains(&listed));
+    // Another playhead bucket or another second: chosen afresh.
+    let next_second = numbers(&announce(&mut book, 102, &Viewer::new(2, "eu", "a")));
+    assert_ne!(next_second, second);
+    // Bounded reuse: after `reply_cache_uses` (64) requesters, a new choice.
+    let mut previous: Vec<u16> = Vec::new();
+    let mut rebuilds = 0;
+    for n in 10..(10 + 2 * 64 + 10) {
+        let list = numbers(&announce(&mut book, 103, &Viewer::new(n, "eu", "a")));
+        let common = list.iter().filter(|m| previous.contains(m)).count();
+        if common < 20 {
+            rebuilds += 1;
+        }
+        previous = list;
+    }
+    // The first requester at 103 builds, then two more builds.
+    assert_eq!(rebuilds, 3);
+    book.check_invariants().unwrap();
+}
+
+#[test]
+fn small_swarms_list_everybody_whatever_the_random_seed() {
+    for seed in 0..100 {
+        let mut book = SwarmBook::new(SwarmConfig::default(), seed);
+        announce(&mut book, 100, &Viewer::new(1, "eu", "a"));
+        announce(&mut book, 100, &Viewer::new(2, "eu", "b"));
+        announce(&mut book, 100, &Viewer::new(3, "us", "c"));
+        let reply = announce(&mut book, 100, &Viewer::new(4, "eu", "a"));
+        assert_eq!(numbers(&reply), vec![1, 2, 3], "seed {seed}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The local player endpoint: HTTP on 127.0.0.1 (random port) serving the
+//! presentation to any stock HLS or DASH player.
+//!
+//! - `GET /master.m3u8`, `GET /manifest.mpd`, `GET /NAME/media.m3u8`: the
+//!   playlists as the CDN published them (fetched once at `open`).
+//! - `GET /NAME/init.mp4`: the init segment, verified against the manifest.
+//! - `GET /NAME/seg_NNNNN.m4s`: the segment, pulled through the rendition's
+//!   scheduler (the request moves its playhead) and verified before a single
+//!   byte is sent. Segments stay CENC-encrypted: the player's DRM module
+//!   decrypts.
+//! - `POST /clearkey/license`: the player's W3C ClearKey license request,
+//!   forwarded to the license server's ClearKey endpoint with the session
+//!   token as bearer credential.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::session::{Error, Shared, valid_name};
+use crate::track::{TrackHandle, WantError, parse_segment_file};
+
+/// Largest ClearKey request body forwarded.
+const MAX_LICENSE_REQUEST: usize = 16 * 1024;
+/// Bound on a forwarded license request.
+const LICENSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct AppState {
+    shared: Arc<Shared>,
+    tracks: Arc<HashMap<String, TrackHandle>>,
+    http: reqwest::Client,
+}
+
+/// Binds 127.0.0.1:0 and serves until the session shuts down.
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    tracks: Arc<HashMap<String, TrackHandle>>,
+) -> Result<SocketAddr, Error> {
+    let http = reqwest::Client::builder()
+        .timeout(LICENSE_TIMEOUT)
+        .build()
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let mut shutdown = shared.shutdown.clone();
+    let state = AppState {
+        shared,
+        tracks,
+        http,
+    };
+    let router = Router::new()
+        .route("/master.m3u8", get(master))
+        .route("/manifest.mpd", get(dash))
+        .route("/clearkey/license", post(clearkey).options(preflight))
+        .route("/{rendition}/{file}", get(rendition_file))
+        .layer(DefaultBodyLimit::max(MAX_LICENSE_REQUEST))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                crate::session::stopped(&mut shutdown).await;
+            })
+            .await;
+    });
+    Ok(addr)
+}
+
+fn body(content_type: &'static str, bytes: Bytes) -> Response {
+    let mut response = bytes.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
+}
+
+async fn master(State(state): State<AppState>) -> Response {
+    body(
+        "application/vnd.apple.mpegurl",
+        state.shared.master_playlist.clone(),
+    )
+}
+
+async fn dash(State(state): State<AppState>) -> Response {
+    match &state.shared.dash_manifest {
+        Some(mpd) => body("application/dash+xml", mpd.clone()),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn rendition_file(
+    State(state): State<AppState>,
+    Path((rendition, file)): Path<(String, String)>,
+) -> Response {
+    if !valid_name(&rendition) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let Some(info) = state.shared.renditions.get(&rendition) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    match file.as_str() {
+        "media.m3u8" => body("application/vnd.apple.mpegurl", info.media_playlist.clone()),
+        "init.mp4" => body("video/mp4", info.init.clone()),
+        name => {
+            let (Some(sequence), Some(track)) =
+                (parse_segment_file(name), state.tracks.get(&rendition))
+            else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            match track.want(sequence).await {
+                Ok(bytes) => body("video/iso.segment", bytes),
+                Err(WantError::NotFound) => StatusCode::NOT_FOUND.into_response(),
+                Err(WantError::Busy) => StatusCode::TOO_MANY_REQUESTS.into_response(),
+                Err(WantError::Timeout) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+                Err(WantError::Closed) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            }
+        }
+    }
+}
+
+async fn preflight() -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type"),
+    );
+    response
+}
+
+async fn clearkey(State(state): State<AppState>, request: Bytes) -> Response {
+    let Some(url) = state.shared.options.clearkey_url.clone() else {
+        return (StatusCode::NOT_FOUND, "no ClearKey endpoint configured").into_response();
+    };
+    let forwarded = state
+        .http
+        .post(url)
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", base64url(&state.shared.token)),
+        )
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(request)
+        .send()
+        .await;
+    let Ok(answer) = forwarded else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    if answer
+        .content_length()
+        .is_some_and(|n| n > MAX_LICENSE_REQUEST as u64)
+    {
+        return StatusCode::BAD_GATEWAY.into_response();
+    }
+    match answer.bytes().await {
+        Ok(bytes) if bytes.len() <= MAX_LICENSE_REQUEST => {
+            let mut response = body("application/json", bytes);
+            *response.status_mut() = status;
+            response
+        }
+        _ => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+/// Base64url without padding (RFC 4648 §5), as the ClearKey endpoint expects.
+pub(crate) fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64url;
+
+    #[test]
+    fn base64url_matches_rfc4648_vectors() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"foob"), "Zm9vYg");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    }
+}

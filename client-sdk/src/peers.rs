@@ -1,0 +1,599 @@
+//! The session's QUIC side: one quinn endpoint (one UDP socket) that
+//! - serves other viewers (the upload server: hello with session tokens,
+//!   requests answered from the segment store, HAVE notices of every newly
+//!   verified segment, a connection cap and a shared upload rate cap),
+//! - connects to the peers the tracker names (hello both ways, then HAVE
+//!   notices feed the rendition's scheduler),
+//! - announces to the tracker, per active rendition, with the stats deltas.
+//!
+//! The wire protocol is `loaves_proto::peerwire`; the tracker client is
+//! `loaves_proto::tracker_client`.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use loaves_proto::peerwire::{
+    self, AuthenticatedPeer, CredentialVerifier, EgressLimiter, HaveReceiver, HaveSender, Limits,
+    Reply, RequestHandler, TransportOptions,
+};
+use loaves_proto::tracker_client::{ClientEndpoint, ClientError, TrackerConnection};
+use loaves_proto::{UnixSeconds, pb};
+use tokio::sync::Semaphore;
+
+use crate::scheduler::{Locality, PeerId, PeerInfo, PeerKind, SchedulerStats};
+use crate::session::{Error, Event, Shared, Stats, Upload, lock};
+use crate::store::SegmentKey;
+use crate::track::{PeerLink, TrackHandle, TrackMsg};
+
+/// Clock skew tolerated on peers' credentials.
+const MAX_CLOCK_SKEW_S: u64 = 30;
+/// Initial throughput estimate of a new peer, bytes per second.
+const INITIAL_PEER_THROUGHPUT: u64 = 2_500_000;
+/// A HAVE stream idle for this long is no longer read (the connection stays).
+const HAVE_IDLE: Duration = Duration::from_secs(120);
+
+/// Peer ids are stable per (rendition, key): a banned key stays banned.
+#[derive(Debug, Default)]
+struct Registry {
+    ids: Mutex<HashMap<(String, [u8; 32]), PeerId>>,
+    connected: Mutex<HashSet<(String, [u8; 32])>>,
+    next: AtomicU64,
+}
+
+impl Registry {
+    fn id(&self, rendition: &str, key: [u8; 32]) -> PeerId {
+        *lock(&self.ids)
+            .entry((rendition.to_owned(), key))
+            .or_insert_with(|| PeerId(self.next.fetch_add(1, Ordering::Relaxed)))
+    }
+}
+
+struct Context {
+    shared: Arc<Shared>,
+    tracks: Arc<HashMap<String, TrackHandle>>,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    verifier: Arc<CredentialVerifier>,
+    limits: Arc<Limits>,
+    registry: Registry,
+    advertise: SocketAddr,
+}
+
+/// Starts the QUIC endpoint, the upload server (unless upload is off) and
+/// the tracker announcer (when a tracker is configured). Returns the
+/// address peers reach this viewer at.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    tracks: Arc<HashMap<String, TrackHandle>>,
+) -> Result<SocketAddr, Error> {
+    let transport = TransportOptions::default();
+    let server_config = peerwire::server_config(&shared.identity, &transport)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let client_config = peerwire::client_config(&shared.identity, &transport)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let endpoint = quinn::Endpoint::server(server_config, shared.options.peer_bind)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let advertise = shared.options.peer_advertise.unwrap_or(local);
+    let context = Arc::new(Context {
+        verifier: Arc::new(CredentialVerifier::new(
+            shared.options.license.trusted_keys.clone(),
+            MAX_CLOCK_SKEW_S,
+        )),
+        shared,
+        tracks,
+        endpoint,
+        client_config,
+        limits: Arc::new(Limits::default()),
+        registry: Registry::default(),
+        advertise,
+    });
+    tokio::spawn(accept_loop(context.clone()));
+    if context.shared.options.tracker.is_some() {
+        tokio::spawn(announcer(context));
+    }
+    Ok(advertise)
+}
+
+// ---------------------------------------------------------------- upload
+
+struct UploadHandler {
+    shared: Arc<Shared>,
+}
+
+impl RequestHandler for UploadHandler {
+    fn handle(
+        &self,
+        _peer: &AuthenticatedPeer,
+        request: &pb::SegmentRequest,
+    ) -> impl std::future::Future<Output = Reply> + Send {
+        let reply = if !self.shared.upload_allowed() {
+            Reply::Refuse {
+                status: pb::segment_response_header::Status::Busy,
+                message: "not uploading now".into(),
+            }
+        } else {
+            let key = SegmentKey {
+                rendition: request.rendition.clone(),
+                sequence: request.sequence,
+            };
+            match lock(&self.shared.store).get(&key) {
+                Some(bytes) if self.shared.options.tamper_uploads && !bytes.is_empty() => {
+                    let mut lie = bytes.to_vec();
+                    let middle = lie.len() / 2;
+                    lie[middle] ^= 0x5a;
+                    Reply::Segment {
+                        bytes: lie.into(),
+                        guard: None,
+                    }
+                }
+                Some(bytes) => Reply::Segment { bytes, guard: None },
+                None => Reply::Refuse {
+                    status: pb::segment_response_header::Status::NotFound,
+                    message: "not held".into(),
+                },
+            }
+        };
+        std::future::ready(reply)
+    }
+
+    fn finished(
+        &self,
+        _peer: &AuthenticatedPeer,
+        _request: &pb::SegmentRequest,
+        outcome: peerwire::Outcome,
+    ) {
+        if let peerwire::Outcome::Served { bytes } = outcome {
+            self.shared
+                .counters
+                .uploaded
+                .fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn accept_loop(context: Arc<Context>) {
+    let shared = &context.shared;
+    let slots = Arc::new(Semaphore::new(shared.options.max_upload_connections));
+    let egress = match shared.options.upload {
+        Upload::Capped { bytes_per_second } => Some(Arc::new(EgressLimiter::new(
+            bytes_per_second,
+            Duration::from_millis(250),
+        ))),
+        Upload::Off => None,
+    };
+    let handler = Arc::new(UploadHandler {
+        shared: shared.clone(),
+    });
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            incoming = context.endpoint.accept() => incoming,
+            _ = crate::session::stopped(&mut shutdown) => break,
+        };
+        let Some(incoming) = incoming else { break };
+        if !shared.upload_allowed() {
+            incoming.refuse();
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let context = context.clone();
+        let handler = handler.clone();
+        let egress = egress.clone();
+        tokio::spawn(async move {
+            serve_peer(&context, incoming, handler, egress).await;
+            drop(permit);
+        });
+    }
+    context
+        .endpoint
+        .close(peerwire::close_code::SHUTDOWN.into(), b"closing");
+}
+
+async fn serve_peer(
+    context: &Context,
+    incoming: quinn::Incoming,
+    handler: Arc<UploadHandler>,
+    egress: Option<Arc<EgressLimiter>>,
+) {
+    let shared = &context.shared;
+    let Ok(Ok(connection)) = tokio::time::timeout(context.limits.hello_timeout, incoming).await
+    else {
+        return;
+    };
+    let own = peerwire::viewer_hello(shared.token.clone(), &shared.title, "");
+    let title = shared.title.clone();
+    let Ok(peer) = peerwire::accept_hello(
+        &connection,
+        &context.verifier,
+        &own,
+        |t| t == title,
+        UnixSeconds::now(),
+        &context.limits,
+    )
+    .await
+    else {
+        return;
+    };
+    let rendition = peer
+        .hello
+        .swarm
+        .as_ref()
+        .map(|s| s.rendition.clone())
+        .unwrap_or_default();
+    // HAVE notices: what is held now, then every new segment.
+    let mut news = shared.have_tx.subscribe();
+    let have_connection = connection.clone();
+    let limits = (*context.limits).clone();
+    let held: Vec<u64> = lock(&shared.held)
+        .get(&rendition)
+        .map(|set| {
+            set.iter()
+                .copied()
+                .take(peerwire::MAX_HAVE_SEQUENCES)
+                .collect()
+        })
+        .unwrap_or_default();
+    let have_rendition = rendition.clone();
+    let have_task = tokio::spawn(async move {
+        let Ok(mut sender) = HaveSender::open(&have_connection, limits).await else {
+            return;
+        };
+        let mut notice = pb::HaveNotice {
+            rendition: have_rendition.clone(),
+            sequences: held,
+        };
+        loop {
+            if !notice.sequences.is_empty() && sender.send(&notice).await.is_err() {
+                return;
+            }
+            notice.sequences.clear();
+            match news.recv().await {
+                Ok((r, sequence)) if r == have_rendition => notice.sequences.push(sequence),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut shutdown = shared.shutdown.clone();
+    peerwire::serve_requests(
+        connection.clone(),
+        Arc::new(peer),
+        handler,
+        context.verifier.clone(),
+        context.limits.clone(),
+        egress,
+        async move {
+            crate::session::stopped(&mut shutdown).await;
+        },
+    )
+    .await;
+    have_task.abort();
+    connection.close(peerwire::close_code::DONE.into(), b"bye");
+}
+
+// ---------------------------------------------------------------- download
+
+fn locality(shared: &Shared, region: &str, isp: &str) -> Locality {
+    let o = &shared.options;
+    if region == o.region && isp == o.isp {
+        Locality::SameIsp
+    } else if region == o.region {
+        Locality::SameRegion
+    } else {
+        Locality::Remote
+    }
+}
+
+fn holdings_sequences(holdings: Option<&pb::Holdings>) -> Vec<u64> {
+    match holdings.and_then(|h| h.kind.as_ref()) {
+        Some(pb::holdings::Kind::LiveWindow(w)) if w.last_sequence >= w.first_sequence => {
+            (w.first_sequence..=w.last_sequence)
+                .take(peerwire::MAX_HAVE_SEQUENCES)
+                .collect()
+        }
+        Some(pb::holdings::Kind::Bitmap(b)) => b
+            .bits
+            .iter()
+            .enumerate()
+            .flat_map(|(i, byte)| {
+                (0..8u64)
+                    .filter(move |bit| byte & (1 << bit) != 0)
+                    .map(move |bit| i as u64 * 8 + bit)
+            })
+            .take(peerwire::MAX_HAVE_SEQUENCES)
+            .filter_map(|offset| b.first_sequence.checked_add(offset))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn bitmap(held: &BTreeSet<u64>) -> Option<pb::Holdings> {
+    let first = *held.first()?;
+    let last = *held.last()?;
+    let len = usize::try_from(last - first).ok()? / 8 + 1;
+    if len > 64 * 1024 {
+        return None;
+    }
+    let mut bits = vec![0u8; len];
+    for sequence in held {
+        let offset = (sequence - first) as usize;
+        bits[offset / 8] |= 1 << (offset % 8);
+    }
+    Some(pb::Holdings {
+        kind: Some(pb::holdings::Kind::Bitmap(pb::SegmentBitmap {
+            first_sequence: first,
+            bits,
+        })),
+    })
+}
+
+async fn connect_peer(context: Arc<Context>, rendition: String, entry: pb::PeerEntry) {
+    let shared = &context.shared;
+    let Ok(key) = <[u8; 32]>::try_from(entry.peer_public_key.as_slice()) else {
+        return;
+    };
+    let Some(track) = context.tracks.get(&rendition) else {
+        return;
+    };
+    let Some(address) = entry
+        .addresses
+        .iter()
+        .find_map(|a| a.parse::<SocketAddr>().ok())
+    else {
+        return;
+    };
+    let slot = (rendition.clone(), key);
+    {
+        let mut connected = lock(&context.registry.connected);
+        let here = connected.iter().filter(|(r, _)| *r == rendition).count();
+        if here >= shared.options.max_peers || !connected.insert(slot.clone()) {
+            return;
+        }
+    }
+    let hello = peerwire::viewer_hello(shared.token.clone(), &shared.title, &rendition);
+    let result = peerwire::connect(
+        &context.endpoint,
+        address,
+        context.client_config.clone(),
+        &hello,
+        &context.verifier,
+        UnixSeconds::now(),
+        &context.limits,
+    )
+    .await;
+    let Ok(connected) = result else {
+        lock(&context.registry.connected).remove(&slot);
+        return;
+    };
+    let connection = connected.connection;
+    // The tracker named this key: the peer must prove it is that key.
+    if connected.remote.credential.peer_key().as_bytes() != &key {
+        connection.close(peerwire::close_code::UNAUTHENTICATED.into(), b"key");
+        lock(&context.registry.connected).remove(&slot);
+        return;
+    }
+    let peer = context.registry.id(&rendition, key);
+    let credential = &connected.remote.credential;
+    let kind = if entry.is_seed {
+        PeerKind::Seed
+    } else {
+        PeerKind::Viewer
+    };
+    let o = &shared.options;
+    let info = PeerInfo {
+        kind,
+        locality: locality(shared, credential.region(), credential.isp()),
+        rtt_ms: u32::try_from(connection.rtt().as_millis()).unwrap_or(u32::MAX),
+        throughput_bytes_per_s: INITIAL_PEER_THROUGHPUT,
+    };
+    let link = PeerLink {
+        connection: connection.clone(),
+        name: key.iter().map(|b| format!("{b:02x}")).collect(),
+        cross_isp: credential.isp() != o.isp || credential.region() != o.region,
+        cross_region: credential.region() != o.region,
+    };
+    if track.send_wait(TrackMsg::PeerUp { peer, info, link }).await {
+        let initial = holdings_sequences(entry.holdings.as_ref());
+        if !initial.is_empty() {
+            track
+                .send_wait(TrackMsg::PeerHas {
+                    peer,
+                    sequences: initial,
+                })
+                .await;
+        }
+        let have = async {
+            let Ok(mut receiver) =
+                HaveReceiver::accept(&connection, (*context.limits).clone()).await
+            else {
+                return;
+            };
+            while let Ok(Some(notice)) = receiver.next(HAVE_IDLE).await {
+                if notice.rendition == rendition
+                    && !track
+                        .send_wait(TrackMsg::PeerHas {
+                            peer,
+                            sequences: notice.sequences,
+                        })
+                        .await
+                {
+                    return;
+                }
+            }
+        };
+        let mut shutdown = shared.shutdown.clone();
+        tokio::select! {
+            () = have => { connection.closed().await; }
+            _ = connection.closed() => {}
+            _ = crate::session::stopped(&mut shutdown) => {}
+        }
+        track.send(TrackMsg::PeerDown { peer });
+    }
+    connection.close(peerwire::close_code::DONE.into(), b"bye");
+    lock(&context.registry.connected).remove(&slot);
+}
+
+// ---------------------------------------------------------------- tracker
+
+fn delta(now: &SchedulerStats, before: &SchedulerStats) -> (u64, u64, u64) {
+    (
+        now.bytes_from_peers.saturating_sub(before.bytes_from_peers),
+        now.bytes_from_seeds.saturating_sub(before.bytes_from_seeds),
+        now.bytes_from_cdn.saturating_sub(before.bytes_from_cdn),
+    )
+}
+
+async fn announcer(context: Arc<Context>) {
+    let shared = context.shared.clone();
+    let Some(tracker) = shared.options.tracker else {
+        return;
+    };
+    let client = ClientEndpoint::from_endpoint(context.endpoint.clone());
+    let mut connection: Option<TrackerConnection> = None;
+    let mut next_due: HashMap<String, Instant> = HashMap::new();
+    let mut reported: HashMap<String, SchedulerStats> = HashMap::new();
+    let mut reported_session = Stats::default();
+    let mut startup_reported = false;
+    let mut retry_at = Instant::now();
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = crate::session::stopped(&mut shutdown) => break,
+        }
+        let active: Vec<String> = lock(&shared.scheduler_stats).keys().cloned().collect();
+        let now = Instant::now();
+        let due: Vec<String> = active
+            .into_iter()
+            .filter(|r| next_due.get(r).is_none_or(|at| *at <= now))
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        if connection.is_none() {
+            if now < retry_at {
+                continue;
+            }
+            let hello = pb::TrackerHello {
+                credential: Some(pb::tracker_hello::Credential::SessionToken(
+                    shared.token.clone(),
+                )),
+            };
+            match client.connect(tracker, &shared.identity, hello).await {
+                Ok(c) => connection = Some(c),
+                Err(e) => {
+                    shared.emit(Event::TrackerUnavailable {
+                        message: e.to_string(),
+                    });
+                    retry_at = Instant::now() + shared.options.max_announce_interval;
+                    continue;
+                }
+            }
+        }
+        let Some(tracker_connection) = connection.clone() else {
+            continue;
+        };
+        for (index, rendition) in due.into_iter().enumerate() {
+            let stats_now = lock(&shared.scheduler_stats)
+                .get(&rendition)
+                .copied()
+                .unwrap_or_default();
+            let before = reported.get(&rendition).copied().unwrap_or_default();
+            let (peers, seeds, cdn) = delta(&stats_now, &before);
+            let mut stats = pb::StatsDelta {
+                bytes_from_peers: peers,
+                bytes_from_seeds: seeds,
+                bytes_from_cdn: cdn,
+                ..Default::default()
+            };
+            // Session-wide counters ride on the first announce of a round.
+            let session = shared.stats();
+            if index == 0 {
+                let b = &reported_session;
+                stats.bytes_uploaded = session.bytes_uploaded.saturating_sub(b.bytes_uploaded);
+                stats.bytes_cross_isp = session.bytes_cross_isp.saturating_sub(b.bytes_cross_isp);
+                stats.bytes_cross_region = session
+                    .bytes_cross_region
+                    .saturating_sub(b.bytes_cross_region);
+                stats.rebuffer_ms = session
+                    .rebuffer_time
+                    .saturating_sub(b.rebuffer_time)
+                    .as_millis() as u64;
+                stats.rebuffer_count = session.rebuffer_count.saturating_sub(b.rebuffer_count);
+                if !startup_reported && let Some(startup) = session.startup_time {
+                    stats.startup_ms = u32::try_from(startup.as_millis()).unwrap_or(u32::MAX);
+                }
+            }
+            let held = lock(&shared.held)
+                .get(&rendition)
+                .cloned()
+                .unwrap_or_default();
+            let uploading = shared.upload_allowed();
+            let capacity = match shared.options.upload {
+                Upload::Capped { bytes_per_second } if uploading => bytes_per_second * 8,
+                _ => 0,
+            };
+            let announce = pb::Announce {
+                swarm: Some(pb::SwarmId {
+                    title: shared.title.clone(),
+                    rendition: rendition.clone(),
+                }),
+                addresses: if uploading {
+                    vec![context.advertise.to_string()]
+                } else {
+                    Vec::new()
+                },
+                holdings: bitmap(&held),
+                next_sequence: held.last().map_or(0, |s| s + 1),
+                upload_capacity_bps: capacity,
+                upload_in_use_bps: 0,
+                stats: Some(stats),
+                max_peers: u32::try_from(shared.options.max_peers).unwrap_or(u32::MAX),
+            };
+            let mut interval = shared.options.max_announce_interval;
+            match tracker_connection.announce(announce).await {
+                Ok(reply) => {
+                    reported.insert(rendition.clone(), stats_now);
+                    if index == 0 {
+                        reported_session = session;
+                        startup_reported |= session.startup_time.is_some();
+                    }
+                    if reply.interval_s > 0 {
+                        interval = interval.min(Duration::from_secs(u64::from(reply.interval_s)));
+                    }
+                    let own = shared.identity.public_key();
+                    for entry in reply.peers.into_iter().chain(reply.seeds) {
+                        if entry.peer_public_key == own.as_bytes() {
+                            continue;
+                        }
+                        tokio::spawn(connect_peer(context.clone(), rendition.clone(), entry));
+                    }
+                }
+                Err(ClientError::Refused { code, message }) => {
+                    shared.emit(Event::TrackerUnavailable {
+                        message: format!("{code:?}: {message}"),
+                    });
+                }
+                Err(e) => {
+                    shared.emit(Event::TrackerUnavailable {
+                        message: e.to_string(),
+                    });
+                    connection = None;
+                    retry_at = Instant::now() + shared.options.max_announce_interval;
+                    break;
+                }
+            }
+            next_due.insert(rendition, Instant::now() + interval);
+        }
+    }
+}

@@ -1,0 +1,955 @@
+//! The app-facing API: a [`Loaves`] instance built once per app, and a
+//! [`Session`] per title being played.
+//!
+//! ```no_run
+//! # async fn demo(entitlement: Vec<u8>, options: loaves_client_sdk::Options)
+//! #     -> Result<(), loaves_client_sdk::Error> {
+//! use loaves_client_sdk::Loaves;
+//! let loaves = Loaves::builder().options(options).build()?;
+//! let session = loaves.open("sample", entitlement).await?;
+//! println!("point the player at {}", session.player_url());
+//! let mut events = session.events();
+//! while let Some(event) = events.next().await {
+//!     println!("{event:?}");
+//! }
+//! session.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `open` acquires a license, fetches and verifies the signed manifest and
+//! the init segment of every rendition from the CDN, starts one driver task
+//! per rendition ([`crate::track`]), the peer endpoint (QUIC: upload server
+//! and outgoing peer connections, [`crate::peers`]), the tracker announcer,
+//! the license heartbeat and the local player endpoint
+//! ([`crate::endpoint`]).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use loaves_proto::UnixSeconds;
+use loaves_proto::identity::PeerIdentity;
+use loaves_proto::keys::{Keyring, SigningKeyPair};
+use loaves_proto::manifest::{MAX_CHUNK_LEN, Manifest};
+use tokio::sync::{broadcast, oneshot, watch};
+
+use crate::cdn::{CdnClient, CdnConfig, CdnError};
+use crate::license::{
+    LicenseClient, LicenseClientError, LicenseRequest, LicenseServerConfig, LicensedSession,
+};
+use crate::scheduler::{DropReason, SchedulerStats, Source};
+use crate::store::{SegmentKey, SegmentStore};
+use crate::track::{TrackHandle, TrackMsg};
+
+/// Upload policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// Never serve other viewers (no upload server, nothing announced).
+    Off,
+    /// Serve other viewers at most this many bytes per second in total.
+    Capped {
+        /// The cap, bytes per second.
+        bytes_per_second: u64,
+    },
+}
+
+/// The kind of network the device is on, as the app knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkType {
+    /// Wi-Fi, Ethernet: no per-byte cost.
+    Unmetered,
+    /// Cellular or another per-byte-billed network.
+    Metered,
+}
+
+/// Everything an SDK instance needs. `Default` leaves the license server,
+/// the manifest keys and the CDN URLs empty: set them.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How to reach and trust the license server.
+    pub license: LicenseServerConfig,
+    /// The W3C ClearKey endpoint of the license server (`http://host:port/clearkey`),
+    /// to which the player endpoint proxies the player's license requests.
+    pub clearkey_url: Option<String>,
+    /// The origin's manifest signing keys (manifests are verified with them).
+    pub manifest_keys: Keyring,
+    /// CDN base URLs with failover; title `T` is expected under `T/`.
+    pub cdn: CdnConfig,
+    /// The tracker's QUIC address; `None` runs without a tracker.
+    pub tracker: Option<SocketAddr>,
+    /// The P2P switch. Off: every byte from the CDN, no tracker, no peers.
+    pub p2p: bool,
+    /// Upload policy.
+    pub upload: Upload,
+    /// Upload only when the app says the network is unmetered.
+    pub upload_only_unmetered: bool,
+    /// Most peers downloaded from at once, per rendition.
+    pub max_peers: usize,
+    /// Most viewers served at once.
+    pub max_upload_connections: usize,
+    /// How far ahead of the playhead segments are fetched.
+    pub buffer_target: Duration,
+    /// Memory for verified segments (own playback and upload).
+    pub store_budget_bytes: u64,
+    /// Region and ISP hints (sent to the license server, compared with
+    /// other peers' to account cross-ISP bytes).
+    pub region: String,
+    /// See `region`.
+    pub isp: String,
+    /// Local address for the peer endpoint (port 0: any).
+    pub peer_bind: SocketAddr,
+    /// The address announced to other peers (default: the bound one).
+    pub peer_advertise: Option<SocketAddr>,
+    /// Media time per wall time. 1.0 is real time; tests and demos compress
+    /// playback (segment deadlines shrink by this factor).
+    pub playback_speed: f64,
+    /// Longest time between tracker announces (the tracker's interval
+    /// applies when shorter).
+    pub max_announce_interval: Duration,
+    /// License heartbeat interval, overriding the license policy's when set
+    /// (and shorter).
+    pub renewal_interval: Option<Duration>,
+    /// How many events a slow `events()` reader may lag before losing some.
+    pub event_capacity: usize,
+    /// Fault injection for tests: serve every uploaded segment with one byte
+    /// flipped (a lying peer). Never set this in an app.
+    #[doc(hidden)]
+    pub tamper_uploads: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            license: LicenseServerConfig {
+                url: String::new(),
+                ca_pem: None,
+                tls_server_name: None,
+                trusted_keys: Keyring::default(),
+                request_timeout: Duration::from_secs(10),
+            },
+            clearkey_url: None,
+            manifest_keys: Keyring::default(),
+            cdn: CdnConfig::default(),
+            tracker: None,
+            p2p: true,
+            upload: Upload::Capped {
+                bytes_per_second: 2_000_000,
+            },
+            upload_only_unmetered: false,
+            max_peers: 8,
+            max_upload_connections: 16,
+            buffer_target: Duration::from_secs(16),
+            store_budget_bytes: 64 << 20,
+            region: String::new(),
+            isp: String::new(),
+            peer_bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            peer_advertise: None,
+            playback_speed: 1.0,
+            max_announce_interval: Duration::from_secs(30),
+            renewal_interval: None,
+            event_capacity: 1024,
+            tamper_uploads: false,
+        }
+    }
+}
+
+/// Why an SDK call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The options are unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The license could not be acquired, renewed or released.
+    #[error("license: {0}")]
+    License(#[from] LicenseClientError),
+    /// The CDN failed.
+    #[error("CDN: {0}")]
+    Cdn(#[from] CdnError),
+    /// A manifest, playlist or init segment is invalid or fails verification.
+    #[error("presentation: {0}")]
+    Presentation(String),
+    /// A local socket or QUIC endpoint could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// The session is closed.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Something that happened in a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A segment was verified and is ready for the player.
+    SegmentDelivered {
+        /// Rendition.
+        rendition: String,
+        /// Sequence number.
+        sequence: u64,
+        /// Where its bytes came from (the last transfer's source).
+        source: Source,
+        /// Its size.
+        bytes: u64,
+        /// From the fetch decision to verification.
+        elapsed: Duration,
+    },
+    /// Bytes failed manifest verification and were thrown away.
+    SegmentRejected {
+        /// Rendition.
+        rendition: String,
+        /// Sequence number.
+        sequence: u64,
+        /// The source that sent them.
+        source: Source,
+    },
+    /// A peer was dropped for the rest of the session.
+    PeerBanned {
+        /// Rendition (swarm) it was dropped from.
+        rendition: String,
+        /// Its public key (hex).
+        peer: String,
+        /// Why.
+        reason: DropReason,
+    },
+    /// The player ran out of media.
+    RebufferStart,
+    /// The player has media again; the stall lasted `duration`.
+    RebufferEnd {
+        /// Length of the stall.
+        duration: Duration,
+    },
+    /// Playback started `startup` after `open` returned.
+    Started {
+        /// Startup time.
+        startup: Duration,
+    },
+    /// The license heartbeat succeeded.
+    LicenseRenewed,
+    /// The license heartbeat failed (the player will lose access when the
+    /// license expires).
+    LicenseRenewalFailed {
+        /// The error.
+        message: String,
+    },
+    /// The tracker could not be reached or refused (playback goes on from
+    /// known peers and the CDN).
+    TrackerUnavailable {
+        /// The error.
+        message: String,
+    },
+}
+
+/// A snapshot of a session's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stats {
+    /// Verified bytes from other viewers.
+    pub bytes_from_peers: u64,
+    /// Verified bytes from edge seeds.
+    pub bytes_from_seeds: u64,
+    /// Verified bytes from the CDN.
+    pub bytes_from_cdn: u64,
+    /// Verified bytes whose peer was in another ISP.
+    pub bytes_cross_isp: u64,
+    /// Verified bytes whose peer was in another region.
+    pub bytes_cross_region: u64,
+    /// Bytes uploaded to other viewers.
+    pub bytes_uploaded: u64,
+    /// Share of downloaded bytes that did not come from the CDN.
+    pub offload_ratio: f64,
+    /// Segments verified.
+    pub segments_delivered: u64,
+    /// Transfers whose bytes failed verification.
+    pub segments_rejected: u64,
+    /// Peers dropped (corrupt, slow, stalled).
+    pub peers_banned: u64,
+    /// Total stall time reported by the player.
+    pub rebuffer_time: Duration,
+    /// Stalls reported by the player.
+    pub rebuffer_count: u32,
+    /// Time from `open` returning to the first segment played.
+    pub startup_time: Option<Duration>,
+}
+
+/// Counters shared by the session's tasks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) cross_isp: AtomicU64,
+    pub(crate) cross_region: AtomicU64,
+    pub(crate) uploaded: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) banned: AtomicU64,
+    pub(crate) rebuffer_ms: AtomicU64,
+    pub(crate) rebuffer_count: AtomicU64,
+    /// Startup in ms + 1 (0: not started).
+    pub(crate) startup_ms_plus_one: AtomicU64,
+}
+
+/// One rendition of the presentation, verified.
+#[derive(Debug)]
+pub(crate) struct Rendition {
+    pub(crate) name: String,
+    pub(crate) manifest: Manifest,
+    pub(crate) init: Bytes,
+    pub(crate) media_playlist: Bytes,
+}
+
+/// State shared by a session's tasks (tracks, peers, endpoint).
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) title: String,
+    pub(crate) options: Options,
+    pub(crate) cdn: CdnClient,
+    pub(crate) identity: PeerIdentity,
+    pub(crate) token: Vec<u8>,
+    pub(crate) store: Mutex<SegmentStore>,
+    /// Sequences held per rendition (mirrors the store, for HAVE and announces).
+    pub(crate) held: Mutex<HashMap<String, BTreeSet<u64>>>,
+    /// New verified segments, for HAVE notices to connected peers.
+    pub(crate) have_tx: broadcast::Sender<(String, u64)>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) counters: Counters,
+    pub(crate) metered: AtomicBool,
+    pub(crate) opened_at: Instant,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) master_playlist: Bytes,
+    pub(crate) dash_manifest: Option<Bytes>,
+    pub(crate) renditions: HashMap<String, Arc<Rendition>>,
+    pub(crate) scheduler_stats: Mutex<HashMap<String, SchedulerStats>>,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: Event) {
+        // No receiver is fine; a lagging receiver loses the oldest events.
+        let _ = self.events.send(event);
+    }
+
+    /// Whether uploading is allowed right now.
+    pub(crate) fn upload_allowed(&self) -> bool {
+        self.options.p2p
+            && self.options.upload != Upload::Off
+            && !(self.options.upload_only_unmetered && self.metered.load(Ordering::Relaxed))
+    }
+
+    /// Stores a verified segment and tells connected peers.
+    pub(crate) fn store_verified(&self, rendition: &str, sequence: u64, bytes: Bytes) {
+        let key = SegmentKey {
+            rendition: rendition.to_owned(),
+            sequence,
+        };
+        let evicted = lock(&self.store).insert(key.clone(), bytes);
+        let kept = lock(&self.store).contains(&key);
+        {
+            let mut held = lock(&self.held);
+            for gone in evicted {
+                if let Some(set) = held.get_mut(&gone.rendition) {
+                    set.remove(&gone.sequence);
+                }
+            }
+            if kept {
+                held.entry(rendition.to_owned())
+                    .or_default()
+                    .insert(sequence);
+            }
+        }
+        if kept {
+            let _ = self.have_tx.send((rendition.to_owned(), sequence));
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        let sched = lock(&self.scheduler_stats);
+        let mut stats = Stats::default();
+        for s in sched.values() {
+            stats.bytes_from_peers += s.bytes_from_peers;
+            stats.bytes_from_seeds += s.bytes_from_seeds;
+            stats.bytes_from_cdn += s.bytes_from_cdn;
+            stats.segments_delivered += s.segments_completed;
+        }
+        let c = &self.counters;
+        stats.bytes_cross_isp = c.cross_isp.load(Ordering::Relaxed);
+        stats.bytes_cross_region = c.cross_region.load(Ordering::Relaxed);
+        stats.bytes_uploaded = c.uploaded.load(Ordering::Relaxed);
+        stats.segments_rejected = c.rejected.load(Ordering::Relaxed);
+        stats.peers_banned = c.banned.load(Ordering::Relaxed);
+        stats.rebuffer_time = Duration::from_millis(c.rebuffer_ms.load(Ordering::Relaxed));
+        stats.rebuffer_count =
+            u32::try_from(c.rebuffer_count.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        stats.startup_time = match c.startup_ms_plus_one.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms - 1)),
+        };
+        let total = stats.bytes_from_peers + stats.bytes_from_seeds + stats.bytes_from_cdn;
+        if total > 0 {
+            stats.offload_ratio = 1.0 - stats.bytes_from_cdn as f64 / total as f64;
+        }
+        stats
+    }
+}
+
+/// Completes once the session's shutdown signal is raised (or its sender
+/// is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Locks a mutex, carrying on after a panic elsewhere (the data are counters
+/// and caches, consistent after every single operation).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An SDK instance: one peer identity, one set of options; opens sessions.
+#[derive(Debug, Clone)]
+pub struct Loaves {
+    options: Options,
+    key: Arc<SigningKeyPair>,
+}
+
+/// Builds a [`Loaves`] instance.
+#[derive(Debug, Default)]
+pub struct LoavesBuilder {
+    options: Options,
+}
+
+impl LoavesBuilder {
+    /// Replaces every option at once.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The license server.
+    pub fn license_server(mut self, config: LicenseServerConfig) -> Self {
+        self.options.license = config;
+        self
+    }
+
+    /// The license server's ClearKey endpoint, for the player's license requests.
+    pub fn clearkey_url(mut self, url: impl Into<String>) -> Self {
+        self.options.clearkey_url = Some(url.into());
+        self
+    }
+
+    /// The origin's manifest keys.
+    pub fn manifest_keys(mut self, keys: Keyring) -> Self {
+        self.options.manifest_keys = keys;
+        self
+    }
+
+    /// CDN base URLs, in order of preference (failover to the next).
+    pub fn cdn_urls(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.options.cdn.base_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The tracker.
+    pub fn tracker(mut self, address: SocketAddr) -> Self {
+        self.options.tracker = Some(address);
+        self
+    }
+
+    /// The P2P switch.
+    pub fn p2p(mut self, enabled: bool) -> Self {
+        self.options.p2p = enabled;
+        self
+    }
+
+    /// Upload policy.
+    pub fn upload(mut self, upload: Upload) -> Self {
+        self.options.upload = upload;
+        self
+    }
+
+    /// Upload only on unmetered networks.
+    pub fn upload_only_unmetered(mut self, only: bool) -> Self {
+        self.options.upload_only_unmetered = only;
+        self
+    }
+
+    /// Most peers per rendition.
+    pub fn max_peers(mut self, max: usize) -> Self {
+        self.options.max_peers = max;
+        self
+    }
+
+    /// How far ahead to fetch.
+    pub fn buffer_target(mut self, target: Duration) -> Self {
+        self.options.buffer_target = target;
+        self
+    }
+
+    /// Region and ISP hints.
+    pub fn location(mut self, region: impl Into<String>, isp: impl Into<String>) -> Self {
+        self.options.region = region.into();
+        self.options.isp = isp.into();
+        self
+    }
+
+    /// Builds the instance (makes its peer key).
+    pub fn build(self) -> Result<Loaves, Error> {
+        let o = &self.options;
+        if o.cdn.base_urls.is_empty() {
+            return Err(Error::Config("no CDN base URL".into()));
+        }
+        if o.manifest_keys.is_empty() {
+            return Err(Error::Config("no manifest key".into()));
+        }
+        if !(o.playback_speed.is_finite() && o.playback_speed > 0.0) {
+            return Err(Error::Config("playback_speed must be positive".into()));
+        }
+        if o.event_capacity == 0 {
+            return Err(Error::Config("event_capacity must be positive".into()));
+        }
+        let key = SigningKeyPair::generate().map_err(|e| Error::Setup(e.to_string()))?;
+        Ok(Loaves {
+            options: self.options,
+            key: Arc::new(key),
+        })
+    }
+}
+
+impl Loaves {
+    /// A builder with default options.
+    pub fn builder() -> LoavesBuilder {
+        LoavesBuilder::default()
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Opens a playback session of `title` with the viewer's `entitlement`:
+    /// license, verified manifests and init segments, drivers, player
+    /// endpoint. Must be called within a tokio runtime.
+    pub async fn open(&self, title: &str, entitlement: Vec<u8>) -> Result<Session, Error> {
+        crate::install_crypto_provider();
+        let options = self.options.clone();
+        let mut license_client = LicenseClient::connect(&options.license).await?;
+        let licensed = license_client
+            .acquire(
+                &LicenseRequest {
+                    entitlement,
+                    title: title.to_owned(),
+                    region: options.region.clone(),
+                    isp: options.isp.clone(),
+                    ..LicenseRequest::default()
+                },
+                &self.key,
+                UnixSeconds::now(),
+            )
+            .await?;
+        let result = self
+            .start(title, options, licensed.session_token().to_vec())
+            .await;
+        match result {
+            Ok(parts) => Ok(Session::new(
+                parts,
+                license_client,
+                licensed,
+                self.key.clone(),
+            )),
+            Err(error) => {
+                let mut licensed = licensed;
+                let _ = license_client.release(&mut licensed, &self.key).await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn start(&self, title: &str, options: Options, token: Vec<u8>) -> Result<Parts, Error> {
+        let cdn = CdnClient::new(options.cdn.clone())?;
+        let master = cdn.fetch(&format!("{title}/master.m3u8"), None).await?;
+        let names = rendition_names(&master)?;
+        let dash = cdn.fetch(&format!("{title}/manifest.mpd"), None).await.ok();
+        let mut renditions = HashMap::new();
+        for name in names {
+            let rendition = fetch_rendition(&cdn, &options.manifest_keys, title, &name).await?;
+            renditions.insert(name, Arc::new(rendition));
+        }
+        let identity = PeerIdentity::new(&self.key).map_err(|e| Error::Setup(e.to_string()))?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let (have_tx, _) = broadcast::channel(256);
+        let (events, _) = broadcast::channel(options.event_capacity);
+        let shared = Arc::new(Shared {
+            title: title.to_owned(),
+            store: Mutex::new(SegmentStore::new(options.store_budget_bytes)),
+            options,
+            cdn,
+            identity,
+            token,
+            held: Mutex::new(HashMap::new()),
+            have_tx,
+            events,
+            counters: Counters::default(),
+            metered: AtomicBool::new(false),
+            opened_at: Instant::now(),
+            shutdown,
+            master_playlist: master,
+            dash_manifest: dash,
+            renditions,
+            scheduler_stats: Mutex::new(HashMap::new()),
+        });
+        let mut tracks = HashMap::new();
+        for rendition in shared.renditions.values() {
+            tracks.insert(
+                rendition.name.clone(),
+                crate::track::spawn(shared.clone(), rendition.clone()),
+            );
+        }
+        let tracks = Arc::new(tracks);
+        let peers = if shared.options.p2p {
+            Some(crate::peers::start(shared.clone(), tracks.clone())?)
+        } else {
+            None
+        };
+        let endpoint = crate::endpoint::start(shared.clone(), tracks.clone()).await?;
+        Ok(Parts {
+            shared,
+            tracks,
+            shutdown_tx,
+            player_addr: endpoint,
+            peer_addr: peers,
+        })
+    }
+}
+
+struct Parts {
+    shared: Arc<Shared>,
+    tracks: Arc<HashMap<String, TrackHandle>>,
+    shutdown_tx: watch::Sender<bool>,
+    player_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
+}
+
+fn rendition_names(master: &[u8]) -> Result<Vec<String>, Error> {
+    let text = std::str::from_utf8(master)
+        .map_err(|_| Error::Presentation("master playlist is not UTF-8".into()))?;
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let uri = if line.starts_with("#EXT-X-MEDIA:") {
+            line.split("URI=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            Some(line.trim())
+        } else {
+            None
+        };
+        if let Some(name) = uri.and_then(|u| u.strip_suffix("/media.m3u8"))
+            && valid_name(name)
+        {
+            names.insert(name.to_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(Error::Presentation(
+            "no rendition in the master playlist".into(),
+        ));
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// Rendition names are single path components of a safe alphabet.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && name != "."
+        && name != ".."
+}
+
+async fn fetch_rendition(
+    cdn: &CdnClient,
+    keys: &Keyring,
+    title: &str,
+    name: &str,
+) -> Result<Rendition, Error> {
+    let raw = cdn
+        .fetch(&format!("{title}/{name}/manifest.lvm"), None)
+        .await?;
+    let mut chunks = Vec::new();
+    let mut rest: &[u8] = &raw;
+    while !rest.is_empty() {
+        match loaves_proto::framing::decode_frame(rest, MAX_CHUNK_LEN) {
+            Ok(Some((payload, used))) => {
+                chunks.push(payload);
+                rest = &rest[used..];
+            }
+            Ok(None) => return Err(Error::Presentation(format!("{name}: truncated manifest"))),
+            Err(e) => return Err(Error::Presentation(format!("{name}: manifest: {e}"))),
+        }
+    }
+    let manifest = Manifest::from_encoded_chunks(keys, chunks.iter().copied())
+        .map_err(|e| Error::Presentation(format!("{name}: manifest: {e}")))?;
+    if manifest.title() != title || manifest.rendition() != name {
+        return Err(Error::Presentation(format!(
+            "{name}: manifest is for {}/{}",
+            manifest.title(),
+            manifest.rendition()
+        )));
+    }
+    let init = cdn.fetch(&format!("{title}/{name}/init.mp4"), None).await?;
+    manifest
+        .verify_init(&init)
+        .map_err(|e| Error::Presentation(format!("{name}: init segment: {e}")))?;
+    let media_playlist = cdn
+        .fetch(&format!("{title}/{name}/media.m3u8"), None)
+        .await?;
+    Ok(Rendition {
+        name: name.to_owned(),
+        manifest,
+        init,
+        media_playlist,
+    })
+}
+
+/// A stream of session events (bounded: a reader that falls behind by more
+/// than [`Options::event_capacity`] events skips the oldest).
+#[derive(Debug)]
+pub struct Events {
+    rx: broadcast::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` once the session is closed.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+/// A playback session of one title.
+#[derive(Debug)]
+pub struct Session {
+    shared: Arc<Shared>,
+    tracks: Arc<HashMap<String, TrackHandle>>,
+    shutdown_tx: watch::Sender<bool>,
+    player_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
+    license: tokio::task::JoinHandle<Option<(LicenseClient, LicensedSession)>>,
+    license_stop: Option<oneshot::Sender<()>>,
+    key: Arc<SigningKeyPair>,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Parts")
+    }
+}
+
+impl Session {
+    fn new(
+        parts: Parts,
+        client: LicenseClient,
+        licensed: LicensedSession,
+        key: Arc<SigningKeyPair>,
+    ) -> Self {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let license = tokio::spawn(crate::track::heartbeat(
+            parts.shared.clone(),
+            client,
+            licensed,
+            key.clone(),
+            stop_rx,
+        ));
+        Self {
+            shared: parts.shared,
+            tracks: parts.tracks,
+            shutdown_tx: parts.shutdown_tx,
+            player_addr: parts.player_addr,
+            peer_addr: parts.peer_addr,
+            license,
+            license_stop: Some(stop_tx),
+            key,
+        }
+    }
+
+    /// The HLS master playlist's URL on the local player endpoint.
+    pub fn player_url(&self) -> String {
+        format!("http://{}/master.m3u8", self.player_addr)
+    }
+
+    /// The DASH manifest's URL on the local player endpoint.
+    pub fn dash_url(&self) -> String {
+        format!("http://{}/manifest.mpd", self.player_addr)
+    }
+
+    /// The local player endpoint's address.
+    pub fn player_addr(&self) -> SocketAddr {
+        self.player_addr
+    }
+
+    /// The QUIC address other peers reach this viewer at (P2P on).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    /// The title.
+    pub fn title(&self) -> &str {
+        &self.shared.title
+    }
+
+    /// The renditions of the presentation.
+    pub fn renditions(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.renditions.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Number of segments of `rendition` (`None`: unknown rendition).
+    pub fn segment_count(&self, rendition: &str) -> Option<usize> {
+        self.shared
+            .renditions
+            .get(rendition)
+            .map(|r| r.manifest.segments().len())
+    }
+
+    /// Media durations of the segments of `rendition`, in order.
+    pub fn segment_durations(&self, rendition: &str) -> Vec<Duration> {
+        self.shared
+            .renditions
+            .get(rendition)
+            .map(|r| {
+                r.manifest
+                    .segments()
+                    .map(|s| Duration::from_millis(u64::from(s.duration_ms)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Media time per wall time ([`Options::playback_speed`]).
+    pub fn playback_speed(&self) -> f64 {
+        self.shared.options.playback_speed
+    }
+
+    /// The session's events.
+    pub fn events(&self) -> Events {
+        Events {
+            rx: self.shared.events.subscribe(),
+        }
+    }
+
+    /// A snapshot of the session's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Tells the SDK where the player is in `rendition`: segment `sequence`,
+    /// `offset` into it (media time), playing or stalled. Players reading
+    /// the endpoint move the playhead by their requests; a player that knows
+    /// better reports it here.
+    pub fn set_playhead(&self, rendition: &str, sequence: u64, offset: Duration, playing: bool) {
+        if let Some(track) = self.tracks.get(rendition) {
+            let offset_ms =
+                (offset.as_secs_f64() * 1000.0 / self.shared.options.playback_speed) as u64;
+            track.send(TrackMsg::Playhead {
+                sequence,
+                offset_ms,
+                playing,
+            });
+        }
+    }
+
+    /// Fetches segment `sequence` of `rendition` through the scheduler, as
+    /// the player endpoint does; the bytes are verified.
+    pub async fn segment(&self, rendition: &str, sequence: u64) -> Result<Bytes, Error> {
+        let track = self
+            .tracks
+            .get(rendition)
+            .ok_or_else(|| Error::Presentation(format!("no rendition {rendition}")))?;
+        track
+            .want(sequence)
+            .await
+            .map_err(|e| Error::Presentation(e.to_string()))
+    }
+
+    /// The network type changed (for "upload only on unmetered networks").
+    pub fn set_network(&self, network: NetworkType) {
+        self.shared
+            .metered
+            .store(network == NetworkType::Metered, Ordering::Relaxed);
+    }
+
+    /// The player started playing (first frame shown).
+    pub fn player_started(&self) {
+        let ms = self.shared.opened_at.elapsed().as_millis() as u64;
+        if self
+            .shared
+            .counters
+            .startup_ms_plus_one
+            .compare_exchange(0, ms + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.shared.emit(Event::Started {
+                startup: Duration::from_millis(ms),
+            });
+        }
+    }
+
+    /// The player stalled.
+    pub fn player_rebuffer_start(&self) {
+        self.shared
+            .counters
+            .rebuffer_count
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.emit(Event::RebufferStart);
+    }
+
+    /// The player resumed after a stall of `duration`.
+    pub fn player_rebuffer_end(&self, duration: Duration) {
+        self.shared
+            .counters
+            .rebuffer_ms
+            .fetch_add(duration.as_millis() as u64, Ordering::Relaxed);
+        self.shared.emit(Event::RebufferEnd { duration });
+    }
+
+    /// Stops every task, closes peer connections and releases the license
+    /// (freeing the account's concurrency slot).
+    pub async fn close(mut self) -> Result<(), Error> {
+        let _ = self.shutdown_tx.send(true);
+        for track in self.tracks.values() {
+            track.send(TrackMsg::Stop);
+        }
+        if let Some(stop) = self.license_stop.take() {
+            let _ = stop.send(());
+        }
+        let license = (&mut self.license).await.ok().flatten();
+        if let Some((mut client, mut licensed)) = license {
+            client.release(&mut licensed, &self.key).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.shutdown_tx.send(true);
+        for track in self.tracks.values() {
+            track.send(TrackMsg::Stop);
+        }
+        self.license.abort();
+    }
+}

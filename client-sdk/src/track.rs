@@ -1,0 +1,671 @@
+//! The driver of one rendition: a tokio task that owns a [`Scheduler`] and
+//! executes its actions. Thin glue: every decision is the scheduler's; this
+//! task moves bytes, verifies them against the signed manifest, stores them
+//! and reports outcomes.
+//!
+//! Everything reaches the task as a [`TrackMsg`] on one bounded channel:
+//! requests from the player endpoint, playhead reports, peers coming and
+//! going (from [`crate::peers`]), HAVE notices, and the pieces and ends of
+//! the transfers it spawned. A 50 ms tick drives `poll` when nothing else
+//! happens. Time for the scheduler is milliseconds since the task started.
+//!
+//! Invariants:
+//! - Only bytes that verified against the manifest leave this task (to the
+//!   player, the store, or HAVE notices).
+//! - A peer transfer is a series of ranged requests (`PEER_PIECE` bytes
+//!   each), so its progress is known and, when the scheduler cancels it to
+//!   complete it from the CDN, the bytes received so far are kept as the
+//!   prefix of that completion.
+//! - Waiters per segment and transfers in flight are bounded (the latter by
+//!   the scheduler's configuration).
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use loaves_proto::UnixSeconds;
+use loaves_proto::keys::SigningKeyPair;
+use loaves_proto::peerwire::{self, Limits};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::license::{LicenseClient, LicensedSession};
+use crate::scheduler::{
+    Action, ByteRange, Candidate, CdnOnly, Choice, DeadlineFirst, Millis, Mode, Outcome, PeerId,
+    PeerInfo, Policy, Scheduler, SchedulerConfig, SegmentDecision, Source,
+};
+use crate::session::{Event, Rendition, Shared, lock};
+use crate::store::SegmentKey;
+
+/// Bytes asked of a peer per request of a peer transfer.
+const PEER_PIECE: u64 = 64 * 1024;
+/// Most player requests waiting for one segment.
+const MAX_WAITERS: usize = 16;
+/// Depth of a track's message queue.
+const QUEUE: usize = 512;
+/// How long a player request waits for its segment.
+pub(crate) const WANT_TIMEOUT: Duration = Duration::from_secs(30);
+/// After an explicit playhead report, player requests stop moving the
+/// playhead for this long.
+const EXPLICIT_PLAYHEAD_HOLD: Duration = Duration::from_secs(3);
+
+/// The policy chosen at run time (P2P on: deadline-first; off: CDN only).
+#[derive(Debug, Clone)]
+pub(crate) enum AnyPolicy {
+    DeadlineFirst(DeadlineFirst),
+    CdnOnly(CdnOnly),
+}
+
+impl Policy for AnyPolicy {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::DeadlineFirst(p) => p.name(),
+            Self::CdnOnly(p) => p.name(),
+        }
+    }
+
+    fn choose(&mut self, decision: &SegmentDecision<'_>, injection_point: bool) -> Choice {
+        match self {
+            Self::DeadlineFirst(p) => p.choose(decision, injection_point),
+            Self::CdnOnly(p) => p.choose(decision, injection_point),
+        }
+    }
+
+    fn complete_from_cdn(
+        &self,
+        now: Millis,
+        deadline: Millis,
+        projected: Millis,
+        cdn_finish: Millis,
+    ) -> bool {
+        match self {
+            Self::DeadlineFirst(p) => p.complete_from_cdn(now, deadline, projected, cdn_finish),
+            Self::CdnOnly(p) => p.complete_from_cdn(now, deadline, projected, cdn_finish),
+        }
+    }
+
+    fn rank(&self, candidate: &Candidate) -> u64 {
+        match self {
+            Self::DeadlineFirst(p) => p.rank(candidate),
+            Self::CdnOnly(p) => p.rank(candidate),
+        }
+    }
+
+    fn urgent_window_ms(&self) -> u64 {
+        match self {
+            Self::DeadlineFirst(p) => p.urgent_window_ms(),
+            Self::CdnOnly(p) => p.urgent_window_ms(),
+        }
+    }
+
+    fn max_late_strikes(&self) -> u32 {
+        match self {
+            Self::DeadlineFirst(p) => p.max_late_strikes(),
+            Self::CdnOnly(p) => p.max_late_strikes(),
+        }
+    }
+}
+
+/// Why a player request for a segment failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum WantError {
+    #[error("no such segment")]
+    NotFound,
+    #[error("timed out waiting for the segment")]
+    Timeout,
+    #[error("too many requests for the segment")]
+    Busy,
+    #[error("session closed")]
+    Closed,
+}
+
+/// A connected peer, as the track knows it.
+#[derive(Debug)]
+pub(crate) struct PeerLink {
+    pub(crate) connection: quinn::Connection,
+    /// Hex of its key, for events.
+    pub(crate) name: String,
+    pub(crate) cross_isp: bool,
+    pub(crate) cross_region: bool,
+}
+
+/// What a track task is told.
+#[derive(Debug)]
+pub(crate) enum TrackMsg {
+    Want {
+        sequence: u64,
+        reply: oneshot::Sender<Result<Bytes, WantError>>,
+    },
+    Playhead {
+        sequence: u64,
+        offset_ms: u64,
+        playing: bool,
+    },
+    PeerUp {
+        peer: PeerId,
+        info: PeerInfo,
+        link: PeerLink,
+    },
+    PeerHas {
+        peer: PeerId,
+        sequences: Vec<u64>,
+    },
+    PeerDown {
+        peer: PeerId,
+    },
+    Piece {
+        transfer: crate::scheduler::TransferId,
+        bytes: Bytes,
+    },
+    Done {
+        transfer: crate::scheduler::TransferId,
+        ok: bool,
+    },
+    Tick,
+    Stop,
+}
+
+/// A handle to a track task.
+#[derive(Debug, Clone)]
+pub(crate) struct TrackHandle {
+    tx: mpsc::Sender<TrackMsg>,
+}
+
+impl TrackHandle {
+    /// Sends without waiting; a full queue drops the message (every message
+    /// sent this way is advisory or repeated).
+    pub(crate) fn send(&self, msg: TrackMsg) {
+        let _ = self.tx.try_send(msg);
+    }
+
+    /// Sends, waiting for room.
+    pub(crate) async fn send_wait(&self, msg: TrackMsg) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+
+    /// The verified bytes of segment `sequence`, through the scheduler.
+    pub(crate) async fn want(&self, sequence: u64) -> Result<Bytes, WantError> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send_wait(TrackMsg::Want { sequence, reply }).await {
+            return Err(WantError::Closed);
+        }
+        match tokio::time::timeout(WANT_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(WantError::Closed),
+            Err(_) => Err(WantError::Timeout),
+        }
+    }
+}
+
+struct Transfer {
+    sequence: u64,
+    source: Source,
+    range: ByteRange,
+    started: Instant,
+    buffer: BytesMut,
+    task: AbortHandle,
+}
+
+struct Track {
+    shared: Arc<Shared>,
+    rendition: Arc<Rendition>,
+    scheduler: Scheduler<AnyPolicy>,
+    epoch: Instant,
+    active: bool,
+    transfers: HashMap<crate::scheduler::TransferId, Transfer>,
+    /// Prefixes kept from cancelled peer transfers: (peer, bytes).
+    partials: HashMap<u64, (PeerId, Bytes)>,
+    waiters: HashMap<u64, Vec<oneshot::Sender<Result<Bytes, WantError>>>>,
+    peers: HashMap<PeerId, PeerLink>,
+    tx: mpsc::Sender<TrackMsg>,
+    explicit_playhead_at: Option<Instant>,
+    limits: Arc<Limits>,
+}
+
+/// Starts the driver task of `rendition`.
+pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHandle {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let options = &shared.options;
+    let speed = options.playback_speed;
+    let typical_ms = rendition
+        .manifest
+        .segments()
+        .map(|s| f64::from(s.duration_ms) / speed)
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let lookahead =
+        ((options.buffer_target.as_secs_f64() * 1000.0 / speed) / typical_ms).ceil() as u64;
+    let config = SchedulerConfig {
+        mode: Mode::Vod,
+        lookahead_segments: lookahead.clamp(1, 64),
+        max_peers: options.max_peers,
+        seed: u64::from_le_bytes(
+            shared.identity.public_key().as_bytes()[..8]
+                .try_into()
+                .unwrap_or([0; 8]),
+        ),
+        ..SchedulerConfig::default()
+    };
+    let policy = if options.p2p {
+        AnyPolicy::DeadlineFirst(DeadlineFirst::default())
+    } else {
+        AnyPolicy::CdnOnly(CdnOnly)
+    };
+    let mut scheduler = Scheduler::new(config, policy);
+    for segment in rendition.manifest.segments() {
+        let duration = (f64::from(segment.duration_ms) / speed).round().max(1.0) as u32;
+        scheduler.add_segment(segment.sequence, segment.size, duration);
+    }
+    let track = Track {
+        shared,
+        rendition,
+        scheduler,
+        epoch: Instant::now(),
+        active: false,
+        transfers: HashMap::new(),
+        partials: HashMap::new(),
+        waiters: HashMap::new(),
+        peers: HashMap::new(),
+        tx: tx.clone(),
+        explicit_playhead_at: None,
+        limits: Arc::new(Limits::default()),
+    };
+    tokio::spawn(track.run(rx));
+    TrackHandle { tx }
+}
+
+impl Track {
+    fn now(&self) -> Millis {
+        Millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<TrackMsg>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                _ = tick.tick() => Some(TrackMsg::Tick),
+            };
+            let Some(msg) = msg else { break };
+            if matches!(msg, TrackMsg::Stop) {
+                break;
+            }
+            self.handle(msg);
+            if self.active {
+                let actions = self.scheduler.poll(self.now());
+                self.execute(actions);
+            }
+        }
+        for transfer in self.transfers.values() {
+            transfer.task.abort();
+        }
+        for link in self.peers.values() {
+            link.connection
+                .close(peerwire::close_code::DONE.into(), b"bye");
+        }
+        for (_, waiters) in self.waiters.drain() {
+            for waiter in waiters {
+                let _ = waiter.send(Err(WantError::Closed));
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        lock(&self.shared.scheduler_stats)
+            .insert(self.rendition.name.clone(), self.scheduler.stats());
+    }
+
+    fn handle(&mut self, msg: TrackMsg) {
+        let now = self.now();
+        match msg {
+            TrackMsg::Want { sequence, reply } => self.want(sequence, reply),
+            TrackMsg::Playhead {
+                sequence,
+                offset_ms,
+                playing,
+            } => {
+                self.active = true;
+                self.explicit_playhead_at = Some(Instant::now());
+                self.scheduler
+                    .set_playhead(now, sequence, offset_ms, playing);
+            }
+            TrackMsg::PeerUp { peer, info, link } => {
+                self.scheduler.add_peer(peer, info);
+                if let Some(old) = self.peers.insert(peer, link) {
+                    old.connection
+                        .close(peerwire::close_code::DONE.into(), b"replaced");
+                }
+            }
+            TrackMsg::PeerHas { peer, sequences } => {
+                if self.peers.contains_key(&peer) {
+                    for sequence in sequences {
+                        self.scheduler.peer_has(peer, sequence);
+                    }
+                }
+            }
+            TrackMsg::PeerDown { peer } => {
+                self.peers.remove(&peer);
+                self.scheduler.remove_peer(peer);
+            }
+            TrackMsg::Piece { transfer, bytes } => {
+                if let Some(t) = self.transfers.get_mut(&transfer) {
+                    // The source cannot send more than the range asked.
+                    if (t.buffer.len() + bytes.len()) as u64 <= t.range.len() {
+                        t.buffer.extend_from_slice(&bytes);
+                        let received = t.buffer.len() as u64;
+                        self.scheduler.on_progress(now, transfer, received);
+                    }
+                }
+            }
+            TrackMsg::Done { transfer, ok } => self.finish(transfer, ok),
+            TrackMsg::Tick | TrackMsg::Stop => {}
+        }
+    }
+
+    fn want(&mut self, sequence: u64, reply: oneshot::Sender<Result<Bytes, WantError>>) {
+        if self.rendition.manifest.segment(sequence).is_none() {
+            let _ = reply.send(Err(WantError::NotFound));
+            return;
+        }
+        let key = SegmentKey {
+            rendition: self.rendition.name.clone(),
+            sequence,
+        };
+        if let Some(bytes) = lock(&self.shared.store).get(&key) {
+            let _ = reply.send(Ok(bytes));
+            return;
+        }
+        self.active = true;
+        let explicit = self
+            .explicit_playhead_at
+            .is_some_and(|at| at.elapsed() < EXPLICIT_PLAYHEAD_HOLD);
+        if !explicit {
+            // The player waits for this segment now: it is the playhead.
+            let now = self.now();
+            self.scheduler.set_playhead(now, sequence, 0, true);
+        }
+        let waiters = self.waiters.entry(sequence).or_default();
+        waiters.retain(|w| !w.is_closed());
+        if waiters.len() >= MAX_WAITERS {
+            let _ = reply.send(Err(WantError::Busy));
+        } else {
+            waiters.push(reply);
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Fetch {
+                    transfer,
+                    sequence,
+                    source,
+                    range,
+                } => self.start(transfer, sequence, source, range),
+                Action::Cancel { transfer } => {
+                    if let Some(t) = self.transfers.remove(&transfer) {
+                        t.task.abort();
+                        if let Some(peer) = t.source.peer()
+                            && !t.buffer.is_empty()
+                        {
+                            self.partials.insert(t.sequence, (peer, t.buffer.freeze()));
+                        }
+                    }
+                }
+                Action::DropPeer { peer, reason } => {
+                    if let Some(link) = self.peers.remove(&peer) {
+                        link.connection
+                            .close(peerwire::close_code::FORBIDDEN.into(), b"dropped");
+                        self.shared.counters.banned.fetch_add(1, Ordering::Relaxed);
+                        self.shared.emit(Event::PeerBanned {
+                            rendition: self.rendition.name.clone(),
+                            peer: link.name,
+                            reason,
+                        });
+                    }
+                    self.scheduler.remove_peer(peer);
+                }
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn start(
+        &mut self,
+        transfer: crate::scheduler::TransferId,
+        sequence: u64,
+        source: Source,
+        range: ByteRange,
+    ) {
+        let tx = self.tx.clone();
+        let task = match source {
+            Source::Cdn => {
+                let shared = self.shared.clone();
+                let path = format!(
+                    "{}/{}/{}",
+                    shared.title,
+                    self.rendition.name,
+                    segment_file(sequence)
+                );
+                let size = self
+                    .rendition
+                    .manifest
+                    .segment(sequence)
+                    .map_or(0, |s| s.size);
+                let asked = (range.start > 0 || range.end < size).then_some(range);
+                tokio::spawn(async move {
+                    let ok = match shared.cdn.fetch(&path, asked).await {
+                        Ok(bytes) => tx.send(TrackMsg::Piece { transfer, bytes }).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    let _ = tx.send(TrackMsg::Done { transfer, ok }).await;
+                })
+            }
+            Source::Peer(peer) | Source::Seed(peer) => {
+                let connection = self.peers.get(&peer).map(|l| l.connection.clone());
+                let rendition = self.rendition.name.clone();
+                let limits = self.limits.clone();
+                tokio::spawn(async move {
+                    let ok = match connection {
+                        Some(connection) => {
+                            peer_transfer(
+                                &connection,
+                                &rendition,
+                                sequence,
+                                range.start..range.end,
+                                &limits,
+                                transfer,
+                                &tx,
+                            )
+                            .await
+                        }
+                        None => false,
+                    };
+                    let _ = tx.send(TrackMsg::Done { transfer, ok }).await;
+                })
+            }
+        };
+        self.transfers.insert(
+            transfer,
+            Transfer {
+                sequence,
+                source,
+                range,
+                started: Instant::now(),
+                buffer: BytesMut::new(),
+                task: task.abort_handle(),
+            },
+        );
+    }
+
+    fn finish(&mut self, id: crate::scheduler::TransferId, ok: bool) {
+        let Some(transfer) = self.transfers.remove(&id) else {
+            return;
+        };
+        let now = self.now();
+        if !ok || transfer.buffer.len() as u64 != transfer.range.len() {
+            let actions = self.scheduler.on_complete(now, id, Outcome::Failed);
+            self.execute(actions);
+            return;
+        }
+        // Assemble: a range completion appends to the kept prefix.
+        let mut prefix_peer = None;
+        let bytes = if transfer.range.start > 0 {
+            match self.partials.remove(&transfer.sequence) {
+                Some((peer, prefix)) if prefix.len() as u64 >= transfer.range.start => {
+                    prefix_peer = Some(peer);
+                    let mut whole = BytesMut::with_capacity(
+                        transfer.range.start as usize + transfer.buffer.len(),
+                    );
+                    whole.extend_from_slice(&prefix[..transfer.range.start as usize]);
+                    whole.extend_from_slice(&transfer.buffer);
+                    whole.freeze()
+                }
+                _ => {
+                    let actions = self.scheduler.on_complete(now, id, Outcome::Failed);
+                    self.execute(actions);
+                    return;
+                }
+            }
+        } else {
+            transfer.buffer.freeze()
+        };
+        let sequence = transfer.sequence;
+        let verified = self
+            .rendition
+            .manifest
+            .verify_segment(sequence, &bytes)
+            .is_ok();
+        if !verified {
+            self.shared
+                .counters
+                .rejected
+                .fetch_add(1, Ordering::Relaxed);
+            self.shared.emit(Event::SegmentRejected {
+                rendition: self.rendition.name.clone(),
+                sequence,
+                source: transfer.source,
+            });
+            let actions = self.scheduler.on_complete(now, id, Outcome::Corrupt);
+            self.execute(actions);
+            return;
+        }
+        // Locality accounting of the peer bytes.
+        let peer_bytes = [
+            (transfer.source.peer(), transfer.range.len()),
+            (prefix_peer, transfer.range.start),
+        ];
+        for (peer, n) in peer_bytes {
+            if let Some(link) = peer.and_then(|p| self.peers.get(&p)) {
+                if link.cross_isp {
+                    self.shared
+                        .counters
+                        .cross_isp
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                if link.cross_region {
+                    self.shared
+                        .counters
+                        .cross_region
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+        self.partials.remove(&sequence);
+        self.shared
+            .store_verified(&self.rendition.name, sequence, bytes.clone());
+        if let Some(waiters) = self.waiters.remove(&sequence) {
+            for waiter in waiters {
+                let _ = waiter.send(Ok(bytes.clone()));
+            }
+        }
+        self.shared.emit(Event::SegmentDelivered {
+            rendition: self.rendition.name.clone(),
+            sequence,
+            source: transfer.source,
+            bytes: bytes.len() as u64,
+            elapsed: transfer.started.elapsed(),
+        });
+        let actions = self.scheduler.on_complete(now, id, Outcome::Verified);
+        self.execute(actions);
+    }
+}
+
+/// A peer transfer: `range` in pieces of [`PEER_PIECE`], each reported as it
+/// arrives. True when every piece arrived.
+async fn peer_transfer(
+    connection: &quinn::Connection,
+    rendition: &str,
+    sequence: u64,
+    range: Range<u64>,
+    limits: &Limits,
+    transfer: crate::scheduler::TransferId,
+    tx: &mpsc::Sender<TrackMsg>,
+) -> bool {
+    let mut at = range.start;
+    while at < range.end {
+        let end = (at + PEER_PIECE).min(range.end);
+        match peerwire::request_segment(connection, rendition, sequence, Some(at..end), limits)
+            .await
+        {
+            Ok(bytes) if bytes.len() as u64 == end - at => {
+                if tx.send(TrackMsg::Piece { transfer, bytes }).await.is_err() {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        at = end;
+    }
+    true
+}
+
+/// The file name of segment `sequence` in the packager's layout.
+pub(crate) fn segment_file(sequence: u64) -> String {
+    format!("seg_{sequence:05}.m4s")
+}
+
+/// The sequence number of a segment file name.
+pub(crate) fn parse_segment_file(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("seg_")?.strip_suffix(".m4s")?;
+    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The license heartbeat: renews on the policy's interval (or the
+/// configured one, when shorter) until stopped; returns the client and
+/// session for the release.
+pub(crate) async fn heartbeat(
+    shared: Arc<Shared>,
+    mut client: LicenseClient,
+    mut licensed: LicensedSession,
+    key: Arc<SigningKeyPair>,
+    mut stop: oneshot::Receiver<()>,
+) -> Option<(LicenseClient, LicensedSession)> {
+    loop {
+        let policy = Duration::from_secs(u64::from(licensed.renewal_interval_s().max(1)));
+        let interval = match shared.options.renewal_interval {
+            Some(configured) => configured.min(policy),
+            None => policy,
+        };
+        tokio::select! {
+            _ = &mut stop => return Some((client, licensed)),
+            () = tokio::time::sleep(interval) => {}
+        }
+        match client
+            .renew(&mut licensed, &key, None, UnixSeconds::now())
+            .await
+        {
+            Ok(()) => shared.emit(Event::LicenseRenewed),
+            Err(e) => shared.emit(Event::LicenseRenewalFailed {
+                message: e.to_string(),
+            }),
+        }
+    }
+}

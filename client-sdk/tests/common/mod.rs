@@ -1,0 +1,263 @@
+//! The local stack for the SDK's end-to-end tests, all on 127.0.0.1 and all
+//! real: the license server (gRPC over TLS, ClearKey over HTTP), the tracker
+//! (QUIC), the packaged sample (edge-seed's packager, `cenc`) served by an
+//! HTTP origin with byte ranges, and SDK viewers.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use edge_seed::keysource::{KeyRequest, LocalKeySource};
+use edge_seed::{PackageOptions, package};
+use license_server::config::{Config, RenditionConfig, TitleConfig};
+use license_server::{ManualClock, RunningServer};
+use loaves_client_sdk::license::LicenseServerConfig;
+use loaves_client_sdk::{Options, Upload};
+use loaves_proto::UnixSeconds;
+use loaves_proto::entitlement::Entitlement;
+use loaves_proto::identity::PeerIdentity;
+use loaves_proto::keys::{Keyring, SigningKeyPair};
+use loaves_proto::manifest::Scheme;
+
+pub const TITLE: &str = "sample";
+pub const SECRET: &str = "sdk-test-secret";
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub license: RunningServer,
+    pub signin: SigningKeyPair,
+    pub origin_key: SigningKeyPair,
+    pub packaged: PathBuf,
+    pub cdn: SocketAddr,
+    pub tracker: Option<tracker::server::RunningTracker>,
+}
+
+fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-seed/testdata/sample")
+}
+
+/// The content key of `track_type` the sample is packaged with.
+pub fn content_key(track_type: &str) -> [u8; 16] {
+    let key = LocalKeySource::new(SECRET).derive(
+        TITLE,
+        &KeyRequest {
+            track_type: track_type.into(),
+            key_period: 0,
+        },
+    );
+    *key.key.as_bytes()
+}
+
+pub async fn stack(with_tracker: bool) -> Stack {
+    let dir = tempfile::tempdir().unwrap();
+    // Package the committed sample with cenc.
+    let origin_key = SigningKeyPair::generate().unwrap();
+    let out = dir.path().join("cdn").join(TITLE);
+    std::fs::create_dir_all(dir.path().join("cdn")).unwrap();
+    package(
+        &sample_dir().join("master.m3u8"),
+        &out,
+        &PackageOptions {
+            title: TITLE.into(),
+            scheme: Scheme::Cenc,
+            ..PackageOptions::default()
+        },
+        &LocalKeySource::new(SECRET),
+        &origin_key,
+        &mut |_| {},
+    )
+    .unwrap();
+    // The license server, on the real clock (peers check tokens with it).
+    std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
+    let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        clearkey_listen: Some("127.0.0.1:0".parse().unwrap()),
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.keys.kek_file = Some(dir.path().join("kek"));
+    config.keys.entitlement_public_keys = vec![signin.public_key.clone()];
+    let rendition = |name: &str, track_type: &str, height| RenditionConfig {
+        name: name.to_owned(),
+        track_type: track_type.to_owned(),
+        height,
+    };
+    let mut title = TitleConfig::demo();
+    title.id = TITLE.into();
+    title.renditions = vec![
+        rendition("audio", "audio", 0),
+        rendition("video_360p", "sd", 360),
+        rendition("video_720p", "hd", 720),
+    ];
+    config.titles = vec![title];
+    let clock = ManualClock::new(UnixSeconds::now());
+    let license = license_server::start(config, Arc::new(clock))
+        .await
+        .unwrap();
+    let signin = loaves_proto::keygen::read_signing_key(&signin.private_key).unwrap();
+    let cdn = serve_origin(dir.path().join("cdn")).await;
+    let tracker = if with_tracker {
+        Some(start_tracker(
+            [license.core.license_public_key()].into_iter().collect(),
+        ))
+    } else {
+        None
+    };
+    Stack {
+        packaged: out,
+        dir,
+        license,
+        signin,
+        origin_key,
+        cdn,
+        tracker,
+    }
+}
+
+fn start_tracker(keyring: Keyring) -> tracker::server::RunningTracker {
+    use tracker::server::{FrontEndOptions, RunningTracker, Shared};
+    let options = FrontEndOptions {
+        requests_per_second: 50.0,
+        request_burst: 100.0,
+        ..FrontEndOptions::default()
+    };
+    let shared = Arc::new(Shared::new(
+        tracker::swarm::SwarmConfig::default(),
+        tracker::stats::StatsLimits::default(),
+        options,
+        tracker::credential::CredentialVerifier::new(keyring, 30),
+        None,
+        tracker::metrics::Metrics::new().unwrap(),
+        7,
+    ));
+    let identity = PeerIdentity::new(&SigningKeyPair::generate().unwrap()).unwrap();
+    RunningTracker::start("127.0.0.1:0".parse().unwrap(), &identity, shared).unwrap()
+}
+
+/// A static HTTP origin over `root` honouring `Range: bytes=a-b`.
+pub async fn serve_origin(root: PathBuf) -> SocketAddr {
+    async fn file(
+        State(root): State<Arc<PathBuf>>,
+        UrlPath((title, rendition, name)): UrlPath<(String, String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        read(&root, &[&title, &rendition, &name], &headers)
+    }
+    async fn top(
+        State(root): State<Arc<PathBuf>>,
+        UrlPath((title, name)): UrlPath<(String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        read(&root, &[&title, &name], &headers)
+    }
+    fn read(root: &Path, parts: &[&str], headers: &HeaderMap) -> Response {
+        if parts.iter().any(|p| p.contains("..")) {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let path = parts.iter().fold(root.to_path_buf(), |p, s| p.join(s));
+        let Ok(body) = std::fs::read(path) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+            return body.into_response();
+        };
+        let (a, b) = range
+            .strip_prefix("bytes=")
+            .and_then(|r| r.split_once('-'))
+            .unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        (
+            StatusCode::PARTIAL_CONTENT,
+            [(
+                header::CONTENT_RANGE,
+                format!("bytes {a}-{b}/{}", body.len()),
+            )],
+            body[a..=b].to_vec(),
+        )
+            .into_response()
+    }
+    let router = Router::new()
+        .route("/{title}/{name}", get(top))
+        .route("/{title}/{rendition}/{name}", get(file))
+        .with_state(Arc::new(root));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+impl Stack {
+    pub fn entitlement(&self, account: &str) -> Vec<u8> {
+        let now = UnixSeconds::now().0;
+        Entitlement {
+            account: account.into(),
+            titles: vec!["*".into()],
+            max_concurrent_streams: 2,
+            renditions: vec![],
+            max_height: 0,
+            issued_at: UnixSeconds(now - 10),
+            expires_at: UnixSeconds(now + 86_400),
+        }
+        .sign(&self.signin)
+    }
+
+    /// Options of a viewer of this stack.
+    pub fn options(&self, p2p: bool) -> Options {
+        Options {
+            license: LicenseServerConfig {
+                url: format!("https://{}", self.license.grpc_addr),
+                ca_pem: Some(self.license.tls_cert_pem.clone()),
+                tls_server_name: Some("localhost".into()),
+                trusted_keys: [self.license.core.license_public_key()]
+                    .into_iter()
+                    .collect(),
+                request_timeout: Duration::from_secs(10),
+            },
+            clearkey_url: self
+                .license
+                .clearkey_addr
+                .map(|a| format!("http://{a}/clearkey")),
+            manifest_keys: [self.origin_key.verifying_key()].into_iter().collect(),
+            cdn: loaves_client_sdk::cdn::CdnConfig {
+                base_urls: vec![format!("http://{}/", self.cdn)],
+                ..Default::default()
+            },
+            tracker: self.tracker.as_ref().map(|t| t.quic_addr),
+            p2p,
+            upload: Upload::Capped {
+                bytes_per_second: 20_000_000,
+            },
+            peer_bind: "127.0.0.1:0".parse().unwrap(),
+            region: "eu-west".into(),
+            isp: "as1".into(),
+            playback_speed: 2.0,
+            buffer_target: Duration::from_secs(8),
+            max_announce_interval: Duration::from_millis(500),
+            ..Options::default()
+        }
+    }
+
+    /// The packaged bytes of `rendition`'s init (index 0) and segments.
+    pub fn packaged_sha256(&self, rendition: &str) -> Vec<[u8; 32]> {
+        let dir = self.packaged.join(rendition);
+        let mut out = vec![loaves_proto::manifest::sha256(
+            &std::fs::read(dir.join("init.mp4")).unwrap(),
+        )];
+        for i in 0.. {
+            match std::fs::read(dir.join(format!("seg_{i:05}.m4s"))) {
+                Ok(bytes) => out.push(loaves_proto::manifest::sha256(&bytes)),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}

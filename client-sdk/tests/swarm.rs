@@ -1,0 +1,201 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! End to end over 127.0.0.1 with the real license server, tracker, an HTTP
+//! origin serving the packaged (cenc) sample, and several SDK viewers
+//! playing it through their local player endpoints.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TITLE, stack};
+use loaves_client_sdk::player::{self, PlaybackReport};
+use loaves_client_sdk::scheduler::{DropReason, Source};
+use loaves_client_sdk::{Event, Loaves, Session};
+
+const RENDITION: &str = "video_360p";
+const AHEAD: Duration = Duration::from_secs(8);
+
+async fn viewer(
+    stack: &common::Stack,
+    account: &str,
+    options: loaves_client_sdk::Options,
+) -> Session {
+    let loaves = Loaves::builder().options(options).build().unwrap();
+    loaves
+        .open(TITLE, stack.entitlement(account))
+        .await
+        .unwrap()
+}
+
+fn drain(session: &Session, events: &mut loaves_client_sdk::Events) -> Vec<Event> {
+    let _ = session;
+    let mut out = Vec::new();
+    while let Some(event) = events.try_next() {
+        out.push(event);
+    }
+    out
+}
+
+fn assert_exact(stack: &common::Stack, report: &PlaybackReport) {
+    let expected = stack.packaged_sha256(&report.rendition);
+    assert_eq!(expected.len(), report.sha256.len(), "segment count");
+    for (i, (a, b)) in expected.iter().zip(&report.sha256).enumerate() {
+        assert_eq!(
+            a, b,
+            "{}: object {i} differs from the packaged bytes",
+            report.rendition
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_play_to_the_end_with_most_bytes_from_peers() {
+    let stack = stack(true).await;
+    let mut sessions = Vec::new();
+    let mut plays = Vec::new();
+    for i in 0..4 {
+        let session = viewer(&stack, &format!("acct-{i}"), stack.options(true)).await;
+        let events = session.events();
+        let session = std::sync::Arc::new(session);
+        let s = session.clone();
+        plays.push(tokio::spawn(async move {
+            player::play(&s, RENDITION, AHEAD).await
+        }));
+        sessions.push((session, events));
+        // Staggered joins: later viewers find the earlier ones' segments.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let mut peer_bytes = 0;
+    let mut total_bytes = 0;
+    for (i, play) in plays.into_iter().enumerate() {
+        let report = tokio::time::timeout(Duration::from_secs(40), play)
+            .await
+            .expect("playback finishes in time")
+            .unwrap()
+            .unwrap();
+        assert_exact(&stack, &report);
+        let stats = sessions[i].0.stats();
+        eprintln!("viewer {i}: {stats:?} startup {:?}", report.startup);
+        assert!(stats.segments_delivered >= 10, "{stats:?}");
+        assert_eq!(stats.segments_rejected, 0);
+        peer_bytes += stats.bytes_from_peers;
+        total_bytes += stats.bytes_from_peers + stats.bytes_from_seeds + stats.bytes_from_cdn;
+    }
+    let share = peer_bytes as f64 / total_bytes as f64;
+    eprintln!("peer share {share:.2} of {total_bytes} bytes");
+    // Four viewers: at most 3/4 can come from peers; the first viewer and
+    // the urgent startup segments come from the CDN.
+    assert!(share >= 0.3, "peer share {share:.2}");
+    // Uploads happened and were accounted (a request whose reader stops
+    // the stream right after the last byte may count as failed on the
+    // serving side, so this is a lower bound).
+    let uploaded: u64 = sessions.iter().map(|(s, _)| s.stats().bytes_uploaded).sum();
+    assert!(
+        uploaded > 0 && uploaded <= peer_bytes,
+        "uploaded {uploaded}, received {peer_bytes}"
+    );
+    // Delivery events name peers as sources.
+    let mut from_peers = 0;
+    for (session, events) in &mut sessions {
+        for event in drain(session, events) {
+            if let Event::SegmentDelivered {
+                source: Source::Peer(_),
+                ..
+            } = event
+            {
+                from_peers += 1;
+            }
+        }
+    }
+    assert!(from_peers > 0);
+    for (session, _) in sessions {
+        std::sync::Arc::try_unwrap(session)
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
+    let stack = stack(true).await;
+    // The liar plays first, so it holds every segment the others want.
+    let mut liar_options = stack.options(true);
+    liar_options.tamper_uploads = true;
+    let liar = viewer(&stack, "liar", liar_options).await;
+    let liar_report = player::play(&liar, RENDITION, AHEAD).await.unwrap();
+    assert_exact(&stack, &liar_report);
+    let liar_key_events = liar.events();
+    drop(liar_key_events);
+
+    let mut sessions = Vec::new();
+    let mut plays = Vec::new();
+    for i in 0..2 {
+        let session =
+            std::sync::Arc::new(viewer(&stack, &format!("honest-{i}"), stack.options(true)).await);
+        let events = session.events();
+        let s = session.clone();
+        plays.push(tokio::spawn(async move {
+            player::play(&s, RENDITION, AHEAD).await
+        }));
+        sessions.push((session, events));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let mut banned_corrupt = 0;
+    let mut rejected = 0;
+    for (i, play) in plays.into_iter().enumerate() {
+        let report = tokio::time::timeout(Duration::from_secs(40), play)
+            .await
+            .expect("playback finishes in time")
+            .unwrap()
+            .unwrap();
+        // Every byte the player got is the packaged byte.
+        assert_exact(&stack, &report);
+        let (session, events) = &mut sessions[i];
+        let stats = session.stats();
+        eprintln!("honest viewer {i}: {stats:?}");
+        for event in drain(session, events) {
+            match event {
+                Event::PeerBanned {
+                    reason: DropReason::Corrupt,
+                    ..
+                } => banned_corrupt += 1,
+                Event::SegmentRejected { source, .. } => {
+                    assert!(matches!(source, Source::Peer(_)), "{source:?}");
+                    rejected += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(rejected > 0, "the liar was never asked");
+    assert!(banned_corrupt > 0, "the liar was not banned");
+    // The liar stays banned: its uploads were all rejected, nothing more.
+    let liar_uploaded = liar.stats().bytes_uploaded;
+    assert!(liar_uploaded > 0);
+    for (session, _) in sessions {
+        std::sync::Arc::try_unwrap(session)
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+    }
+    liar.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_off_plays_from_the_cdn_only() {
+    let stack = stack(false).await;
+    let session = viewer(&stack, "solo", stack.options(false)).await;
+    assert!(session.peer_addr().is_none());
+    let report = player::play(&session, "audio", AHEAD).await.unwrap();
+    assert_exact(&stack, &report);
+    let stats = session.stats();
+    assert_eq!(stats.bytes_from_peers, 0);
+    assert_eq!(stats.bytes_from_seeds, 0);
+    assert!(stats.bytes_from_cdn > 0);
+    assert_eq!(stats.offload_ratio, 0.0);
+    assert!(stats.startup_time.is_some());
+    session.close().await.unwrap();
+}

@@ -1,0 +1,163 @@
+//! A small tracker client over QUIC: hello once, then one stream per
+//! request. The client SDK and the seeds use it; the tracker crate re-exports
+//! it (`tracker::client`) for its integration tests and QUIC benchmark.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+
+use crate::framing::{self, FrameError};
+use crate::identity::{self, PeerIdentity};
+use crate::pb;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The QUIC endpoint or TLS configuration could not be set up.
+    #[error("setup: {0}")]
+    Setup(String),
+    /// Connecting failed.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// A frame could not be written or read.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The tracker answered with an error.
+    #[error("tracker refused: {code:?} {message}")]
+    Refused {
+        /// Error code.
+        code: pb::tracker_error::Code,
+        /// Message.
+        message: String,
+    },
+    /// The stream ended without a response, or with an unexpected one.
+    #[error("no or unexpected response")]
+    NoResponse,
+}
+
+/// Largest response accepted (replies carry many peer entries).
+pub const MAX_RESPONSE_LEN: usize = 256 * 1024;
+
+/// Bound on the QUIC handshake with the tracker.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client endpoint (one UDP socket) that can open many connections.
+#[derive(Debug, Clone)]
+pub struct ClientEndpoint {
+    endpoint: quinn::Endpoint,
+}
+
+impl ClientEndpoint {
+    /// Uses an existing endpoint (one that also serves peers, for instance).
+    pub fn from_endpoint(endpoint: quinn::Endpoint) -> Self {
+        Self { endpoint }
+    }
+
+    /// Binds an ephemeral UDP socket on `bind`.
+    pub fn bind(bind: SocketAddr) -> Result<Self, ClientError> {
+        let endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Setup(e.to_string()))?;
+        Ok(Self { endpoint })
+    }
+
+    /// Connects to a tracker as `identity` and says hello with `hello`.
+    pub async fn connect(
+        &self,
+        tracker: SocketAddr,
+        identity: &PeerIdentity,
+        hello: pb::TrackerHello,
+    ) -> Result<TrackerConnection, ClientError> {
+        let tls = identity
+            .client_config(crate::ALPN_TRACKER)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let crypto =
+            QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(20)));
+        config.transport_config(Arc::new(transport));
+        let connecting = self
+            .endpoint
+            .connect_with(config, tracker, identity::SERVER_NAME)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+            .await
+            .map_err(|_| ClientError::Connect("handshake timed out".into()))??;
+        let client = TrackerConnection {
+            connection,
+            timeout: Duration::from_secs(10),
+        };
+        client
+            .request(&pb::TrackerRequest {
+                kind: Some(pb::tracker_request::Kind::Hello(hello)),
+            })
+            .await?;
+        Ok(client)
+    }
+
+    /// Closes the endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(0u8.into(), b"bye");
+    }
+}
+
+/// One authenticated connection to a tracker.
+#[derive(Debug, Clone)]
+pub struct TrackerConnection {
+    connection: quinn::Connection,
+    timeout: Duration,
+}
+
+impl TrackerConnection {
+    /// Sends one request on a fresh stream and returns the response; an error
+    /// response becomes [`ClientError::Refused`].
+    pub async fn request(
+        &self,
+        request: &pb::TrackerRequest,
+    ) -> Result<pb::TrackerResponse, ClientError> {
+        let (mut send, mut recv) = self.connection.open_bi().await?;
+        framing::write_message(
+            &mut send,
+            request,
+            framing::DEFAULT_MAX_FRAME_LEN,
+            self.timeout,
+        )
+        .await?;
+        let _ = send.finish();
+        let response: pb::TrackerResponse =
+            framing::read_message(&mut recv, MAX_RESPONSE_LEN, self.timeout)
+                .await?
+                .ok_or(ClientError::NoResponse)?;
+        if let Some(pb::tracker_response::Kind::Error(error)) = &response.kind {
+            return Err(ClientError::Refused {
+                code: pb::tracker_error::Code::try_from(error.code)
+                    .unwrap_or(pb::tracker_error::Code::Unspecified),
+                message: error.message.clone(),
+            });
+        }
+        Ok(response)
+    }
+
+    /// Announces and returns the reply.
+    pub async fn announce(&self, announce: pb::Announce) -> Result<pb::AnnounceReply, ClientError> {
+        let response = self
+            .request(&pb::TrackerRequest {
+                kind: Some(pb::tracker_request::Kind::Announce(announce)),
+            })
+            .await?;
+        match response.kind {
+            Some(pb::tracker_response::Kind::Announce(reply)) => Ok(reply),
+            _ => Err(ClientError::NoResponse),
+        }
+    }
+
+    /// The underlying QUIC connection.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.connection
+    }
+}
