@@ -549,17 +549,17 @@ impl AdmissionGate {
 }
 
 async fn serve<T>(
-    core: &LicenseCore,
+    metrics: &Metrics,
     gate: &AdmissionGate,
     method: &'static str,
     work: impl Future<Output = Result<T, Denial>>,
 ) -> Result<Response<T>, Status> {
-    let timer = core.metrics.latency(method).start_timer();
+    let timer = metrics.latency(method).start_timer();
     let result = match tokio::time::timeout(gate.timeout, gate.semaphore.acquire()).await {
         Ok(Ok(_permit)) => {
-            core.metrics.in_flight.inc();
+            metrics.in_flight.inc();
             let result = work.await;
-            core.metrics.in_flight.dec();
+            metrics.in_flight.dec();
             result
         }
         // Timed out waiting, or the gate was closed for shutdown.
@@ -567,7 +567,7 @@ async fn serve<T>(
     };
     timer.observe_duration();
     result.map(Response::new).map_err(|denial| {
-        core.metrics.deny(&denial);
+        metrics.deny(&denial);
         match &denial {
             Denial::Store(e) => tracing::warn!(method, error = %e, "store failure"),
             Denial::Internal(e) => tracing::error!(method, error = %e, "internal failure"),
@@ -599,7 +599,7 @@ impl LicenseService for GrpcLicenseService {
     ) -> Result<Response<pb::LicenseResponse>, Status> {
         let core = &self.core;
         serve(
-            core,
+            &core.metrics,
             &self.gate,
             "acquire",
             core.acquire(request.into_inner()),
@@ -612,7 +612,13 @@ impl LicenseService for GrpcLicenseService {
         request: Request<pb::RenewLicenseRequest>,
     ) -> Result<Response<pb::LicenseResponse>, Status> {
         let core = &self.core;
-        serve(core, &self.gate, "renew", core.renew(request.into_inner())).await
+        serve(
+            &core.metrics,
+            &self.gate,
+            "renew",
+            core.renew(request.into_inner()),
+        )
+        .await
     }
 
     async fn release_session(
@@ -621,7 +627,7 @@ impl LicenseService for GrpcLicenseService {
     ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
         let core = &self.core;
         serve(
-            core,
+            &core.metrics,
             &self.gate,
             "release",
             core.release(request.into_inner()),
@@ -660,6 +666,58 @@ impl KeyService for GrpcKeyService {
             core.check_admin(authorization.as_deref())?;
             core.content_keys(request.into_inner()).await
         };
-        serve(core, &self.gate, "get_content_keys", work).await
+        serve(&core.metrics, &self.gate, "get_content_keys", work).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_gate_refuses_after_its_timeout_and_counts_it() {
+        let metrics = Metrics::new().unwrap();
+        let gate = AdmissionGate::new(1, Duration::from_millis(20));
+        let held = gate.semaphore.clone().acquire_owned().await.unwrap();
+        let status = serve(&metrics, &gate, "acquire", async { Ok(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(metrics.denials.with_label_values(&["overloaded"]).get(), 1);
+        drop(held);
+        serve(&metrics, &gate, "acquire", async { Ok(()) })
+            .await
+            .unwrap();
+        gate.close();
+        let status = serve(&metrics, &gate, "acquire", async { Ok(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "closed at shutdown"
+        );
+    }
+
+    #[test]
+    fn low_order_and_short_client_keys_are_refused() {
+        assert!(matches!(
+            check_client_key(&[0; 32]),
+            Err(Denial::InvalidClientKey(WrapError::LowOrderPublicKey))
+        ));
+        assert!(matches!(
+            check_client_key(&[9; 31]),
+            Err(Denial::InvalidClientKey(WrapError::InvalidPublicKey))
+        ));
+        check_client_key(&[9; 32]).unwrap();
+    }
+
+    #[test]
+    fn admin_digest_comparison() {
+        let a = digest(b"secret");
+        assert!(digests_equal(&a, &digest(b"secret")));
+        assert!(!digests_equal(&a, &digest(b"secreT")));
     }
 }
