@@ -14,11 +14,12 @@ pub mod error;
 pub mod init;
 pub mod input;
 pub mod keysource;
+pub mod live;
 pub mod package;
 pub mod playlist;
 pub mod segment;
-pub mod synthetic;
 pub mod serve;
+pub mod synthetic;
 
 pub use error::{Mp4Error, PackageError};
 pub use package::{PackageOptions, PackageSummary, Progress, package};

@@ -31,6 +31,15 @@ enum Command {
     /// fragmented MP4 (EXT-X-MAP), or a directory holding one subdirectory
     /// per rendition with `init.mp4` and numbered segments.
     Package(PackageArgs),
+    /// Package a live event: watch INPUT (one subdirectory per rendition,
+    /// where an encoder writes `init.mp4` and numbered CMAF segments),
+    /// protect each new segment, append it to the signed manifest and slide
+    /// the HLS playlists. Out-of-order and duplicate segments are refused.
+    /// Create a file named END in INPUT to close the event.
+    Live(LiveArgs),
+    /// Write synthetic CMAF (valid boxes, random payload) of any bitrate
+    /// and duration, as a directory of renditions, for load tests.
+    Synth(SynthArgs),
     /// Run the edge seed: QUIC peer wire server and HTTP origin for the
     /// packaged titles, with verified origin pulls, caches, live prefetch and
     /// tracker registration (see `edge_seed::serve`).
@@ -113,49 +122,54 @@ struct PackageArgs {
     quiet: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct LiveArgs {
+    #[command(flatten)]
+    package: PackageArgs,
+    /// Segments kept in the live media playlists.
+    #[arg(long, default_value_t = 6)]
+    window: usize,
+    /// How often INPUT is scanned, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    poll_ms: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct SynthArgs {
+    /// Output directory (one subdirectory per rendition).
+    output: PathBuf,
+    /// Total duration in seconds.
+    #[arg(long, default_value_t = 60)]
+    duration_s: u32,
+    /// Segment duration in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    segment_ms: u32,
+    /// Video renditions as WIDTHxHEIGHT:BITS_PER_SECOND (repeatable).
+    #[arg(long, default_values_t = ["640x360:800000".to_owned(), "1280x720:3000000".to_owned()])]
+    video: Vec<String>,
+    /// Video frame rate.
+    #[arg(long, default_value_t = 25)]
+    fps: u32,
+    /// Audio bitrate (0: no audio rendition).
+    #[arg(long, default_value_t = 128_000)]
+    audio_bitrate: u64,
+    /// Seed of the random payload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Package(args) => run_package(args),
+        Command::Live(args) => run_live(args),
+        Command::Synth(args) => run_synth(args),
         Command::Serve(args) => Ok(edge_seed::serve::cli::run(args)?),
     }
 }
 
 fn run_package(args: PackageArgs) -> Result<()> {
-    let origin_key = loaves_proto::keygen::read_signing_key(&args.origin_key)
-        .context("reading the origin signing key")?;
-    let scheme = match args.scheme {
-        SchemeArg::Cenc => Scheme::Cenc,
-        SchemeArg::Cbcs => Scheme::Cbcs,
-        SchemeArg::Passthrough => Scheme::Passthrough,
-    };
-    let keys: Box<dyn KeySource> = match args.key_source {
-        KeySourceArg::Local => Box::new(LocalKeySource::new(args.dev_key_secret.as_bytes())),
-        KeySourceArg::Grpc => {
-            let ca = match &args.ca_cert {
-                Some(path) => Some(
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-                ),
-                None => None,
-            };
-            if args.key_service.starts_with("https://") && ca.is_none() {
-                bail!("--ca-cert is required for an https key service");
-            }
-            Box::new(GrpcKeySource::new(
-                args.key_service.clone(),
-                args.admin_token.clone(),
-                ca,
-            ))
-        }
-    };
-    let options = PackageOptions {
-        title: args.title,
-        scheme,
-        key_period_segments: args.key_period_segments,
-        hd_min_height: args.hd_min_height,
-        clearkey_license_url: args.clearkey_license_url,
-        force: args.force,
-    };
+    let (origin_key, keys, options) = setup(&args)?;
     eprintln!("keys: {}", keys.describe());
     let bar = if args.quiet {
         ProgressBar::hidden()
@@ -211,5 +225,153 @@ fn run_package(args: PackageArgs) -> Result<()> {
             kids.join(" ")
         );
     }
+    Ok(())
+}
+
+/// The origin key, key source and options of a packaging command.
+fn setup(
+    args: &PackageArgs,
+) -> Result<(
+    loaves_proto::keys::SigningKeyPair,
+    Box<dyn KeySource>,
+    PackageOptions,
+)> {
+    let origin_key = loaves_proto::keygen::read_signing_key(&args.origin_key)
+        .context("reading the origin signing key")?;
+    let scheme = match args.scheme {
+        SchemeArg::Cenc => Scheme::Cenc,
+        SchemeArg::Cbcs => Scheme::Cbcs,
+        SchemeArg::Passthrough => Scheme::Passthrough,
+    };
+    let keys: Box<dyn KeySource> = match args.key_source {
+        KeySourceArg::Local => Box::new(LocalKeySource::new(args.dev_key_secret.as_bytes())),
+        KeySourceArg::Grpc => {
+            let ca = match &args.ca_cert {
+                Some(path) => Some(
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            if args.key_service.starts_with("https://") && ca.is_none() {
+                bail!("--ca-cert is required for an https key service");
+            }
+            Box::new(GrpcKeySource::new(
+                args.key_service.clone(),
+                args.admin_token.clone(),
+                ca,
+            ))
+        }
+    };
+    let options = PackageOptions {
+        title: args.title.clone(),
+        scheme,
+        key_period_segments: args.key_period_segments,
+        hd_min_height: args.hd_min_height,
+        clearkey_license_url: args.clearkey_license_url.clone(),
+        force: args.force,
+    };
+    Ok((origin_key, keys, options))
+}
+
+fn run_live(args: LiveArgs) -> Result<()> {
+    let (origin_key, keys, options) = setup(&args.package)?;
+    eprintln!("keys: {}", keys.describe());
+    let input = &args.package.input;
+    let mut live = edge_seed::live::LivePackager::new(
+        input,
+        &args.package.output,
+        options,
+        args.window,
+        keys.as_ref(),
+        &origin_key,
+    )?;
+    let mut packaged = 0u64;
+    loop {
+        let end = input.join("END").exists();
+        for event in live.poll(loaves_proto::UnixSeconds::now())? {
+            match event {
+                edge_seed::live::LiveEvent::Started { rendition } => {
+                    eprintln!("started {rendition}")
+                }
+                edge_seed::live::LiveEvent::Packaged {
+                    rendition,
+                    sequence,
+                } => {
+                    packaged += 1;
+                    if !args.package.quiet {
+                        eprintln!("packaged {rendition} #{sequence}");
+                    }
+                }
+                edge_seed::live::LiveEvent::Refused { path, reason } => {
+                    eprintln!("refused {}: {reason}", path.display());
+                }
+            }
+        }
+        if end {
+            live.finish(loaves_proto::UnixSeconds::now())?;
+            println!(
+                "live event ended: {packaged} segments packaged into {}",
+                args.package.output.display()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(args.poll_ms));
+    }
+}
+
+fn run_synth(args: SynthArgs) -> Result<()> {
+    use edge_seed::synthetic::{SyntheticTrack, init_segment, media_segment};
+    let mut tracks = Vec::new();
+    for spec in &args.video {
+        let parse = || -> Option<(u16, u16, u64)> {
+            let (dims, bitrate) = spec.split_once(':')?;
+            let (w, h) = dims.split_once('x')?;
+            Some((w.parse().ok()?, h.parse().ok()?, bitrate.parse().ok()?))
+        };
+        let (w, h, bitrate) =
+            parse().with_context(|| format!("--video {spec}: expected WIDTHxHEIGHT:BITRATE"))?;
+        tracks.push((
+            format!("video_{h}p"),
+            SyntheticTrack {
+                video: Some((w, h)),
+                fps: args.fps,
+                bitrate,
+            },
+        ));
+    }
+    if args.audio_bitrate > 0 {
+        tracks.push((
+            "audio".to_owned(),
+            SyntheticTrack {
+                video: None,
+                fps: 0,
+                bitrate: args.audio_bitrate,
+            },
+        ));
+    }
+    if args.segment_ms == 0 {
+        bail!("--segment-ms must be positive");
+    }
+    let count = (u64::from(args.duration_s) * 1000).div_ceil(u64::from(args.segment_ms));
+    let mut bytes = 0u64;
+    for (name, track) in &tracks {
+        let dir = args.output.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let init = init_segment(track);
+        std::fs::write(dir.join("init.mp4"), &init)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        for seq in 0..count {
+            let seg = media_segment(track, seq, args.segment_ms, args.seed);
+            bytes += seg.len() as u64;
+            let path = dir.join(format!("seg_{seq:05}.m4s"));
+            std::fs::write(&path, &seg).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    println!(
+        "wrote {} renditions x {count} segments ({:.1} MB) into {}",
+        tracks.len(),
+        bytes as f64 / 1e6,
+        args.output.display()
+    );
     Ok(())
 }

@@ -87,7 +87,9 @@ pub fn hls_media_playlist(
     out.push_str("#EXTM3U\n#EXT-X-VERSION:7\n");
     let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
-    if ended {
+    // VOD only when the playlist holds the whole presentation (an ended
+    // live window starts later).
+    if ended && first == 0 {
         out.push_str("#EXT-X-PLAYLIST-TYPE:VOD\n");
     }
     out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI=\"init.mp4\"\n");
