@@ -47,6 +47,7 @@ on_both_stores!(
     parallel_get_or_create_hands_out_one_key,
     clearkey_endpoint_serves_licensed_keys_only,
     metrics_and_health,
+    live_rotation_delivers_next_periods_on_renewal,
 );
 
 async fn acquire_renew_release_cycle(db: Db) {
@@ -903,4 +904,67 @@ async fn metrics_and_health(db: Db) {
     assert!(!metrics.contains(&token_hex[..32]));
     let (status, _) = h.http_get("/nope").await;
     assert_eq!(status, 404);
+}
+
+async fn live_rotation_delivers_next_periods_on_renewal(db: Db) {
+    let Some(h) = Harness::start(db).await else {
+        return;
+    };
+    let mut client = h.licenses().await;
+    let keyring = h.license_keyring();
+    let mut viewer = Viewer::new();
+    // The "live" title rotates keys every 600 s; period 10 is current at T0.
+    let mut request = viewer.acquire_request(h.entitlement("acct-live", 1), "live");
+    request.renditions = vec!["720p".into()];
+    let response = client.acquire_license(request).await.unwrap().into_inner();
+    let (_, keys) = open_license(&keyring, &mut viewer, &response, h.now());
+    let periods: Vec<u32> = keys.iter().map(|k| k.key_period).collect();
+    assert_eq!(periods, [10], "no range asked: the current period, hd only");
+    let mut packager = h.keys().await;
+    // Heartbeats every 55 s for 11 minutes; each asks for the current period
+    // and the next two, which the lookahead of 2 allows.
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..12 {
+        h.clock.advance(55);
+        let current = 10 + u32::try_from((h.now().0 - common::T0) / 600).unwrap();
+        let response = client
+            .renew_license(pb::RenewLicenseRequest {
+                request: Some(viewer.renew_envelope(Some((current, 3)))),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let (_, keys) = open_license(&keyring, &mut viewer, &response, h.now());
+        let got: Vec<u32> = keys.iter().map(|k| k.key_period).collect();
+        assert_eq!(got, [current, current + 1, current + 2]);
+        for key in keys {
+            let previous = seen.insert(key.key_period, (key.key_id, key.key.clone()));
+            if let Some((id, bytes)) = previous {
+                assert_eq!(
+                    (id, bytes),
+                    (key.key_id, key.key),
+                    "a period's key never changes"
+                );
+            }
+        }
+        // One period further than the lookahead is refused.
+        let status = client
+            .renew_license(pb::RenewLicenseRequest {
+                request: Some(viewer.renew_envelope(Some((current, 4)))),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::OutOfRange);
+    }
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), [10, 11, 12, 13]);
+    // The packager sees the same keys for those periods.
+    for (period, (id, key)) in &seen {
+        let stored = get_keys(&mut packager, "live", &[("hd", *period)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (&stored[0].key_id[..], &stored[0].key[..]),
+            (&id.0[..], &key.as_bytes()[..])
+        );
+    }
 }
