@@ -8,6 +8,7 @@
 //!   scheduler (the request moves its playhead) and verified before a single
 //!   byte is sent. Segments stay CENC-encrypted: the player's DRM module
 //!   decrypts.
+//! - Init and media segments honour single `Range: bytes=` requests.
 //! - `POST /clearkey/license`: the player's W3C ClearKey license request,
 //!   forwarded to the license server's ClearKey endpoint with the session
 //!   token as bearer credential.
@@ -20,7 +21,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -102,9 +103,63 @@ async fn dash(State(state): State<AppState>) -> Response {
     }
 }
 
+/// `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` over a body of `len` bytes,
+/// as `[start, end)`; `None` when absent; `Some(None)` when unsatisfiable.
+fn requested_range(headers: &HeaderMap, len: usize) -> Option<Option<(usize, usize)>> {
+    let spec = headers.get(header::RANGE)?.to_str().ok()?;
+    let spec = spec.strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // Multiple ranges: answer with the whole body.
+    }
+    let (a, b) = spec.split_once('-')?;
+    let range = match (a.trim(), b.trim()) {
+        ("", n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| (len.saturating_sub(n), len)),
+        (a, "") => a.parse::<usize>().ok().map(|a| (a, len)),
+        (a, b) => match (a.parse::<usize>(), b.parse::<usize>()) {
+            (Ok(a), Ok(b)) if a <= b => Some((a, (b + 1).min(len))),
+            _ => None,
+        },
+    };
+    Some(range.filter(|(a, b)| a < b && *b <= len))
+}
+
+/// The body, or the part of it a `Range` header asks for.
+fn ranged(content_type: &'static str, bytes: Bytes, headers: &HeaderMap) -> Response {
+    let len = bytes.len();
+    match requested_range(headers, len) {
+        None => {
+            let mut response = body(content_type, bytes);
+            response
+                .headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            response
+        }
+        Some(Some((start, end))) => {
+            let mut response = body(content_type, bytes.slice(start..end));
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+        Some(None) => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+    }
+}
+
 async fn rendition_file(
     State(state): State<AppState>,
     Path((rendition, file)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     if !valid_name(&rendition) {
         return StatusCode::NOT_FOUND.into_response();
@@ -114,7 +169,7 @@ async fn rendition_file(
     };
     match file.as_str() {
         "media.m3u8" => body("application/vnd.apple.mpegurl", info.media_playlist.clone()),
-        "init.mp4" => body("video/mp4", info.init.clone()),
+        "init.mp4" => ranged("video/mp4", info.init.clone(), &headers),
         name => {
             let (Some(sequence), Some(track)) =
                 (parse_segment_file(name), state.tracks.get(&rendition))
@@ -122,7 +177,7 @@ async fn rendition_file(
                 return StatusCode::NOT_FOUND.into_response();
             };
             match track.want(sequence).await {
-                Ok(bytes) => body("video/iso.segment", bytes),
+                Ok(bytes) => ranged("video/iso.segment", bytes, &headers),
                 Err(WantError::NotFound) => StatusCode::NOT_FOUND.into_response(),
                 Err(WantError::Busy) => StatusCode::TOO_MANY_REQUESTS.into_response(),
                 Err(WantError::Timeout) => StatusCode::GATEWAY_TIMEOUT.into_response(),

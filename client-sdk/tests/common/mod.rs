@@ -14,7 +14,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use edge_seed::keysource::{KeyRequest, LocalKeySource};
+use edge_seed::keysource::{GrpcKeySource, KeyRequest, KeySource, TrackKey};
 use edge_seed::{PackageOptions, package};
 use license_server::config::{Config, RenditionConfig, TitleConfig};
 use license_server::{ManualClock, RunningServer};
@@ -27,7 +27,7 @@ use loaves_proto::keys::{Keyring, SigningKeyPair};
 use loaves_proto::manifest::Scheme;
 
 pub const TITLE: &str = "sample";
-pub const SECRET: &str = "sdk-test-secret";
+pub const ADMIN: &str = "sdk-test-admin";
 
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -43,39 +43,20 @@ fn sample_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-seed/testdata/sample")
 }
 
-/// The content key of `track_type` the sample is packaged with.
-pub fn content_key(track_type: &str) -> [u8; 16] {
-    let key = LocalKeySource::new(SECRET).derive(
-        TITLE,
-        &KeyRequest {
-            track_type: track_type.into(),
-            key_period: 0,
-        },
-    );
-    *key.key.as_bytes()
+/// The license server's key source, as the packager uses it.
+fn key_source(license: &RunningServer) -> GrpcKeySource {
+    GrpcKeySource::new(
+        format!("https://{}", license.grpc_addr),
+        Some(ADMIN.to_owned()),
+        Some(license.tls_cert_pem.clone().into_bytes()),
+    )
 }
 
 pub async fn stack(with_tracker: bool) -> Stack {
     let dir = tempfile::tempdir().unwrap();
-    // Package the committed sample with cenc.
-    let origin_key = SigningKeyPair::generate().unwrap();
-    let out = dir.path().join("cdn").join(TITLE);
-    std::fs::create_dir_all(dir.path().join("cdn")).unwrap();
-    package(
-        &sample_dir().join("master.m3u8"),
-        &out,
-        &PackageOptions {
-            title: TITLE.into(),
-            scheme: Scheme::Cenc,
-            ..PackageOptions::default()
-        },
-        &LocalKeySource::new(SECRET),
-        &origin_key,
-        &mut |_| {},
-    )
-    .unwrap();
     // The license server, on the real clock (peers check tokens with it).
     std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
+    std::fs::write(dir.path().join("admin-token"), ADMIN).unwrap();
     let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -85,6 +66,7 @@ pub async fn stack(with_tracker: bool) -> Stack {
         ..Config::default()
     };
     config.keys.kek_file = Some(dir.path().join("kek"));
+    config.keys.admin_token_file = Some(dir.path().join("admin-token"));
     config.keys.entitlement_public_keys = vec![signin.public_key.clone()];
     let rendition = |name: &str, track_type: &str, height| RenditionConfig {
         name: name.to_owned(),
@@ -104,6 +86,31 @@ pub async fn stack(with_tracker: bool) -> Stack {
         .await
         .unwrap();
     let signin = loaves_proto::keygen::read_signing_key(&signin.private_key).unwrap();
+    // Package the committed sample with cenc, keys from the license
+    // server's key service (a blocking client: its own thread).
+    let origin_key = SigningKeyPair::generate().unwrap();
+    let out = dir.path().join("cdn").join(TITLE);
+    std::fs::create_dir_all(dir.path().join("cdn")).unwrap();
+    let source = key_source(&license);
+    let (input, output) = (sample_dir().join("master.m3u8"), out.clone());
+    let origin_seed = *origin_key.seed();
+    std::thread::spawn(move || {
+        package(
+            &input,
+            &output,
+            &PackageOptions {
+                title: TITLE.into(),
+                scheme: Scheme::Cenc,
+                ..PackageOptions::default()
+            },
+            &source,
+            &SigningKeyPair::from_seed(&origin_seed),
+            &mut |_| {},
+        )
+        .unwrap();
+    })
+    .join()
+    .unwrap();
     let cdn = serve_origin(dir.path().join("cdn")).await;
     let tracker = if with_tracker {
         Some(start_tracker(
@@ -196,6 +203,19 @@ pub async fn serve_origin(root: PathBuf) -> SocketAddr {
 }
 
 impl Stack {
+    /// The content key of `track_type` (key period 0) the sample is
+    /// packaged with, as the license server holds it.
+    pub fn content_key(&self, track_type: &str) -> TrackKey {
+        let source = key_source(&self.license);
+        let request = KeyRequest {
+            track_type: track_type.into(),
+            key_period: 0,
+        };
+        std::thread::spawn(move || source.get_keys(TITLE, &[request]).unwrap().remove(0))
+            .join()
+            .unwrap()
+    }
+
     pub fn entitlement(&self, account: &str) -> Vec<u8> {
         let now = UnixSeconds::now().0;
         Entitlement {
