@@ -130,9 +130,10 @@ impl Server {
     /// SIGTERM, then the process must exit 0 within `grace` (graceful drain).
     fn terminate(&mut self, grace: Duration) {
         let mut child = self.child.take().unwrap();
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
+        // The shell's builtin kill: no signal crate, no procps needed.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {}", child.id()))
             .status()
             .unwrap();
         assert!(status.success());
