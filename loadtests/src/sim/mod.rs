@@ -72,6 +72,9 @@ pub struct SimConfig {
     pub announce_interval_s: u64,
     /// Most neighbours per viewer.
     pub max_peers: usize,
+    /// Concurrent uploads a viewer accepts; beyond them it answers BUSY at
+    /// once (as the SDK's upload server does), so requesters go elsewhere.
+    pub upload_slots: usize,
 }
 
 impl Default for SimConfig {
@@ -89,12 +92,13 @@ impl Default for SimConfig {
             isps: 4,
             regions: 2,
             rtt_ms: 40,
-            live_delay_segments: 3,
+            live_delay_segments: 6,
             policy: "deadline-first".into(),
             seed: 1,
             tick_ms: 500,
             announce_interval_s: 15,
             max_peers: 20,
+            upload_slots: 4,
         }
     }
 }
@@ -116,6 +120,12 @@ pub struct EngineStats {
     pub polls: u64,
     /// Transfers started.
     pub transfers: u64,
+    /// Fresh live segments fetched early from seed / CDN (all viewers).
+    pub injections: u64,
+    /// Late peer transfers completed by a CDN byte range (all viewers).
+    pub range_completions: u64,
+    /// Peers dropped by schedulers (slow, stalled).
+    pub peers_dropped: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -353,6 +363,12 @@ impl Simulation {
             if self.viewers[v].joined {
                 self.advance_player(v as u32);
             }
+        }
+        for viewer in &self.viewers {
+            let stats = viewer.scheduler.stats();
+            self.engine.injections += stats.injections;
+            self.engine.range_completions += stats.range_completions;
+            self.engine.peers_dropped += stats.peers_dropped;
         }
         (self.report(), self.engine)
     }
@@ -643,17 +659,25 @@ impl Simulation {
             Source::Seed(p) => Node::Seed((p.0 - viewers) as u32),
             Source::Peer(p) => Node::Viewer(p.0 as u32),
         };
-        if let Node::Viewer(u) = from
-            && !self.viewers[u as usize].held.contains(&sequence)
-        {
-            // The peer no longer holds it (evicted): the request fails at once.
-            let actions = self.viewers[v as usize].scheduler.on_complete(
-                Millis(self.now),
-                id,
-                Outcome::Failed,
-            );
-            self.apply(v, actions);
-            return;
+        if let Node::Viewer(u) = from {
+            let sender = &self.viewers[u as usize];
+            // The peer no longer holds it (evicted), or all its upload slots
+            // are taken: the request is refused at once.
+            let refusal = if !sender.held.contains(&sequence) {
+                Some(Outcome::Failed)
+            } else if sender.uploads.len() >= self.config.upload_slots {
+                Some(Outcome::Busy)
+            } else {
+                None
+            };
+            if let Some(outcome) = refusal {
+                let actions =
+                    self.viewers[v as usize]
+                        .scheduler
+                        .on_complete(Millis(self.now), id, outcome);
+                self.apply(v, actions);
+                return;
+            }
         }
         let cross_isp = match from {
             Node::Viewer(u) => self.viewers[u as usize].isp != self.viewers[v as usize].isp,
