@@ -185,9 +185,12 @@ async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn p2p_off_plays_from_the_cdn_only() {
+async fn p2p_off_plays_from_the_cdn_only_renews_and_releases_the_license() {
     let stack = stack(false).await;
-    let session = viewer(&stack, "solo", stack.options(false)).await;
+    let mut options = stack.options(false);
+    options.renewal_interval = Some(Duration::from_millis(500));
+    let session = viewer(&stack, "solo", options.clone()).await;
+    let mut events = session.events();
     assert!(session.peer_addr().is_none());
     let report = player::play(&session, "audio", AHEAD).await.unwrap();
     assert_exact(&stack, &report);
@@ -197,5 +200,56 @@ async fn p2p_off_plays_from_the_cdn_only() {
     assert!(stats.bytes_from_cdn > 0);
     assert_eq!(stats.offload_ratio, 0.0);
     assert!(stats.startup_time.is_some());
+    let renewed = drain(&session, &mut events)
+        .iter()
+        .filter(|e| **e == Event::LicenseRenewed)
+        .count();
+    assert!(renewed >= 2, "{renewed} renewals in {:?}", report.startup);
     session.close().await.unwrap();
+    // The account allows one stream: closing released it.
+    let again = viewer(&stack, "solo", options).await;
+    again.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_tracker_mid_play_causes_no_stall() {
+    let mut stack = stack(true).await;
+    let first = viewer(&stack, "early", stack.options(true)).await;
+    player::play(&first, RENDITION, AHEAD).await.unwrap();
+    let second = std::sync::Arc::new(viewer(&stack, "late", stack.options(true)).await);
+    let s = second.clone();
+    let play = tokio::spawn(async move { player::play(&s, RENDITION, AHEAD).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.tracker.take().unwrap().shutdown().await;
+    let report = tokio::time::timeout(Duration::from_secs(40), play)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_exact(&stack, &report);
+    assert_eq!(report.rebuffers, 0, "{report:?}");
+    assert_eq!(second.stats().rebuffer_count, 0);
+    std::sync::Arc::try_unwrap(second)
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    first.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_upload_on_a_metered_network_when_asked() {
+    let stack = stack(true).await;
+    let mut options = stack.options(true);
+    options.upload_only_unmetered = true;
+    let metered = viewer(&stack, "cellular", options).await;
+    metered.set_network(loaves_client_sdk::NetworkType::Metered);
+    player::play(&metered, RENDITION, AHEAD).await.unwrap();
+    let other = viewer(&stack, "other", stack.options(true)).await;
+    let report = player::play(&other, RENDITION, AHEAD).await.unwrap();
+    assert_exact(&stack, &report);
+    assert_eq!(metered.stats().bytes_uploaded, 0);
+    assert_eq!(other.stats().bytes_from_peers, 0);
+    other.close().await.unwrap();
+    metered.close().await.unwrap();
 }

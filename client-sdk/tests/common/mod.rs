@@ -221,7 +221,7 @@ impl Stack {
         Entitlement {
             account: account.into(),
             titles: vec!["*".into()],
-            max_concurrent_streams: 2,
+            max_concurrent_streams: 1,
             renditions: vec![],
             max_height: 0,
             issued_at: UnixSeconds(now - 10),
