@@ -395,32 +395,9 @@ impl Store {
     /// seed before the CDN is asked) and retries titles that failed to load.
     pub async fn follow_live(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let every = Duration::from_millis(self.live.poll_interval_ms.max(50));
-        // Segments of live manifests found at load time: the newest window.
-        let initial: Vec<SegmentKey> = {
-            let catalog = self.catalog();
-            let window = usize::try_from(self.live.prefetch_window).unwrap_or(0);
-            catalog
-                .iter()
-                .flat_map(|(title, renditions)| {
-                    renditions
-                        .iter()
-                        .filter(|(_, r)| !r.manifest.is_final())
-                        .flat_map(move |(name, r)| {
-                            let all: Vec<u64> = r.manifest.segments().map(|s| s.sequence).collect();
-                            let skip = all.len().saturating_sub(window);
-                            all[skip..]
-                                .iter()
-                                .map(|&sequence| SegmentKey {
-                                    title: title.clone(),
-                                    rendition: name.clone(),
-                                    sequence,
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                })
-                .collect()
-        };
-        self.prefetch(initial);
+        // Titles whose live window was pulled when they were first loaded.
+        let mut started: HashSet<String> = HashSet::new();
+        self.prefetch(self.new_live_windows(&mut started));
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -434,9 +411,33 @@ impl Store {
             for (title, error) in self.load_titles().await {
                 tracing::debug!(%title, %error, "title still not loaded");
             }
+            self.prefetch(self.new_live_windows(&mut started));
             let fresh = self.refresh_live().await;
             self.prefetch(fresh);
         }
+    }
+
+    /// The newest `prefetch_window` segments of the live renditions of
+    /// titles loaded since the last call (recorded in `started`).
+    fn new_live_windows(&self, started: &mut HashSet<String>) -> Vec<SegmentKey> {
+        let window = usize::try_from(self.live.prefetch_window).unwrap_or(0);
+        let catalog = self.catalog();
+        let mut keys = Vec::new();
+        for (title, renditions) in catalog.iter() {
+            if !started.insert(title.clone()) {
+                continue;
+            }
+            for (name, rendition) in renditions.iter().filter(|(_, r)| !r.manifest.is_final()) {
+                let all: Vec<u64> = rendition.manifest.segments().map(|s| s.sequence).collect();
+                let skip = all.len().saturating_sub(window);
+                keys.extend(all[skip..].iter().map(|&sequence| SegmentKey {
+                    title: title.clone(),
+                    rendition: name.clone(),
+                    sequence,
+                }));
+            }
+        }
+        keys
     }
 
     fn prefetch(self: &Arc<Self>, keys: Vec<SegmentKey>) {
