@@ -185,7 +185,12 @@ fn main() -> anyhow::Result<()> {
                     let sent = Instant::now();
                     match connection.announce(announce).await {
                         Ok(_) => latencies_us.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
-                        Err(_) => errors += 1,
+                        Err(error) => {
+                            if errors == 0 && i % 1000 == 0 {
+                                eprintln!("viewer {i}: {error}");
+                            }
+                            errors += 1;
+                        }
                     }
                 }
                 (latencies_us, errors)

@@ -18,4 +18,5 @@ pub mod rng;
 pub mod server;
 pub mod stats;
 pub mod swarm;
+pub mod udp;
 pub mod wire;

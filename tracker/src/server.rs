@@ -73,6 +73,9 @@ pub struct FrontEndOptions {
     pub metrics_top_swarms: usize,
     /// Clock skew tolerated on credentials, seconds.
     pub max_clock_skew_s: u64,
+    /// UDP socket receive and send buffer requested, bytes (the kernel caps
+    /// it at net.core.rmem_max / wmem_max).
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for FrontEndOptions {
@@ -90,6 +93,7 @@ impl Default for FrontEndOptions {
             housekeeping_interval_s: 5,
             metrics_top_swarms: 200,
             max_clock_skew_s: loaves_proto::token::DEFAULT_MAX_CLOCK_SKEW_S,
+            udp_buffer_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -808,7 +812,7 @@ impl RunningTracker {
         shared: Arc<Shared>,
     ) -> anyhow::Result<Self> {
         let config = quinn_server_config(identity, &shared.options)?;
-        let endpoint = quinn::Endpoint::server(config, addr)?;
+        let endpoint = crate::udp::endpoint(addr, shared.options.udp_buffer_bytes, Some(config))?;
         let quic_addr = endpoint.local_addr()?;
         let (shutdown, receiver) = watch::channel(false);
         let task = tokio::spawn(serve(endpoint, shared.clone(), receiver));
