@@ -236,7 +236,8 @@ pub fn cenc_iv(key_id: &[u8; 16], rendition: &str, sequence: u64, sample: u32) -
     iv
 }
 
-/// The `cbcs` constant IV of a key (public: it is written in `tenc`).
+/// The `cbcs` constant IV of a track, from its default key id (public: it
+/// is written in `tenc` and every `seig` entry).
 pub fn cbcs_constant_iv(key_id: &[u8; 16]) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"loaves/v1/cbcs-iv\0");

@@ -250,11 +250,17 @@ pub fn per_sample_iv_size(scheme: Scheme) -> u8 {
 }
 
 /// The body of a `tenc` box (after version and flags) or, identically laid
-/// out, of a `seig` sample group entry. Returns (version, bytes).
+/// out, of a `seig` sample group entry. Returns (version, bytes). For
+/// `cbcs` the constant IV is derived from `iv_kid`, the track's default
+/// (first period's) key id: one constant IV per track for every key period,
+/// which players that ignore `seig` (ffmpeg) also get right. Reusing an IV
+/// under different keys is harmless; `cbcs` reuses it under one key by
+/// design.
 pub fn track_encryption_fields(
     scheme: Scheme,
     pattern: Option<Pattern>,
     kid: &[u8; 16],
+    iv_kid: &[u8; 16],
 ) -> (u8, Vec<u8>) {
     let mut b = Vec::with_capacity(37);
     b.push(0); // reserved
@@ -267,7 +273,7 @@ pub fn track_encryption_fields(
     b.extend_from_slice(kid);
     if scheme == Scheme::Cbcs {
         b.push(16);
-        b.extend_from_slice(&crate::cenc::cbcs_constant_iv(kid));
+        b.extend_from_slice(&crate::cenc::cbcs_constant_iv(iv_kid));
     }
     // Version 1 carries the pattern byte; cbcs requires it.
     let version = u8::from(scheme == Scheme::Cbcs);
@@ -378,6 +384,7 @@ fn sinf_box(original: FourCc, track: &TrackInfo, protection: &InitProtection) ->
     let (version, tenc) = track_encryption_fields(
         protection.scheme,
         pattern_for(protection.scheme, track),
+        &protection.default_kid,
         &protection.default_kid,
     );
     sinf.extend(make_box(

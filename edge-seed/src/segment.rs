@@ -5,7 +5,8 @@
 //! sizes: CENC never changes a sample's length), then appends to the
 //! `traf`, after the existing children: `sbgp` + `sgpd` (`seig`, only when
 //! the key differs from the init segment's default key, i.e. after a key
-//! rotation), `saiz`, `saio` and `senc`. The `moof` grows, so every `trun`
+//! rotation), `saiz`, `saio` and `senc`; after a rotation the `moof` also
+//! gets `pssh` boxes naming the period's key id. The `moof` grows, so every `trun`
 //! `data_offset` moves by that growth, and a leading `sidx` has its
 //! `referenced_size` fixed. Every other box is copied byte for byte.
 
@@ -15,7 +16,10 @@ use loaves_proto::manifest::Scheme;
 use crate::boxes::{FourCc, RawBox, make_box, make_full_box, parse_boxes};
 use crate::cenc::{self, Subsample};
 use crate::error::Mp4Error;
-use crate::init::{Codec, TrackInfo, pattern_for, track_encryption_fields};
+use crate::init::{
+    CLEARKEY_SYSTEM_ID, COMMON_SYSTEM_ID, Codec, TrackInfo, pattern_for, pssh_box,
+    track_encryption_fields,
+};
 
 /// `tfhd` flags.
 const TFHD_BASE_DATA_OFFSET: u32 = 0x1;
@@ -284,7 +288,7 @@ fn encrypt_samples(
     p: &SegmentProtection<'_>,
 ) -> Result<AuxInfo, Mp4Error> {
     let pattern = pattern_for(p.scheme, track);
-    let constant_iv = cenc::cbcs_constant_iv(&p.kid);
+    let constant_iv = cenc::cbcs_constant_iv(&p.default_kid);
     let mut entries = Vec::with_capacity(samples.len());
     let use_subsamples = track.is_video();
     for (i, s) in samples.iter().enumerate() {
@@ -346,7 +350,12 @@ fn encryption_boxes(
         sbgp.extend_from_slice(&count.to_be_bytes());
         sbgp.extend_from_slice(&0x0001_0001u32.to_be_bytes());
         out.extend(make_full_box(b"sbgp", 0, 0, &sbgp));
-        let (_, entry) = track_encryption_fields(p.scheme, pattern_for(p.scheme, track), &p.kid);
+        let (_, entry) = track_encryption_fields(
+            p.scheme,
+            pattern_for(p.scheme, track),
+            &p.kid,
+            &p.default_kid,
+        );
         let mut sgpd = Vec::new();
         sgpd.extend_from_slice(b"seig");
         sgpd.extend_from_slice(&(entry.len() as u32).to_be_bytes());
@@ -510,6 +519,13 @@ fn build_moof(
             .map_err(|_| Mp4Error::Unsupported("moof over 4 GiB".into()))?;
         traf_body.extend(encryption_boxes(aux, track, p, saio_offset)?);
         body.extend(make_box(b"traf", &traf_body));
+    }
+    if p.kid != p.default_kid {
+        // After a key rotation, announce the period's key id in band too,
+        // so a CDM learns it from the fragment (after the trafs: the saio
+        // offsets above stay valid).
+        body.extend(pssh_box(&COMMON_SYSTEM_ID, &[p.kid]));
+        body.extend(pssh_box(&CLEARKEY_SYSTEM_ID, &[p.kid]));
     }
     Ok(make_box(b"moof", &body))
 }

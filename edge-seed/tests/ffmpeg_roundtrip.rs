@@ -57,18 +57,21 @@ fn frame_hashes(dir: &Path, init: &Path, segment: &Path, key: Option<&[u8; 16]>)
         .collect()
 }
 
-fn round_trip(scheme: Scheme) {
+fn round_trip(scheme: Scheme, key_period_segments: u32) {
     if !ffmpeg_available() {
         return;
     }
-    let p = package_sample(&options(scheme));
+    let mut opts = options(scheme);
+    opts.key_period_segments = key_period_segments;
+    let p = package_sample(&opts);
     let work = tempfile::tempdir().unwrap();
     let mut frames = 0;
     for (name, tt) in RENDITIONS {
-        let key = key(tt, 0);
         let clear_init = sample_dir().join(name).join("init.mp4");
         let out_init = p.out.join(name).join("init.mp4");
-        for seg in segment_files(&p.out.join(name)) {
+        for (i, seg) in segment_files(&p.out.join(name)).into_iter().enumerate() {
+            let period = edge_seed::package::key_period(i as u64, key_period_segments);
+            let key = key(tt, period);
             let clear_seg = sample_dir().join(name).join(seg.file_name().unwrap());
             let expected = frame_hashes(work.path(), &clear_init, &clear_seg, None);
             let got = frame_hashes(work.path(), &out_init, &seg, Some(key.key.as_bytes()));
@@ -102,10 +105,17 @@ fn round_trip(scheme: Scheme) {
 
 #[test]
 fn cenc_output_decrypts_with_ffmpeg_to_the_clear_frames() {
-    round_trip(Scheme::Cenc);
+    round_trip(Scheme::Cenc, 0);
+}
+
+#[test]
+fn rotated_keys_decrypt_with_ffmpeg_segment_by_segment() {
+    // A new key every 3 segments: later fragments carry `seig` sample groups
+    // and `pssh` in `moof`; each decrypts with its period's key.
+    round_trip(Scheme::Cbcs, 3);
 }
 
 #[test]
 fn cbcs_output_decrypts_with_ffmpeg_to_the_clear_frames() {
-    round_trip(Scheme::Cbcs);
+    round_trip(Scheme::Cbcs, 0);
 }

@@ -252,10 +252,20 @@ fn keys_are_separate_per_track_type_and_rotate() {
             assert_eq!(s.key_period, (s.sequence / 3) as u32);
             let out = std::fs::read(p.out.join(&r.name).join(&s.file_name)).unwrap();
             let frag = read_fragment(&out, 8);
+            let top = parse_boxes(&out, 0).unwrap();
+            let moof = kids(find(&top, b"moof").unwrap());
+            let pssh: Vec<_> = moof.iter().filter(|b| b.kind.0 == *b"pssh").collect();
             if s.key_period == 0 {
                 assert_eq!(frag.seig_kid, None, "period 0 uses the tenc default KID");
+                assert!(pssh.is_empty());
             } else {
-                assert_eq!(frag.seig_kid, Some(r.kid_of(s.key_period).unwrap()));
+                let kid = r.kid_of(s.key_period).unwrap();
+                assert_eq!(frag.seig_kid, Some(kid));
+                // In-band pssh for the common system and ClearKey.
+                assert_eq!(pssh.len(), 2);
+                for b in pssh {
+                    assert_eq!(&b.body()[24..40], &kid);
+                }
             }
         }
         let playlist = std::fs::read_to_string(p.out.join(&r.name).join("media.m3u8")).unwrap();
