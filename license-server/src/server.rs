@@ -210,6 +210,9 @@ pub async fn start_with(
             health_reporter
                 .set_not_serving::<LicenseServiceServer<GrpcLicenseService>>()
                 .await;
+            health_reporter
+                .set_not_serving::<KeyServiceServer<GrpcKeyService>>()
+                .await;
         };
         router
             .serve_with_incoming_shutdown(incoming, stop)

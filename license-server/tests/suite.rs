@@ -874,6 +874,21 @@ async fn metrics_and_health(db: Db) {
     };
     let (status, body) = h.http_get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // grpc.health.v1 on the TLS listener.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel().await);
+    for service in ["loaves.v1.LicenseService", "loaves.v1.KeyService"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
     let mut viewer = Viewer::new();
     let mut client = h.licenses().await;
     let response = client
