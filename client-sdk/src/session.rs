@@ -270,6 +270,8 @@ pub struct Stats {
     pub rebuffer_count: u32,
     /// Time from `open` returning to the first segment played.
     pub startup_time: Option<Duration>,
+    /// Bytes of verified segments held now (at most the store budget).
+    pub store_bytes: u64,
 }
 
 /// Counters shared by the session's tasks.
@@ -380,6 +382,7 @@ impl Shared {
             0 => None,
             ms => Some(Duration::from_millis(ms - 1)),
         };
+        stats.store_bytes = lock(&self.store).used_bytes();
         let total = stats.bytes_from_peers + stats.bytes_from_seeds + stats.bytes_from_cdn;
         if total > 0 {
             stats.offload_ratio = 1.0 - stats.bytes_from_cdn as f64 / total as f64;

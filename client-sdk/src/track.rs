@@ -222,6 +222,8 @@ struct Track {
     peers: HashMap<PeerId, PeerLink>,
     tx: mpsc::Sender<TrackMsg>,
     explicit_playhead_at: Option<Instant>,
+    /// The playhead last given to the scheduler.
+    playhead: u64,
     limits: Arc<Limits>,
 }
 
@@ -271,6 +273,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         peers: HashMap::new(),
         tx: tx.clone(),
         explicit_playhead_at: None,
+        playhead: 0,
         limits: Arc::new(Limits::default()),
     };
     tokio::spawn(track.run(rx));
@@ -330,6 +333,7 @@ impl Track {
             } => {
                 self.active = true;
                 self.explicit_playhead_at = Some(Instant::now());
+                self.playhead = sequence;
                 self.scheduler
                     .set_playhead(now, sequence, offset_ms, playing);
             }
@@ -367,10 +371,11 @@ impl Track {
     }
 
     fn want(&mut self, sequence: u64, reply: oneshot::Sender<Result<Bytes, WantError>>) {
-        if self.rendition.manifest.segment(sequence).is_none() {
+        let Some(info) = self.rendition.manifest.segment(sequence) else {
             let _ = reply.send(Err(WantError::NotFound));
             return;
-        }
+        };
+        let (size, duration_ms) = (info.size, info.duration_ms);
         let key = SegmentKey {
             rendition: self.rendition.name.clone(),
             sequence,
@@ -380,13 +385,23 @@ impl Track {
             return;
         }
         self.active = true;
+        // A segment behind the playhead may have left the scheduler's book
+        // (seek back) or the store (eviction): make it wanted again.
+        let speed = self.shared.options.playback_speed;
+        let duration = (f64::from(duration_ms) / speed).round().max(1.0) as u32;
+        self.scheduler.add_segment(sequence, size, duration);
+        if self.scheduler.is_held(sequence) {
+            self.scheduler.forget_held(sequence);
+        }
         let explicit = self
             .explicit_playhead_at
             .is_some_and(|at| at.elapsed() < EXPLICIT_PLAYHEAD_HOLD);
-        if !explicit {
-            // The player waits for this segment now: it is the playhead.
+        if !explicit || sequence < self.playhead {
+            // The player waits for this segment now (or seeked back to it):
+            // it is the playhead.
             let now = self.now();
             self.scheduler.set_playhead(now, sequence, 0, true);
+            self.playhead = sequence;
         }
         let waiters = self.waiters.entry(sequence).or_default();
         waiters.retain(|w| !w.is_closed());

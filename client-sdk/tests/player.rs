@@ -109,6 +109,11 @@ async fn ffmpeg_plays_the_endpoint_and_clearkey_requests_are_proxied() {
         "{body}"
     );
 
+    // The DASH manifest is served too.
+    let mpd = reqwest::get(session.dash_url()).await.unwrap();
+    assert_eq!(mpd.status(), 200);
+    assert!(mpd.text().await.unwrap().contains("<MPD"));
+
     // ffmpeg reads what the endpoint's media playlist lists, over HTTP.
     let base = format!("http://{}/video_360p", session.player_addr());
     let playlist = reqwest::get(format!("{base}/media.m3u8"))

@@ -253,3 +253,23 @@ async fn no_upload_on_a_metered_network_when_asked() {
     other.close().await.unwrap();
     metered.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_store_stays_within_budget_and_seeking_back_refetches() {
+    let stack = stack(false).await;
+    let mut options = stack.options(false);
+    options.store_budget_bytes = 200_000;
+    let session = viewer(&stack, "small", options).await;
+    let report = player::play(&session, RENDITION, AHEAD).await.unwrap();
+    assert_exact(&stack, &report);
+    let stats = session.stats();
+    assert!(stats.store_bytes <= 200_000, "{stats:?}");
+    // Segment 0 was evicted long ago: asking again fetches and verifies it.
+    let first = session.segment(RENDITION, 0).await.unwrap();
+    assert_eq!(
+        loaves_proto::manifest::sha256(&first),
+        stack.packaged_sha256(RENDITION)[1]
+    );
+    assert!(session.stats().segments_delivered > stats.segments_delivered);
+    session.close().await.unwrap();
+}

@@ -417,6 +417,14 @@ impl<P: Policy> Scheduler<P> {
         }
     }
 
+    /// The driver no longer holds `sequence` (its store evicted it): it is
+    /// fetched again if it comes back into the window.
+    pub fn forget_held(&mut self, sequence: u64) {
+        if let Some(segment) = self.segments.get_mut(&sequence) {
+            segment.held = false;
+        }
+    }
+
     /// Whether the segment is held (verified) locally.
     pub fn is_held(&self, sequence: u64) -> bool {
         self.segments.get(&sequence).is_some_and(|s| s.held)
