@@ -121,6 +121,10 @@ impl Config {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
+            if rest == "CONFIG" {
+                // The path of the file itself (a flag's environment form).
+                continue;
+            }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             set_path(&mut value, &path, &raw)
                 .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
@@ -211,6 +215,7 @@ mod tests {
                 ("LOAVES_TRACKER_HTTP_LISTEN", "127.0.0.1:9999"),
                 ("LOAVES_TRACKER_SHARDS", "a:1, b:2"),
                 ("LOAVES_TRACKER_LOG", "debug"),
+                ("LOAVES_TRACKER_CONFIG", "/ignored/here.toml"),
                 ("UNRELATED", "x"),
             ]),
         )
