@@ -87,7 +87,7 @@ struct PackageArgs {
     #[arg(
         long,
         env = "LOAVES_KEY_SERVICE",
-        default_value = "https://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:7443"
     )]
     key_service: String,
     /// Admin bearer token for the KeyService.
