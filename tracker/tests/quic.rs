@@ -469,3 +469,36 @@ async fn shutdown_closes_connections() {
         quinn::ConnectionError::ApplicationClosed(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_refuses_titles_of_other_shards() {
+    use loaves_proto::shard::ShardMap;
+    let map = ShardMap::new(["tracker-0:4433", "tracker-1:4433"]);
+    let tracker = TestTracker::start_with(
+        FrontEndOptions::default(),
+        Some((map.clone(), "tracker-0:4433".to_owned())),
+    )
+    .await;
+    // One title served here, one served by the other shard.
+    let titles: Vec<String> = (0..100).map(|i| format!("title-{i}")).collect();
+    let mine = titles
+        .iter()
+        .find(|t| map.is_served_by(t, "tracker-0:4433"))
+        .unwrap();
+    let theirs = titles
+        .iter()
+        .find(|t| map.is_served_by(t, "tracker-1:4433"))
+        .unwrap();
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, mine).await.unwrap();
+    connection
+        .announce(announce(mine, "720p", 5000))
+        .await
+        .unwrap();
+    let other = Viewer::new("eu", "isp-a");
+    let connection = other.connect(&tracker, theirs).await.unwrap();
+    let result = connection.announce(announce(theirs, "720p", 5000)).await;
+    assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
+    assert_eq!(tracker.running.shared.with_book(|b| b.swarm_count()), 1);
+    tracker.running.shutdown().await;
+}

@@ -30,13 +30,20 @@ pub struct TestTracker {
 
 impl TestTracker {
     pub async fn start(options: FrontEndOptions) -> Self {
+        Self::start_with(options, None).await
+    }
+
+    pub async fn start_with(
+        options: FrontEndOptions,
+        shards: Option<(loaves_proto::shard::ShardMap, String)>,
+    ) -> Self {
         let keyring: Keyring = [license_key().verifying_key()].into_iter().collect();
         let shared = Arc::new(Shared::new(
             SwarmConfig::default(),
             StatsLimits::default(),
             options,
             CredentialVerifier::new(keyring, 30),
-            None,
+            shards,
             Metrics::new().unwrap(),
             7,
         ));
