@@ -96,3 +96,23 @@ fn bad_configs_are_refused() {
         assert!(Simulation::new(config).is_err());
     }
 }
+
+#[test]
+fn a_link_slower_than_the_bitrate_stalls_by_the_expected_share() {
+    // 4 Mbit/s of download for a 5 Mbit/s stream, CDN only: each 2 s
+    // segment takes 2.5 s, so about a fifth of the watch time is stalled.
+    let config = SimConfig {
+        viewers: 5,
+        duration_s: 300,
+        join_window_s: 1,
+        viewer_download_bps: 4_000_000,
+        ..small("cdn-only")
+    };
+    let (report, _) = Simulation::new(config).unwrap().run();
+    assert!(report.rebuffer_events > 0, "{report:?}");
+    assert!(
+        (0.12..0.25).contains(&report.rebuffer_ratio),
+        "rebuffer ratio {}",
+        report.rebuffer_ratio
+    );
+}

@@ -20,7 +20,7 @@
 pub mod policy;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 
 use loaves_client_sdk::scheduler::{
     Action, Locality, Millis, Mode, Outcome, PeerId, PeerInfo, PeerKind, Scheduler,
@@ -138,7 +138,7 @@ enum Event {
     Announce(u32),
     TransferDone {
         slot: u32,
-        version: u32,
+        version: u64,
     },
     SeedRegistration,
 }
@@ -160,7 +160,9 @@ struct Transfer {
     /// Bytes per virtual millisecond.
     rate: f64,
     last_ms: u64,
-    version: u32,
+    /// Unique across all transfers, so a completion event scheduled for a
+    /// previous occupant of the slot (or an older rate) is recognised as stale.
+    version: u64,
     cross_isp: bool,
 }
 
@@ -186,7 +188,8 @@ struct Viewer {
     isp: u32,
     up: f64,
     down: f64,
-    held: HashSet<u64>,
+    /// Segments held, with the virtual instant each arrived.
+    held: HashMap<u64, u64>,
     neighbours: Vec<u32>,
     uploads: Vec<u32>,
     downloads: Vec<u32>,
@@ -276,7 +279,7 @@ impl Simulation {
                 isp: (index % u64::from(config.isps)) as u32,
                 up: bytes_per_ms(config.viewer_upload_bps) * jitter,
                 down: bytes_per_ms(config.viewer_download_bps),
-                held: HashSet::new(),
+                held: HashMap::new(),
                 neighbours: Vec::new(),
                 uploads: Vec::new(),
                 downloads: Vec::new(),
@@ -437,7 +440,7 @@ impl Simulation {
         let playhead = viewer.player.playhead;
         let mut last = None;
         let mut sequence = playhead;
-        while viewer.held.contains(&sequence) {
+        while viewer.held.contains_key(&sequence) {
             last = Some(sequence);
             sequence += 1;
         }
@@ -540,7 +543,7 @@ impl Simulation {
                 // sender's upload.
                 throughput_bytes_per_s: (sender_up * 1000.0 / 4.0) as u64,
             };
-            let held: Vec<u64> = self.viewers[to as usize].held.iter().copied().collect();
+            let held: Vec<u64> = self.viewers[to as usize].held.keys().copied().collect();
             let viewer = &mut self.viewers[from as usize];
             viewer.neighbours.push(to);
             viewer.scheduler.add_peer(PeerId(u64::from(to)), info);
@@ -556,6 +559,9 @@ impl Simulation {
         self.schedule(self.now + self.config.tick_ms, Event::Tick(v));
     }
 
+    /// Plays from the last tick to now. Arrival instants are exact, so a
+    /// stall is measured from the moment the playhead reached a missing
+    /// segment to the moment it arrived, not to the next tick.
     fn advance_player(&mut self, v: u32) {
         let now = self.now;
         let segment_ms = u64::from(self.config.segment_ms);
@@ -564,14 +570,17 @@ impl Simulation {
         let mut elapsed = now.saturating_sub(player.last_tick_ms);
         player.last_tick_ms = now;
         if !player.started {
-            if viewer.held.contains(&player.start_sequence) {
-                player.started = true;
-                player.playing = true;
-                player.startup_ms = Some(now.saturating_sub(viewer.join_ms));
-            }
-            elapsed = 0;
+            let Some(&arrived) = viewer.held.get(&player.start_sequence) else {
+                return;
+            };
+            player.started = true;
+            player.playing = true;
+            player.startup_ms = Some(arrived.saturating_sub(viewer.join_ms));
+            elapsed = now.saturating_sub(arrived);
         }
         while elapsed > 0 {
+            // The virtual instant playback has reached.
+            let at = now - elapsed;
             if player.playing {
                 let left = segment_ms - player.offset_ms;
                 if elapsed < left {
@@ -583,16 +592,29 @@ impl Simulation {
                     player.played_ms += left;
                     player.playhead += 1;
                     player.offset_ms = 0;
-                    if !viewer.held.contains(&player.playhead) {
+                    let boundary = now - elapsed;
+                    if viewer
+                        .held
+                        .get(&player.playhead)
+                        .is_none_or(|&arrived| arrived > boundary)
+                    {
                         player.playing = false;
                         player.rebuffer_events += 1;
                     }
                 }
-            } else if viewer.held.contains(&player.playhead) {
-                player.playing = true;
             } else {
-                player.rebuffer_ms += elapsed;
-                elapsed = 0;
+                match viewer.held.get(&player.playhead) {
+                    Some(&arrived) => {
+                        let stalled = arrived.saturating_sub(at).min(elapsed);
+                        player.rebuffer_ms += stalled;
+                        elapsed -= stalled;
+                        player.playing = true;
+                    }
+                    None => {
+                        player.rebuffer_ms += elapsed;
+                        elapsed = 0;
+                    }
+                }
             }
         }
         if player.started {
@@ -601,7 +623,7 @@ impl Simulation {
                 .scheduler
                 .set_playhead(Millis(now), playhead, offset, playing);
             let floor = playhead.saturating_sub(8);
-            viewer.held.retain(|&s| s >= floor);
+            viewer.held.retain(|&s, _| s >= floor);
         }
     }
 
@@ -663,7 +685,7 @@ impl Simulation {
             let sender = &self.viewers[u as usize];
             // The peer no longer holds it (evicted), or all its upload slots
             // are taken: the request is refused at once.
-            let refusal = if !sender.held.contains(&sequence) {
+            let refusal = if !sender.held.contains_key(&sequence) {
                 Some(Outcome::Failed)
             } else if sender.uploads.len() >= self.config.upload_slots {
                 Some(Outcome::Busy)
@@ -757,7 +779,8 @@ impl Simulation {
             let rate = down.min(up).max(1e-9);
             let remaining = (t.total - t.done).max(0.0);
             let finish = self.now + (remaining / rate).ceil() as u64;
-            let version = t.version + 1;
+            self.order += 1;
+            let version = self.order;
             if let Some(t) = self.transfers[slot as usize].as_mut() {
                 t.rate = rate;
                 t.version = version;
@@ -787,7 +810,7 @@ impl Simulation {
         Some(transfer)
     }
 
-    fn transfer_done(&mut self, slot: u32, version: u32) {
+    fn transfer_done(&mut self, slot: u32, version: u64) {
         let current = self.transfers[slot as usize]
             .as_ref()
             .is_some_and(|t| t.version == version);
@@ -819,13 +842,16 @@ impl Simulation {
         };
         let from = viewer.player.playhead;
         let new: Vec<u64> = (from..=latest)
-            .filter(|&s| viewer.scheduler.is_held(s) && !viewer.held.contains(&s))
+            .filter(|&s| viewer.scheduler.is_held(s) && !viewer.held.contains_key(&s))
             .collect();
         if new.is_empty() {
             return;
         }
         let neighbours = viewer.neighbours.clone();
-        self.viewers[v as usize].held.extend(new.iter().copied());
+        let now = self.now;
+        self.viewers[v as usize]
+            .held
+            .extend(new.iter().map(|&s| (s, now)));
         // HAVE notices reach neighbours half a round trip later; each
         // neighbour's scheduler then runs once for all notices of that moment.
         let arrival = self.now + u64::from(self.config.rtt_ms / 2);
