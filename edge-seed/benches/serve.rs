@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo bench -p edge-seed --bench serve            # defaults
-//! BENCH_SECONDS=10 BENCH_CONNECTIONS=100 cargo bench -p edge-seed --bench serve
+//! BENCH_SECONDS=20 BENCH_ROUNDS=5 BENCH_CONNECTIONS=100 cargo bench -p edge-seed --bench serve
 //! ```
 //! nginx must be installed (`apt-get install nginx`); without it the nginx
 //! row is skipped.
@@ -93,6 +93,14 @@ impl Result {
         self.latencies_ms[index]
     }
 
+    fn merge(&mut self, other: Result) {
+        self.bytes += other.bytes;
+        self.fetches += other.fetches;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies_ms.extend(other.latencies_ms);
+    }
+
     fn mbytes_per_s(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
     }
@@ -172,7 +180,7 @@ async fn bench_quic(
     let options = TransportOptions::default();
     // A few client sockets, like a few hosts' worth of viewers.
     let endpoints: Vec<quinn::Endpoint> = (0..4)
-        .map(|_| quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap())
+        .map(|_| peerwire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap())
         .collect();
     let mut peers = Vec::new();
     for n in 0..connections {
@@ -384,7 +392,7 @@ fn report(name: &str, result: &mut Result) {
 
 fn main() {
     edge_seed::serve::origin::install_crypto_provider();
-    let seconds = env_or("BENCH_SECONDS", 10);
+    let seconds = env_or("BENCH_SECONDS", 20);
     let connections = env_or("BENCH_CONNECTIONS", 100) as usize;
     let duration = Duration::from_secs(seconds);
     let media = tempfile::tempdir().unwrap();
@@ -442,7 +450,7 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "edge-seed serve benchmark: {connections} connections, {} MB segments, {seconds} s per server, {} cores",
+        "edge-seed serve benchmark: {connections} connections, {} MB segments, {seconds} s per server in interleaved rounds, {} cores",
         SEGMENT_SIZE / 1_000_000,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -452,22 +460,28 @@ fn main() {
         assert!(warm.errors == 0, "warm-up failed");
         let _ = warm.percentile(0.5);
     });
-    let mut quic =
-        client_runtime.block_on(bench_quic(quic_address, &license, connections, duration));
-
     // nginx, same files, HTTPS.
     let cert = self_signed_localhost();
     let prefix = tempfile::tempdir().unwrap();
     let port = free_tcp_port();
     let nginx = start_nginx(prefix.path(), media.path(), &cert.0, &cert.1, port);
-    let mut https = nginx.as_ref().map(|_| {
-        client_runtime.block_on(bench_https(
-            format!("https://localhost:{port}"),
-            cert.2.clone(),
-            connections,
-            duration,
-        ))
-    });
+    // Interleaved rounds, so that load from elsewhere on the machine falls
+    // on both servers alike.
+    let rounds = env_or("BENCH_ROUNDS", 5).max(1);
+    let round = duration / u32::try_from(rounds).unwrap_or(1);
+    let mut quic = Result::default();
+    let mut https = nginx.as_ref().map(|_| Result::default());
+    for _ in 0..rounds {
+        quic.merge(client_runtime.block_on(bench_quic(quic_address, &license, connections, round)));
+        if let Some(https) = https.as_mut() {
+            https.merge(client_runtime.block_on(bench_https(
+                format!("https://localhost:{port}"),
+                cert.2.clone(),
+                connections,
+                round,
+            )));
+        }
+    }
     drop(nginx);
 
     println!();

@@ -523,6 +523,30 @@ pub fn client_config(
     Ok(config)
 }
 
+/// UDP socket buffer size asked for by [`bind_endpoint`]: QUIC moves every
+/// packet through the socket buffers, and the kernel's default (about
+/// 200 KiB) overflows under load, which shows up as loss and stalls. The
+/// kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Binds a quinn endpoint on `address` with large socket buffers: a server
+/// when `server` is given (it can connect out too), else a client.
+pub fn bind_endpoint(
+    address: std::net::SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, PeerWireError> {
+    let socket =
+        std::net::UdpSocket::bind(address).map_err(|e| PeerWireError::Setup(e.to_string()))?;
+    let reference = socket2::SockRef::from(&socket);
+    // Best effort: a smaller buffer still works.
+    let _ = reference.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = reference.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| PeerWireError::Setup("no async runtime".to_owned()))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(|e| PeerWireError::Setup(e.to_string()))
+}
+
 /// The Ed25519 key of the connection's TLS certificate.
 pub fn connection_peer_key(connection: &quinn::Connection) -> Result<VerifyingKey, PeerWireError> {
     let chain = connection

@@ -210,7 +210,7 @@ pub async fn start(config: &SeedConfig, keys: SeedKeys) -> Result<RunningSeed, S
     };
     let server_config = peerwire::server_config(&identity, &transport)
         .map_err(|e| ServeError::Setup(e.to_string()))?;
-    let endpoint = quinn::Endpoint::server(server_config, config.quic_listen)
+    let endpoint = peerwire::bind_endpoint(config.quic_listen, Some(server_config))
         .map_err(|e| ServeError::Setup(format!("binding {}: {e}", config.quic_listen)))?;
     let quic_address = endpoint
         .local_addr()
