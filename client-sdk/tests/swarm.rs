@@ -189,6 +189,11 @@ async fn p2p_off_plays_from_the_cdn_only_renews_and_releases_the_license() {
     let stack = stack(false).await;
     let mut options = stack.options(false);
     options.renewal_interval = Some(Duration::from_millis(500));
+    // The first CDN is down: everything fails over to the second.
+    options
+        .cdn
+        .base_urls
+        .insert(0, "http://127.0.0.1:9/".to_owned());
     let session = viewer(&stack, "solo", options.clone()).await;
     let mut events = session.events();
     assert!(session.peer_addr().is_none());
@@ -272,4 +277,33 @@ async fn a_small_store_stays_within_budget_and_seeking_back_refetches() {
     );
     assert!(session.stats().segments_delivered > stats.segments_delivered);
     session.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_seed_serves_viewers_and_losing_it_causes_no_stall() {
+    let mut stack = stack(true).await;
+    stack.start_seed().await;
+    // Give the seed time to register with the tracker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let first = std::sync::Arc::new(viewer(&stack, "seeded", stack.options(true)).await);
+    let s = first.clone();
+    let play = tokio::spawn(async move { player::play(&s, RENDITION, AHEAD).await });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let from_seed_before_kill = first.stats().bytes_from_seeds;
+    stack.seed.take().unwrap().shutdown().await;
+    let report = tokio::time::timeout(Duration::from_secs(40), play)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_exact(&stack, &report);
+    let stats = first.stats();
+    eprintln!("{stats:?}");
+    assert!(from_seed_before_kill > 0, "{stats:?}");
+    assert_eq!(report.rebuffers, 0, "{report:?}");
+    std::sync::Arc::try_unwrap(first)
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
 }

@@ -37,6 +37,10 @@ pub struct Stack {
     pub packaged: PathBuf,
     pub cdn: SocketAddr,
     pub tracker: Option<tracker::server::RunningTracker>,
+    /// Signs seed credentials; trusted by the tracker and the viewers next
+    /// to the license server's key.
+    pub operator: SigningKeyPair,
+    pub seed: Option<edge_seed::serve::RunningSeed>,
 }
 
 fn sample_dir() -> PathBuf {
@@ -112,9 +116,12 @@ pub async fn stack(with_tracker: bool) -> Stack {
     .join()
     .unwrap();
     let cdn = serve_origin(dir.path().join("cdn")).await;
+    let operator = SigningKeyPair::generate().unwrap();
     let tracker = if with_tracker {
         Some(start_tracker(
-            [license.core.license_public_key()].into_iter().collect(),
+            [license.core.license_public_key(), operator.verifying_key()]
+                .into_iter()
+                .collect(),
         ))
     } else {
         None
@@ -127,6 +134,8 @@ pub async fn stack(with_tracker: bool) -> Stack {
         origin_key,
         cdn,
         tracker,
+        operator,
+        seed: None,
     }
 }
 
@@ -203,6 +212,45 @@ pub async fn serve_origin(root: PathBuf) -> SocketAddr {
 }
 
 impl Stack {
+    /// Starts an edge seed serving the packaged directory over the peer
+    /// wire, registered with the tracker.
+    pub async fn start_seed(&mut self) {
+        use edge_seed::serve::SeedKeys;
+        use edge_seed::serve::config::SeedConfig;
+        use loaves_proto::{pb, peerwire};
+        let identity = SigningKeyPair::generate().unwrap();
+        let credential = peerwire::sign_seed_credential(
+            &pb::SeedCredentialBody {
+                seed_name: "sdk-test-seed".into(),
+                peer_public_key: identity.verifying_key().as_bytes().to_vec(),
+                region: "eu-west".into(),
+                isp: "as1".into(),
+                titles: vec![TITLE.into()],
+                not_before: 0,
+                expires_at: UnixSeconds::now().0 + 3600,
+            },
+            &self.operator,
+        );
+        let mut config = SeedConfig {
+            quic_listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            origin: self.dir.path().join("cdn").display().to_string(),
+            titles: vec![TITLE.into()],
+            ..SeedConfig::default()
+        };
+        config.tracker.addresses = vec![self.tracker.as_ref().unwrap().quic_addr.to_string()];
+        config.tracker.announce_interval_s = 1;
+        let keys = SeedKeys {
+            identity,
+            credential: Some(credential),
+            license: [self.license.core.license_public_key()]
+                .into_iter()
+                .collect(),
+            origin: [self.origin_key.verifying_key()].into_iter().collect(),
+        };
+        self.seed = Some(edge_seed::serve::start(&config, keys).await.unwrap());
+    }
+
     /// The content key of `track_type` (key period 0) the sample is
     /// packaged with, as the license server holds it.
     pub fn content_key(&self, track_type: &str) -> TrackKey {
@@ -237,9 +285,12 @@ impl Stack {
                 url: format!("https://{}", self.license.grpc_addr),
                 ca_pem: Some(self.license.tls_cert_pem.clone()),
                 tls_server_name: Some("localhost".into()),
-                trusted_keys: [self.license.core.license_public_key()]
-                    .into_iter()
-                    .collect(),
+                trusted_keys: [
+                    self.license.core.license_public_key(),
+                    self.operator.verifying_key(),
+                ]
+                .into_iter()
+                .collect(),
                 request_timeout: Duration::from_secs(10),
             },
             clearkey_url: self
