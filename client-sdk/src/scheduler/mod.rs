@@ -287,9 +287,9 @@ struct Transfer {
     started_at: Millis,
     last_progress_at: Millis,
     received: u64,
-    /// For a CDN range completion: the peer whose prefix it completes, and
-    /// how many bytes that prefix holds.
-    completes: Option<(PeerId, u64)>,
+    /// For a CDN range completion: the source (peer or seed) whose prefix
+    /// it completes, and how many bytes that prefix holds.
+    completes: Option<(Source, u64)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -557,18 +557,19 @@ impl<P: Policy> Scheduler<P> {
                 );
                 self.stats.segments_completed += 1;
                 self.account(state.source, state.range.len());
-                if let Some((peer, prefix)) = state.completes {
-                    let source = match self.peers.get(&peer).map(|p| p.info.kind) {
-                        Some(PeerKind::Seed) => Source::Seed(peer),
-                        _ => Source::Peer(peer),
-                    };
+                // The prefix counts for the source that sent it (even if
+                // that peer is gone by now).
+                if let Some((source, prefix)) = state.completes {
                     self.account(source, prefix);
                 }
             }
             Outcome::Corrupt => {
                 // Blame the peer that sent bytes; the CDN is the trusted path.
                 // For a range completion the suspect is the prefix's peer.
-                let suspect = state.source.peer().or(state.completes.map(|(p, _)| p));
+                let suspect = state
+                    .source
+                    .peer()
+                    .or(state.completes.and_then(|(s, _)| s.peer()));
                 if let Some(peer) = suspect {
                     self.ban(peer, DropReason::Corrupt, &mut actions);
                 }
@@ -663,7 +664,7 @@ impl<P: Policy> Scheduler<P> {
                         start: prefix_end,
                         end: size,
                     },
-                    Some((peer, transfer.received)),
+                    Some((transfer.source, transfer.received)),
                     actions,
                 );
             }
@@ -809,7 +810,7 @@ impl<P: Policy> Scheduler<P> {
         sequence: u64,
         source: Source,
         range: ByteRange,
-        completes: Option<(PeerId, u64)>,
+        completes: Option<(Source, u64)>,
         actions: &mut Vec<Action>,
     ) {
         let transfer = TransferId(self.next_transfer);
