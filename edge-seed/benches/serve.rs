@@ -178,8 +178,9 @@ async fn bench_quic(
     ring.insert(license.verifying_key());
     let verifier = CredentialVerifier::new(ring, 30);
     let options = TransportOptions::default();
-    // A few client sockets, like a few hosts' worth of viewers.
-    let endpoints: Vec<quinn::Endpoint> = (0..4)
+    // Client sockets (real viewers would each have their own).
+    let sockets = env_or("BENCH_CLIENT_SOCKETS", 20).max(1);
+    let endpoints: Vec<quinn::Endpoint> = (0..sockets)
         .map(|_| peerwire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap())
         .collect();
     let mut peers = Vec::new();
