@@ -256,6 +256,13 @@ pub struct SeedCredential {
     pub expires_at: UnixSeconds,
 }
 
+impl SeedCredential {
+    /// Whether the credential covers `title`.
+    pub fn allows_title(&self, title: &str) -> bool {
+        self.titles.iter().any(|t| t == "*" || t == title)
+    }
+}
+
 /// Signs a seed credential (operators' tooling and tests).
 pub fn sign_seed_credential(body: &pb::SeedCredentialBody, key: &SigningKeyPair) -> Vec<u8> {
     signed::sign(key, Purpose::SeedCredential, body.encode_to_vec()).encode_to_vec()
@@ -291,7 +298,7 @@ impl PeerCredential {
     pub fn allows_title(&self, title: &str) -> bool {
         match self {
             Self::Viewer(token) => token.title == title,
-            Self::Seed(seed) => seed.titles.iter().any(|t| t == "*" || t == title),
+            Self::Seed(seed) => seed.allows_title(title),
         }
     }
 
