@@ -9,7 +9,7 @@ use prost::Message;
 use crate::UnixSeconds;
 use crate::keys::{Keyring, SigningKeyPair};
 use crate::pb;
-use crate::signed::{self, Purpose, SignatureError};
+use crate::signed::{self, OpenError, Purpose, SignatureError};
 
 /// Longest encoded entitlement accepted. Real ones are a few hundred bytes.
 pub const MAX_ENTITLEMENT_LEN: usize = 4096;
@@ -59,6 +59,16 @@ pub enum EntitlementError {
         /// Verifier's time.
         now: UnixSeconds,
     },
+}
+
+impl From<OpenError> for EntitlementError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::TooLarge { len, max } => Self::TooLarge { len, max },
+            OpenError::Malformed(message) => Self::Malformed(message),
+            OpenError::Signature(error) => Self::Signature(error),
+        }
+    }
 }
 
 impl EntitlementError {
@@ -183,17 +193,12 @@ impl EntitlementVerifier {
         entitlement: &[u8],
         now: UnixSeconds,
     ) -> Result<Entitlement, EntitlementError> {
-        if entitlement.len() > MAX_ENTITLEMENT_LEN {
-            return Err(EntitlementError::TooLarge {
-                len: entitlement.len(),
-                max: MAX_ENTITLEMENT_LEN,
-            });
-        }
-        let envelope = pb::Signed::decode(entitlement)
-            .map_err(|e| EntitlementError::Malformed(e.to_string()))?;
-        let (_, body) = signed::verify(&self.keyring, Purpose::Entitlement, &envelope)?;
-        let body = pb::EntitlementBody::decode(body)
-            .map_err(|e| EntitlementError::Malformed(e.to_string()))?;
+        let (_, body) = signed::open::<pb::EntitlementBody>(
+            &self.keyring,
+            Purpose::Entitlement,
+            entitlement,
+            MAX_ENTITLEMENT_LEN,
+        )?;
         let claims = Entitlement::from_body(body)?;
         if now.0.saturating_add(self.max_clock_skew_s) < claims.issued_at.0 {
             return Err(EntitlementError::NotYetValid {

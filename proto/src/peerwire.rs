@@ -408,17 +408,12 @@ impl CredentialVerifier {
         bytes: &[u8],
         now: UnixSeconds,
     ) -> Result<SeedCredential, TokenError> {
-        if bytes.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::TooLarge {
-                len: bytes.len(),
-                max: MAX_TOKEN_LEN,
-            });
-        }
-        let envelope =
-            pb::Signed::decode(bytes).map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let (_, body) = signed::verify(&self.keyring, Purpose::SeedCredential, &envelope)?;
-        let body = pb::SeedCredentialBody::decode(body)
-            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let (_, body) = signed::open::<pb::SeedCredentialBody>(
+            &self.keyring,
+            Purpose::SeedCredential,
+            bytes,
+            MAX_TOKEN_LEN,
+        )?;
         let peer_key = verifying_key_from_slice(&body.peer_public_key)
             .map_err(|_| TokenError::InvalidField("peer_public_key"))?;
         if body.expires_at <= body.not_before {

@@ -7,6 +7,7 @@
 //! bytes happen to parse as both.
 
 use ed25519_dalek::{Signature, VerifyingKey};
+use prost::Message;
 
 use crate::keys::{KeyId, Keyring, SigningKeyPair};
 use crate::pb;
@@ -114,4 +115,44 @@ pub fn verify_with_key<'a>(
     key.verify_strict(&signing_message(purpose, &envelope.body), &signature)
         .map_err(|_| SignatureError::BadSignature)?;
     Ok(&envelope.body)
+}
+
+/// Why the wire bytes of a signed object could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// Longer than the object type allows.
+    #[error("{len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Length received.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The envelope or the body is not valid protobuf (e.g. truncated).
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// The signature envelope was refused.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+}
+
+/// Opens an encoded [`pb::Signed`] of at most `max_len` bytes: checks the
+/// size before decoding anything, verifies the signature for `purpose`, and
+/// decodes the body as `M`. Field checks are the caller's.
+pub fn open<M: Message + Default>(
+    keyring: &Keyring,
+    purpose: Purpose,
+    bytes: &[u8],
+    max_len: usize,
+) -> Result<(KeyId, M), OpenError> {
+    if bytes.len() > max_len {
+        return Err(OpenError::TooLarge {
+            len: bytes.len(),
+            max: max_len,
+        });
+    }
+    let envelope = pb::Signed::decode(bytes).map_err(|e| OpenError::Malformed(e.to_string()))?;
+    let (signer, body) = verify(keyring, purpose, &envelope)?;
+    let body = M::decode(body).map_err(|e| OpenError::Malformed(e.to_string()))?;
+    Ok((signer, body))
 }

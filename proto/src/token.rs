@@ -10,7 +10,7 @@ use prost::Message;
 use crate::UnixSeconds;
 use crate::keys::{Keyring, SessionId, SigningKeyPair, verifying_key_from_slice};
 use crate::pb;
-use crate::signed::{self, Purpose, SignatureError};
+use crate::signed::{self, OpenError, Purpose, SignatureError};
 
 /// Longest encoded token accepted. Real tokens are a few hundred bytes; the
 /// bound keeps a hostile peer from making us decode megabytes.
@@ -64,6 +64,16 @@ pub enum TokenError {
         /// Title in the token.
         actual: String,
     },
+}
+
+impl From<OpenError> for TokenError {
+    fn from(error: OpenError) -> Self {
+        match error {
+            OpenError::TooLarge { len, max } => Self::TooLarge { len, max },
+            OpenError::Malformed(message) => Self::Malformed(message),
+            OpenError::Signature(error) => Self::Signature(error),
+        }
+    }
 }
 
 impl TokenError {
@@ -203,17 +213,12 @@ impl TokenVerifier {
         token: &[u8],
         now: UnixSeconds,
     ) -> Result<SessionToken, TokenError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(TokenError::TooLarge {
-                len: token.len(),
-                max: MAX_TOKEN_LEN,
-            });
-        }
-        let envelope =
-            pb::Signed::decode(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
-        let (_, body) = signed::verify(&self.keyring, Purpose::SessionToken, &envelope)?;
-        let body =
-            pb::SessionTokenBody::decode(body).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let (_, body) = signed::open::<pb::SessionTokenBody>(
+            &self.keyring,
+            Purpose::SessionToken,
+            token,
+            MAX_TOKEN_LEN,
+        )?;
         let claims = SessionToken::from_body(body)?;
         if now.0.saturating_add(self.max_clock_skew_s) < claims.not_before.0 {
             return Err(TokenError::NotYetValid {
