@@ -3,9 +3,7 @@
 # The deploy checks (deploy/checks, crate deploy-checks) run promtool and
 # kubernetes-validate, and start the real license server and tracker. This
 # installs the tools when missing (Debian's prometheus package for promtool,
-# kubernetes-validate from PyPI, which ships the Kubernetes schemas), builds
-# the two servers (their binaries cannot be dependencies of the test crate),
-# and makes the checks mandatory (LOAVES_REQUIRE_DEPLOY_TOOLS=1: a missing
+# kubernetes-validate from PyPI, which ships the Kubernetes schemas) and makes the checks mandatory (LOAVES_REQUIRE_DEPLOY_TOOLS=1: a missing
 # tool fails the tests instead of skipping them).
 
 if ! command -v promtool >/dev/null 2>&1; then
@@ -26,5 +24,8 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
     python3 -m pip install --quiet kubernetes-validate
 fi
 
-cargo build -p license-server -p tracker
+# The server binaries come from `cargo test --workspace` itself: it builds the
+# binaries of every package with integration tests before running any test.
+# A separate `cargo build` here would compile the dependency tree a second
+# time with other features, doubling the disk the build needs.
 export LOAVES_REQUIRE_DEPLOY_TOOLS=1
