@@ -146,6 +146,7 @@ fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_s
                     message.swarm.as_ref().map_or("", |s| s.title.as_str()),
                     peer.region,
                     peer.isp,
+                    stats::Cohort::of(delta),
                 );
                 stats_book.ingest(&labels, &counters);
             }

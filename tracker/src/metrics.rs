@@ -3,7 +3,9 @@
 //! Names follow Prometheus conventions: `loaves_tracker_` prefix, base units
 //! (bytes, seconds), `_total` for counters. Label values for title, region
 //! and ISP come from [`crate::stats::StatsBook::labels_for`], which bounds
-//! their cardinality.
+//! their cardinality. Bytes by source, rebuffering, play time and startup
+//! also carry `cohort` (`p2p` or `cdn_only`, two values), so dashboards can
+//! compare viewers with P2P on against viewers with it off.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
@@ -65,6 +67,9 @@ fn labels3(labels: &Labels) -> [&str; 3] {
     [&labels.title, &labels.region, &labels.isp]
 }
 
+/// Labels of the cohort-split quality series.
+const QUALITY: [&str; 4] = ["title", "region", "isp", "cohort"];
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -77,7 +82,7 @@ impl Metrics {
             bytes: counter_vec(
                 "loaves_tracker_bytes_total",
                 "Bytes downloaded by viewers, by source (peer, seed, cdn), as reported and clamped.",
-                &["source", "title", "region", "isp"],
+                &["source", "title", "region", "isp", "cohort"],
             )?,
             uploaded_bytes: counter_vec(
                 "loaves_tracker_uploaded_bytes_total",
@@ -99,19 +104,19 @@ impl Metrics {
                     "loaves_tracker_rebuffer_seconds_total",
                     "Time viewers spent rebuffering.",
                 ),
-                &tri,
+                &QUALITY,
             )?,
             rebuffer_events: counter_vec(
                 "loaves_tracker_rebuffer_events_total",
                 "Rebuffering events.",
-                &tri,
+                &QUALITY,
             )?,
             played_seconds: prometheus::CounterVec::new(
                 Opts::new(
                     "loaves_tracker_played_seconds_total",
                     "Time viewers played.",
                 ),
-                &tri,
+                &QUALITY,
             )?,
             startup_seconds: HistogramVec::new(
                 HistogramOpts::new(
@@ -119,7 +124,7 @@ impl Metrics {
                     "Startup time of sessions.",
                 )
                 .buckets(vec![0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]),
-                &["title"],
+                &["title", "cohort"],
             )?,
             swarm_peers: GaugeVec::new(
                 Opts::new(
@@ -206,6 +211,8 @@ impl Metrics {
     /// Adds one clamped report.
     pub fn ingest(&self, labels: &Labels, c: &Counters, clamp: &ClampReport) {
         let [t, r, i] = labels3(labels);
+        let cohort = labels.cohort.as_str();
+        let quality = [t, r, i, cohort];
         for (source, value) in [
             ("peer", c.bytes_from_peers),
             ("seed", c.bytes_from_seeds),
@@ -213,7 +220,7 @@ impl Metrics {
         ] {
             if value > 0 {
                 self.bytes
-                    .with_label_values(&[source, t, r, i])
+                    .with_label_values(&[source, t, r, i, cohort])
                     .inc_by(value);
             }
         }
@@ -235,22 +242,22 @@ impl Metrics {
         }
         if c.rebuffer_ms > 0 {
             self.rebuffer_seconds
-                .with_label_values(&tri)
+                .with_label_values(&quality)
                 .inc_by(c.rebuffer_ms as f64 / 1000.0);
         }
         if c.rebuffer_count > 0 {
             self.rebuffer_events
-                .with_label_values(&tri)
+                .with_label_values(&quality)
                 .inc_by(c.rebuffer_count);
         }
         if c.played_ms > 0 {
             self.played_seconds
-                .with_label_values(&tri)
+                .with_label_values(&quality)
                 .inc_by(c.played_ms as f64 / 1000.0);
         }
         if c.startup_count > 0 {
             self.startup_seconds
-                .with_label_values(&[t])
+                .with_label_values(&[t, cohort])
                 .observe(c.startup_ms_sum as f64 / 1000.0);
         }
         if clamp.downloads_dropped {
@@ -300,5 +307,84 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::stats::{Cohort, StatsBook, StatsLimits, clamp};
+    use loaves_proto::pb;
+
+    fn line<'a>(text: &'a str, name: &str, labels: &[&str]) -> Option<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .find(|l| labels.iter().all(|want| l.contains(want)))
+    }
+
+    #[test]
+    fn quality_and_bytes_carry_the_cohort_label() {
+        let metrics = Metrics::new().unwrap();
+        let book = StatsBook::new(StatsLimits::default());
+        let report = |cdn_only: bool| pb::StatsDelta {
+            bytes_from_peers: if cdn_only { 0 } else { 4_000 },
+            bytes_from_cdn: 1_000,
+            rebuffer_ms: if cdn_only { 3_000 } else { 500 },
+            rebuffer_count: 1,
+            startup_ms: 900,
+            played_ms: 20_000,
+            cdn_only,
+            ..Default::default()
+        };
+        for cdn_only in [false, true] {
+            let delta = report(cdn_only);
+            let (counters, clamped) = clamp(&delta, 30, book.limits());
+            let labels = book.labels_for("film", "eu", "isp-a", Cohort::of(&delta));
+            metrics.ingest(&labels, &counters, &clamped);
+        }
+        let text = metrics.render();
+        let p2p = r#"cohort="p2p""#;
+        let cdn = r#"cohort="cdn_only""#;
+        for cohort in [p2p, cdn] {
+            for name in [
+                "loaves_tracker_rebuffer_seconds_total",
+                "loaves_tracker_rebuffer_events_total",
+                "loaves_tracker_played_seconds_total",
+                "loaves_tracker_startup_seconds_count",
+            ] {
+                assert!(
+                    line(&text, name, &[cohort, r#"title="film""#]).is_some(),
+                    "{name} {cohort}:\n{text}"
+                );
+            }
+            assert!(
+                line(
+                    &text,
+                    "loaves_tracker_bytes_total",
+                    &[cohort, r#"source="cdn""#, r#"isp="isp-a""#]
+                )
+                .is_some()
+            );
+        }
+        let rebuffer = |cohort| {
+            line(&text, "loaves_tracker_rebuffer_seconds_total", &[cohort])
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        assert_eq!(rebuffer(p2p), Some(0.5));
+        assert_eq!(rebuffer(cdn), Some(3.0));
+        // CDN-only viewers downloaded nothing from peers: no such series.
+        assert!(
+            line(
+                &text,
+                "loaves_tracker_bytes_total",
+                &[cdn, r#"source="peer""#]
+            )
+            .is_none()
+        );
+        // Series not split by cohort keep their three labels.
+        let uploaded = line(&text, "loaves_tracker_cross_isp_bytes_total", &[]);
+        assert!(uploaded.is_none_or(|l| !l.contains("cohort")));
     }
 }

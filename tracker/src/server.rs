@@ -786,7 +786,8 @@ fn ingest_stats(
     let (labels, counters, clamp) = shared.with_stats(|book| {
         let window = stats::report_window(previous, now, book.limits());
         let (counters, clamp) = stats::clamp(delta, window, book.limits());
-        let labels = book.labels_for(&token.title, &token.region, &token.isp);
+        let cohort = stats::Cohort::of(delta);
+        let labels = book.labels_for(&token.title, &token.region, &token.isp, cohort);
         book.ingest(&labels, &counters);
         (labels, counters, clamp)
     });

@@ -16,9 +16,13 @@
 //!   second of window;
 //! - a startup time above `max_startup_ms` is dropped.
 //!
-//! Aggregates are kept per (title, region, ISP). The number of label sets is
-//! bounded: beyond `max_label_sets`, new combinations are filed under
-//! `other`, so memory and Prometheus cardinality stay bounded.
+//! Aggregates are kept per (title, region, ISP, cohort). The cohort is
+//! `p2p` or `cdn_only`, from the report's `cdn_only` flag (absent in older
+//! clients' reports: `p2p`), so P2P viewers' quality can be compared with
+//! CDN-only viewers'. The number of label sets is bounded: beyond
+//! `max_label_sets`, new combinations are filed under title, region and ISP
+//! `other` (keeping the cohort, two values), so memory and Prometheus
+//! cardinality stay bounded.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -203,6 +207,35 @@ pub fn clamp(
     (out, report)
 }
 
+/// Whether the reporting viewer had P2P on: its quality cohort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cohort {
+    /// P2P on (also every report from clients that predate the flag).
+    P2p,
+    /// P2P off: every byte from the CDN (or seeds over HTTP).
+    CdnOnly,
+}
+
+impl Cohort {
+    /// The cohort a report claims.
+    pub fn of(delta: &pb::StatsDelta) -> Self {
+        if delta.cdn_only {
+            Self::CdnOnly
+        } else {
+            Self::P2p
+        }
+    }
+
+    /// The Prometheus label value: `p2p` or `cdn_only`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::P2p => "p2p",
+            Self::CdnOnly => "cdn_only",
+        }
+    }
+}
+
 /// The labels one report is filed under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Labels {
@@ -212,6 +245,8 @@ pub struct Labels {
     pub region: String,
     /// ISP ("unknown" when not given).
     pub isp: String,
+    /// P2P on or off.
+    pub cohort: Cohort,
 }
 
 /// One point of the dashboard's history: cumulative totals at a time.
@@ -263,13 +298,16 @@ impl StatsBook {
         }
     }
 
-    /// The labels a report for (title, region, isp) is filed under, folding
-    /// into `other` once `max_label_sets` is reached.
-    pub fn labels_for(&self, title: &str, region: &str, isp: &str) -> Labels {
+    /// The labels a report for (title, region, isp) of `cohort` is filed
+    /// under, folding title, region and ISP into `other` once
+    /// `max_label_sets` is reached (so at most `max_label_sets` + 2 sets:
+    /// the cohort is kept, and it has two values).
+    pub fn labels_for(&self, title: &str, region: &str, isp: &str, cohort: Cohort) -> Labels {
         let labels = Labels {
             title: self.label(title),
             region: self.label(region),
             isp: self.label(isp),
+            cohort,
         };
         if self.by_labels.contains_key(&labels) || self.by_labels.len() < self.limits.max_label_sets
         {
@@ -279,6 +317,7 @@ impl StatsBook {
                 title: OTHER.to_owned(),
                 region: OTHER.to_owned(),
                 isp: OTHER.to_owned(),
+                cohort,
             }
         }
     }
@@ -360,6 +399,7 @@ mod tests {
             rebuffer_count: 2,
             startup_ms: 800,
             played_ms: 30_000,
+            cdn_only: false,
         }
     }
 
@@ -435,9 +475,9 @@ mod tests {
     fn aggregation_by_labels_and_groups() {
         let mut book = StatsBook::new(StatsLimits::default());
         let (c, _) = clamp(&delta(), 30, book.limits());
-        let a = book.labels_for("film", "eu", "isp-a");
-        let b = book.labels_for("film", "eu", "isp-b");
-        let s = book.labels_for("series", "us", "");
+        let a = book.labels_for("film", "eu", "isp-a", Cohort::P2p);
+        let b = book.labels_for("film", "eu", "isp-b", Cohort::P2p);
+        let s = book.labels_for("series", "us", "", Cohort::P2p);
         book.ingest(&a, &c);
         book.ingest(&a, &c);
         book.ingest(&b, &c);
@@ -462,12 +502,70 @@ mod tests {
         let mut book = StatsBook::new(limits);
         let (c, _) = clamp(&delta(), 30, book.limits());
         for i in 0..10 {
-            let labels = book.labels_for(&format!("t{i}"), "r", "i");
+            let labels = book.labels_for(&format!("t{i}"), "r", "i", Cohort::P2p);
             book.ingest(&labels, &c);
         }
         assert_eq!(book.by_labels().count(), 3); // two real + "other"
         assert_eq!(book.totals().bytes_from_peers, 60_000_000);
-        assert_eq!(book.labels_for(&"x".repeat(100), "r", "i").title, "other");
+        assert_eq!(
+            book.labels_for(&"x".repeat(100), "r", "i", Cohort::P2p)
+                .title,
+            "other"
+        );
+        // The cohort survives the folding: at most one more set.
+        let folded = book.labels_for("t99", "r", "i", Cohort::CdnOnly);
+        assert_eq!(
+            (folded.title.as_str(), folded.cohort),
+            ("other", Cohort::CdnOnly)
+        );
+        book.ingest(&folded, &c);
+        for i in 0..10 {
+            let labels = book.labels_for(&format!("u{i}"), "r", "i", Cohort::CdnOnly);
+            book.ingest(&labels, &c);
+        }
+        assert_eq!(book.by_labels().count(), 4);
+    }
+
+    #[test]
+    fn cohort_comes_from_the_report_and_defaults_to_p2p() {
+        // A report from a client without the field decodes as P2P on.
+        let old = pb::StatsDelta {
+            played_ms: 1000,
+            ..Default::default()
+        };
+        assert_eq!(Cohort::of(&old), Cohort::P2p);
+        let bytes = prost::Message::encode_to_vec(&old);
+        let decoded: pb::StatsDelta = prost::Message::decode(bytes.as_slice()).unwrap();
+        assert!(!decoded.cdn_only);
+        let cdn = pb::StatsDelta {
+            cdn_only: true,
+            ..old
+        };
+        assert_eq!(Cohort::of(&cdn), Cohort::CdnOnly);
+        assert_eq!(Cohort::P2p.as_str(), "p2p");
+        assert_eq!(Cohort::CdnOnly.as_str(), "cdn_only");
+
+        // The two cohorts of one (title, region, ISP) are kept apart.
+        let mut book = StatsBook::new(StatsLimits::default());
+        let (c, _) = clamp(&delta(), 30, book.limits());
+        let p2p = book.labels_for("film", "eu", "isp-a", Cohort::of(&delta()));
+        let cdn_delta = pb::StatsDelta {
+            cdn_only: true,
+            ..delta()
+        };
+        let cdn = book.labels_for("film", "eu", "isp-a", Cohort::of(&cdn_delta));
+        book.ingest(&p2p, &c);
+        book.ingest(&cdn, &c);
+        book.ingest(&cdn, &c);
+        let mut by_cohort: Vec<(Cohort, u64)> = book
+            .by_labels()
+            .map(|(l, c)| (l.cohort, c.rebuffer_ms))
+            .collect();
+        by_cohort.sort();
+        assert_eq!(
+            by_cohort,
+            vec![(Cohort::P2p, 1500), (Cohort::CdnOnly, 3000)]
+        );
     }
 
     #[test]

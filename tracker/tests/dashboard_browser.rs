@@ -161,6 +161,7 @@ async fn feed(tracker: &TestTracker) -> Vec<tracker::client::TrackerConnection> 
                 rebuffer_count: u32::from(round % 3 != 0),
                 startup_ms: if round == 1 { 600 + 100 * *j as u32 } else { 0 },
                 played_ms: 5_000,
+                cdn_only: false,
             });
             connection.announce(message).await.unwrap();
         }

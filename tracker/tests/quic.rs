@@ -291,6 +291,7 @@ async fn metrics_and_dashboard_reflect_reported_counters() {
         rebuffer_count: 1,
         startup_ms: 700,
         played_ms: 60_000,
+        cdn_only: false,
     });
     connection.announce(first).await.unwrap();
     // An absurd report right after: dropped, and counted as clamped.

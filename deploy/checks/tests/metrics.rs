@@ -683,6 +683,7 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
             rebuffer_count: 1,
             startup_ms: 900,
             played_ms: 30_000,
+            cdn_only: false,
         }))
         .await
         .expect("announce");
