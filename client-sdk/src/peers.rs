@@ -514,6 +514,9 @@ async fn announcer(context: Arc<Context>) {
                 bytes_from_peers: peers,
                 bytes_from_seeds: seeds,
                 bytes_from_cdn: cdn,
+                // The tracker's quality cohort. Today the announcer only
+                // runs with P2P on (see `session`), so this is false.
+                cdn_only: !shared.options.p2p,
                 ..Default::default()
             };
             // Session-wide counters ride on the first announce of a round.
