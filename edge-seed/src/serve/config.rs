@@ -8,7 +8,7 @@
 //! http_listen = "0.0.0.0:8080"     # HTTP origin/CDN role, /metrics, /healthz
 //! advertise = ["203.0.113.7:4433"] # addresses announced to the tracker
 //! identity_key = "seed.key"        # Ed25519 PKCS#8 PEM; its key is in the credential
-//! credential = "seed.credential"   # signed SeedCredential (binary) from the operator
+//! credential = "seed.credential"   # signed SeedCredential (binary): `edge-seed credential`
 //! license_public_keys = ["license.pub"]  # trusted for session tokens
 //! origin_public_keys = ["origin.pub"]    # trusted for manifest signatures
 //! origin = "https://origin.internal/vod" # or a local directory
@@ -39,7 +39,10 @@
 //! prefetch_window = 3
 //!
 //! [tracker]
-//! addresses = ["198.51.100.2:4500"]  # titles map to trackers by rendezvous hash
+//! # Shard names, "host:port" (IP or DNS name, resolved at each announce);
+//! # the same strings, in the same order, as the trackers' `shards`: titles
+//! # map to trackers by rendezvous hash of these names.
+//! addresses = ["tracker-0.tracker:4433"]
 //! announce_interval_s = 30
 //! upload_capacity_bps = 1000000000
 //! ```
@@ -214,7 +217,10 @@ impl Default for LiveConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrackerConfig {
-    /// Tracker shards ("ip:port"); empty: no registration.
+    /// Tracker shards as "host:port" (IP literal or DNS name, resolved at
+    /// each (re)connect); empty: no registration. These strings are also
+    /// the shard names titles are hashed onto, so they must be the
+    /// trackers' own `shards`, in order.
     pub addresses: Vec<String>,
     /// Re-announce interval when the tracker does not say.
     pub announce_interval_s: u64,
@@ -293,6 +299,10 @@ impl SeedConfig {
                 "origin_fetch.attempts must be positive".to_owned(),
             ));
         }
+        for address in &self.tracker.addresses {
+            super::register::split_host_port(address)
+                .map_err(|e| ConfigError::Invalid(format!("tracker.addresses: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -316,6 +326,21 @@ mod tests {
         assert_eq!(config.titles, vec!["big-buck"]);
         assert_eq!(config.cache.memory_bytes, 536_870_912);
         assert_eq!(config.tracker.addresses.len(), 1);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn tracker_addresses_are_host_port() {
+        let mut config = SeedConfig::default();
+        config.tracker.addresses = vec![
+            "loaves-tracker-0.loaves-tracker:4433".into(),
+            "198.51.100.2:4500".into(),
+            "[2001:db8::1]:4433".into(),
+        ];
+        config.validate().unwrap();
+        config.tracker.addresses = vec!["loaves-tracker-0".into()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("tracker.addresses"), "{error}");
     }
 
     #[test]

@@ -287,13 +287,10 @@ pub async fn start(config: &SeedConfig, keys: SeedKeys) -> Result<RunningSeed, S
                     config.advertise.clone()
                 };
                 for tracker in shards.shards().to_vec() {
-                    let Ok(address) = tracker.parse::<SocketAddr>() else {
-                        tracing::warn!(%tracker, "tracker address is not ip:port; skipped");
-                        continue;
-                    };
+                    // `host:port`, resolved at each (re)connect.
                     let registrar = register::QuicRegistrar::new(
                         endpoint.clone(),
-                        address,
+                        tracker.clone(),
                         &identity,
                         credential.clone(),
                     )

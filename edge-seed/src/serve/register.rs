@@ -6,6 +6,12 @@
 //! stream per `SeedRegistration`, answered by an `Ack` carrying the
 //! interval. Titles map to tracker shards by rendezvous hashing
 //! ([`loaves_proto::shard::ShardMap`]), the tracker's own rule.
+//!
+//! A tracker address is the shard's name, `host:port`: an IP literal or a
+//! DNS name (`loaves-tracker-0.loaves-tracker:4433`, as a Kubernetes
+//! StatefulSet names its pods). Names are resolved at each (re)connect,
+//! within [`RESOLVE_TIMEOUT`], so a shard that moves to another address is
+//! found again at the next registration.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,6 +46,77 @@ pub enum RegisterError {
     /// No or an unexpected response.
     #[error("unexpected response")]
     Unexpected,
+    /// The tracker's name did not resolve (in time, or to a usable address).
+    #[error("resolving {address}: {reason}")]
+    Resolve {
+        /// The configured `host:port`.
+        address: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Longest wait for a tracker's name to resolve.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals) into a host and a
+/// port, or says why it cannot.
+pub fn split_host_port(address: &str) -> Result<(&str, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{address:?}: {port:?} is not a port"))?;
+    if port == 0 {
+        return Err(format!("{address:?}: port 0"));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_'));
+    if !valid {
+        return Err(format!(
+            "{address:?}: {host:?} is not a host name or address"
+        ));
+    }
+    Ok((host, port))
+}
+
+/// Resolves `address` (`host:port`) within `timeout`, preferring addresses
+/// of the local socket's family (an IPv4 socket cannot reach IPv6).
+pub async fn resolve(
+    address: &str,
+    local: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<SocketAddr, RegisterError> {
+    let error = |reason: String| RegisterError::Resolve {
+        address: address.to_owned(),
+        reason,
+    };
+    let (host, port) = split_host_port(address).map_err(&error)?;
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let found: Vec<SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| error(format!("no answer within {timeout:?}")))?
+            .map_err(|e| error(e.to_string()))?
+            .collect();
+    let same_family = |a: &&SocketAddr| local.is_none_or(|l| l.is_ipv4() == a.is_ipv4());
+    found
+        .iter()
+        .find(same_family)
+        .or(if local.is_some_and(|l| l.is_ipv6()) {
+            found.first()
+        } else {
+            None
+        })
+        .copied()
+        .ok_or_else(|| error(format!("no usable address among {found:?}")))
 }
 
 /// Sends one registration; returns the interval the tracker asks for.
@@ -55,7 +132,7 @@ pub trait Registrar: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct QuicRegistrar {
     endpoint: quinn::Endpoint,
-    tracker: SocketAddr,
+    tracker: String,
     client: quinn::ClientConfig,
     credential: Vec<u8>,
     connection: Mutex<Option<quinn::Connection>>,
@@ -65,13 +142,19 @@ pub struct QuicRegistrar {
 const MAX_RESPONSE_LEN: usize = 256 * 1024;
 
 impl QuicRegistrar {
-    /// A registrar for `tracker`, presenting `identity` and `credential`.
+    /// A registrar for `tracker` (`host:port`, resolved at each connect),
+    /// presenting `identity` and `credential`.
     pub fn new(
         endpoint: quinn::Endpoint,
-        tracker: SocketAddr,
+        tracker: impl Into<String>,
         identity: &PeerIdentity,
         credential: Vec<u8>,
     ) -> Result<Self, RegisterError> {
+        let tracker = tracker.into();
+        split_host_port(&tracker).map_err(|reason| RegisterError::Resolve {
+            address: tracker.clone(),
+            reason,
+        })?;
         let tls = identity
             .client_config(loaves_proto::ALPN_TRACKER)
             .map_err(|e| RegisterError::Setup(e.to_string()))?;
@@ -123,9 +206,15 @@ impl QuicRegistrar {
         {
             return Ok(connection.clone());
         }
+        let address = resolve(
+            &self.tracker,
+            self.endpoint.local_addr().ok(),
+            RESOLVE_TIMEOUT.min(self.timeout),
+        )
+        .await?;
         let connecting = self
             .endpoint
-            .connect_with(self.client.clone(), self.tracker, identity::SERVER_NAME)
+            .connect_with(self.client.clone(), address, identity::SERVER_NAME)
             .map_err(|e| RegisterError::Connection(e.to_string()))?;
         let connection = tokio::time::timeout(self.timeout, connecting)
             .await
@@ -254,5 +343,52 @@ pub async fn registration_loop<R: Registrar>(
         if *stop.borrow() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            split_host_port("tracker-0.tracker:4433").unwrap(),
+            ("tracker-0.tracker", 4433)
+        );
+        assert_eq!(split_host_port("127.0.0.1:9").unwrap(), ("127.0.0.1", 9));
+        assert_eq!(split_host_port("[::1]:4433").unwrap(), ("::1", 4433));
+        for bad in [
+            "tracker",
+            "tracker:",
+            ":4433",
+            "tracker:0",
+            "tracker:99999",
+            "a b:1",
+        ] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn resolves_names_and_literals() {
+        let v4 = Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let timeout = Duration::from_secs(5);
+        assert_eq!(
+            resolve("localhost:4433", v4, timeout).await.unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], 4433))
+        );
+        assert_eq!(
+            resolve("192.0.2.1:1", v4, timeout).await.unwrap(),
+            SocketAddr::from(([192, 0, 2, 1], 1))
+        );
+        let error = resolve("no-such-host.invalid:4433", v4, timeout)
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("no-such-host.invalid"),
+            "{error}"
+        );
     }
 }
