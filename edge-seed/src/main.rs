@@ -1,5 +1,6 @@
 //! `edge-seed`: the Loaves origin. `edge-seed package` protects and signs a
-//! CMAF presentation.
+//! CMAF presentation; `edge-seed serve` runs the seed; `edge-seed credential`
+//! mints a seed's signed credential.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use loaves_proto::manifest::Scheme;
 #[command(
     name = "edge-seed",
     version,
-    about = "Loaves origin: CENC packager for CMAF presentations"
+    about = "Loaves origin: CENC packager for CMAF presentations, and the edge seed"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +45,9 @@ enum Command {
     /// packaged titles, with verified origin pulls, caches, live prefetch and
     /// tracker registration (see `edge_seed::serve`).
     Serve(edge_seed::serve::cli::ServeArgs),
+    /// Mint the signed seed credential an edge seed presents to trackers
+    /// and viewers (operators' tool; signed with the license server's key).
+    Credential(edge_seed::serve::cli::CredentialArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -165,6 +169,7 @@ fn main() -> Result<()> {
         Command::Live(args) => run_live(args),
         Command::Synth(args) => run_synth(args),
         Command::Serve(args) => Ok(edge_seed::serve::cli::run(args)?),
+        Command::Credential(args) => Ok(edge_seed::serve::cli::run_credential(&args)?),
     }
 }
 
