@@ -285,6 +285,9 @@ fn manifests_give_the_binaries_what_they_read() {
         check_pod(&docs, license, "license-server.toml", "metrics_listen");
         let tracker = find(&docs, "StatefulSet", "loaves-tracker");
         check_pod(&docs, tracker, "tracker.toml", "http_listen");
+        let seed = find(&docs, "Deployment", "loaves-edge-seed");
+        check_pod(&docs, seed, "edge-seed.toml", "http_listen");
+        check_seed(&overlay, &docs, seed, tracker);
 
         // License server listeners are container ports.
         let config: toml::Value = toml::from_str(
@@ -340,6 +343,119 @@ fn manifests_give_the_binaries_what_they_read() {
     }
 }
 
+/// The edge seed: QUIC on a UDP port reachable from outside (host network
+/// with equal host ports, or a UDP Service of type LoadBalancer/NodePort),
+/// cluster DNS for the tracker names, the tracker list equal to the shard
+/// list (titles map to shards by hashing these very strings), titles the
+/// seed accepts, an advertised address viewers can dial, and the key and
+/// credential from the seed's Secret.
+fn check_seed(overlay: &str, docs: &[Value], seed: &Value, tracker: &Value) {
+    let pod = &seed["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let config: toml::Value = toml::from_str(
+        find_prefix(docs, "ConfigMap", "loaves-edge-seed-config")["data"]["edge-seed.toml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let quic = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "quic")
+        .unwrap();
+    assert_eq!(quic["protocol"], "UDP", "{overlay}: QUIC is UDP");
+    assert_eq!(
+        quic["containerPort"].as_u64().unwrap(),
+        port_of(config["quic_listen"].as_str().unwrap())
+    );
+    assert_eq!(
+        container_port(container, "http"),
+        port_of(config["http_listen"].as_str().unwrap())
+    );
+    let labels = &seed["spec"]["template"]["metadata"]["labels"];
+    if pod["hostNetwork"] == true {
+        for port in container["ports"].as_sequence().unwrap() {
+            assert_eq!(
+                port["hostPort"], port["containerPort"],
+                "{overlay}: host network: hostPort = containerPort"
+            );
+        }
+        assert_eq!(
+            pod["dnsPolicy"], "ClusterFirstWithHostNet",
+            "{overlay}: cluster DNS from the host network"
+        );
+        assert_eq!(
+            seed["spec"]["strategy"]["type"], "Recreate",
+            "{overlay}: host ports are released before the new pod starts"
+        );
+    } else {
+        assert!(
+            docs.iter().any(|d| {
+                d["kind"] == "Service"
+                    && matches!(
+                        d["spec"]["type"].as_str(),
+                        Some("LoadBalancer" | "NodePort")
+                    )
+                    && d["spec"]["selector"]
+                        .as_mapping()
+                        .unwrap()
+                        .iter()
+                        .all(|(k, v)| &labels[k] == v)
+                    && d["spec"]["ports"]
+                        .as_sequence()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["protocol"] == "UDP" && p["targetPort"] == "quic")
+            }),
+            "{overlay}: the seed's QUIC port is not exposed over UDP"
+        );
+    }
+    let tracker_container = &tracker["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "LOAVES_SEED_TRACKERS"),
+        env_value(tracker_container, "LOAVES_TRACKER_SHARDS"),
+        "{overlay}: the seed's trackers are the shard list"
+    );
+    for title in env_value(container, "LOAVES_SEED_TITLES")
+        .unwrap()
+        .split(',')
+    {
+        assert!(
+            !title.is_empty()
+                && title
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            "{overlay}: title {title:?}"
+        );
+    }
+    let advertise = env_value(container, "LOAVES_SEED_ADVERTISE").unwrap();
+    assert!(
+        advertise.ends_with(&format!(":{}", quic["containerPort"].as_u64().unwrap())),
+        "{overlay}: advertise {advertise} is the QUIC port"
+    );
+    for field in ["identity_key", "credential"] {
+        let path = config[field].as_str().unwrap();
+        let (dir, _) = path.rsplit_once('/').unwrap();
+        let mount = container["volumeMounts"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == dir)
+            .unwrap();
+        let volume = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap();
+        assert!(
+            volume.get("secret").is_some(),
+            "{overlay}: {field} comes from a Secret"
+        );
+    }
+}
+
 /// The DNS names Prometheus discovers in the cluster are headless Services
 /// of the production overlay, on the metrics port.
 #[test]
@@ -369,5 +485,5 @@ fn prometheus_dns_discovery_matches_the_services() {
             }
         }
     }
-    assert_eq!(checked, 2, "the license server and tracker jobs");
+    assert_eq!(checked, 3, "the license server, tracker and edge seed jobs");
 }

@@ -8,6 +8,12 @@
 //! listen addresses on free local ports), and the binaries are the ones
 //! `cargo build` left in the target directory (scripts/test.d/deploy.sh
 //! builds them). The compose services are started the same way.
+//!
+//! The edge seed's pod needs the world outside it: its titles' packaged
+//! origin is a local directory made here with the real packager, its title
+//! one the emulated tracker shard owns, and the tracker it registers with
+//! is named `localhost:PORT` (a host name the seed resolves, as it resolves
+//! the StatefulSet's names in a cluster).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -237,7 +243,7 @@ impl Material {
     fn new(dir: &Path, store_url: String) -> Self {
         let dir = dir.join("material");
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["license", "entitlement", "tracker"] {
+        for name in ["license", "entitlement", "tracker", "origin"] {
             keygen::write_key_pair(&dir, name, false).unwrap();
         }
         let read = |file: &str| std::fs::read(dir.join(file)).unwrap();
@@ -273,6 +279,7 @@ impl Material {
             read("tracker.key"),
         );
         put("loaves-trust", "license.pub", read("license.pub"));
+        put("loaves-trust", "origin.pub", read("origin.pub"));
         let mut secret_values = BTreeMap::new();
         for (key, value) in [
             ("kek", KEK_HEX.to_owned()),
@@ -292,6 +299,68 @@ impl Material {
     fn license_key(&self) -> SigningKeyPair {
         keygen::read_signing_key(&self.dir.join("license.key")).unwrap()
     }
+
+    /// The seed's key pair and its credential, minted with the real
+    /// `edge-seed credential` as docs/operations.md says, in the Secret
+    /// loaves-edge-seed-identity.
+    fn add_seed(&mut self, edge_seed: &Path) {
+        keygen::write_key_pair(&self.dir, "seed", false).unwrap();
+        let credential = self.dir.join("seed.credential");
+        let output = Command::new(edge_seed)
+            .arg("credential")
+            .arg("--operator-key")
+            .arg(self.dir.join("license.key"))
+            .arg("--seed-key")
+            .arg(self.dir.join("seed.pub"))
+            .args(["--name", "seed-0", "--region", "eu-west", "--isp", "isp-a"])
+            .args(["--title", "*", "--valid-days", "30", "--out"])
+            .arg(&credential)
+            .output()
+            .unwrap();
+        common::assert_success("edge-seed credential", &output);
+        let secret = self
+            .objects
+            .entry("loaves-edge-seed-identity".to_owned())
+            .or_default();
+        secret.insert(
+            "seed.key".to_owned(),
+            std::fs::read(self.dir.join("seed.key")).unwrap(),
+        );
+        secret.insert(
+            "seed.credential".to_owned(),
+            std::fs::read(credential).unwrap(),
+        );
+    }
+}
+
+/// Packages a small synthetic `title` into `origin/title` with the real
+/// packager (development key source: the seed never sees content keys).
+fn package_title(edge_seed: &Path, origin: &Path, title: &str, origin_key: &Path) {
+    let clear = origin.with_extension("clear");
+    let output = Command::new(edge_seed)
+        .arg("synth")
+        .arg(&clear)
+        .args([
+            "--duration-s",
+            "6",
+            "--video",
+            "320x180:200000",
+            "--audio-bitrate",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    common::assert_success("edge-seed synth", &output);
+    let output = Command::new(edge_seed)
+        .arg("package")
+        .arg(&clear)
+        .arg("-o")
+        .arg(origin.join(title))
+        .args(["-t", title, "--key-source", "local", "-q", "--origin-key"])
+        .arg(origin_key)
+        .output()
+        .unwrap();
+    common::assert_success("edge-seed package", &output);
 }
 
 /// A fresh database for one server: on the PostgreSQL of scripts/test
@@ -470,6 +539,8 @@ fn emulate_pod(
                 .clone()
         } else if var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
             pod_name.to_owned()
+        } else if var["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP" {
+            "127.0.0.1".to_owned()
         } else {
             panic!("env {name}: unsupported source");
         };
@@ -515,9 +586,10 @@ fn env_of<'a>(pod: &'a Pod, name: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_use() {
-    let (Some(license_bin), Some(tracker_bin)) = (
+    let (Some(license_bin), Some(tracker_bin), Some(seed_bin)) = (
         binary("license-server", "license-server"),
         binary("loaves-tracker", "tracker"),
+        binary("edge-seed", "edge-seed"),
     ) else {
         return;
     };
@@ -528,7 +600,8 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    let material = Material::new(tmp.path(), store_url(tmp.path(), "k8s"));
+    let mut material = Material::new(tmp.path(), store_url(tmp.path(), "k8s"));
+    material.add_seed(&seed_bin);
     let docs = yaml_documents(&deploy().join("k8s/rendered/production.yaml"));
     let find = |kind: &str, name: &str| {
         docs.iter()
@@ -701,12 +774,106 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
         let _ = bad.announce(announce(pb::StatsDelta::default())).await;
     }
 
+    // Edge seed pod, serving a title of this shard from a local origin and
+    // registering with the tracker by host name.
+    let seed_workload = find("Deployment", "loaves-edge-seed");
+    let mut pod = emulate_pod(&docs, seed_workload, "seed-0", &material, tmp.path());
+    let seed_config: toml::Value = toml::from_str(
+        &std::fs::read_to_string(
+            pod.args
+                .iter()
+                .find(|a| a.ends_with("edge-seed.toml"))
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let origin = tmp.path().join("origin");
+    package_title(&seed_bin, &origin, &title, &material.dir.join("origin.key"));
+    let (seed_quic, seed_http) = (free_udp(), free_tcp());
+    for (k, v) in [
+        ("LOAVES_SEED_QUIC_LISTEN", seed_quic.to_string()),
+        ("LOAVES_SEED_HTTP_LISTEN", seed_http.to_string()),
+        ("LOAVES_SEED_ORIGIN", origin.display().to_string()),
+        ("LOAVES_SEED_TITLES", title.clone()),
+        ("LOAVES_SEED_TRACKERS", format!("localhost:{}", quic.port())),
+        ("LOAVES_SEED_LOG", "info,edge_seed=debug".to_owned()),
+    ] {
+        pod.env.push((k.to_owned(), v));
+    }
+    let mut seed = Server::start(
+        "edge-seed",
+        &seed_bin,
+        &pod.args,
+        &pod.env,
+        tmp.path().join("seed.log"),
+    );
+    seed.wait_healthy(seed_http);
+    // HTTP origin role: a segment twice (origin pull, then a cache hit),
+    // then a segment corrupted at the origin (refused, counted).
+    let rendition = std::fs::read_dir(origin.join(&title))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().join("manifest.lvm").is_file())
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let segment = |n: u32| format!("/{title}/{rendition}/seg_{n:05}.m4s");
+    for _ in 0..2 {
+        let (status, _) = http(seed_http, "GET", &segment(0), "").unwrap();
+        assert_eq!(status, 200, "{}", seed.log());
+    }
+    let corrupt = origin.join(&title).join(&rendition).join("seg_00001.m4s");
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&corrupt, bytes).unwrap();
+    let (status, _) = http(seed_http, "GET", &segment(1), "").unwrap();
+    assert_eq!(status, 502, "a corrupt origin segment is never served");
+    // Capacity: one QUIC connection more than max_connections_per_ip from
+    // this address is refused before the handshake.
+    let per_ip = seed_config["capacity"]["max_connections_per_ip"]
+        .as_integer()
+        .unwrap() as usize;
+    let peer = PeerIdentity::new(&SigningKeyPair::generate().unwrap()).unwrap();
+    let client_config = loaves_proto::peerwire::client_config(
+        &peer,
+        &loaves_proto::peerwire::TransportOptions::default(),
+    )
+    .unwrap();
+    let endpoint =
+        loaves_proto::peerwire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let attempts: Vec<_> = (0..=per_ip)
+        .map(|_| {
+            let connecting = endpoint
+                .connect_with(
+                    client_config.clone(),
+                    seed_quic,
+                    loaves_proto::identity::SERVER_NAME,
+                )
+                .unwrap();
+            tokio::spawn(
+                async move { tokio::time::timeout(Duration::from_secs(4), connecting).await },
+            )
+        })
+        .collect();
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(Ok(connection)) => held.push(connection),
+            _ => refused += 1,
+        }
+    }
+    assert!(refused >= 1, "{per_ip} + 1 connections from one address");
+
     // Scrape until every referenced series is there (swarm gauges appear
     // at the next housekeeping round).
     let deadline = Instant::now() + Duration::from_secs(30);
     let missing = loop {
         let mut exposed = BTreeSet::new();
-        for addr in [ops, tracker_http] {
+        for addr in [ops, tracker_http, seed_http] {
             let (status, body) = http(addr, "GET", "/metrics", "").unwrap();
             assert_eq!(status, 200);
             exposed.extend(exposed_names(&body));
@@ -719,9 +886,18 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
     };
     assert!(
         missing.is_empty(),
-        "series the rules or dashboards read that the servers do not expose: {missing:?}"
+        "series the rules or dashboards read that the servers do not expose: {missing:?}\n{}",
+        seed.log()
     );
     drop(connection);
+    drop(held);
+    // The seed registered with the tracker it found by name.
+    let (_, seed_metrics) = http(seed_http, "GET", "/metrics", "").unwrap();
+    assert!(
+        seed_metrics.contains(r#"loaves_seed_tracker_registrations_total{result="ok"}"#),
+        "{seed_metrics}\n{}",
+        seed.log()
+    );
 
     // Graceful stop within the pods' terminationGracePeriodSeconds.
     let grace = |name: &str, kind: &str| {
@@ -731,6 +907,7 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
                 .unwrap(),
         )
     };
+    seed.terminate(grace("loaves-edge-seed", "Deployment"));
     tracker.terminate(grace("loaves-tracker", "StatefulSet"));
     license.terminate(grace("loaves-license-server", "Deployment"));
 }
@@ -799,9 +976,11 @@ fn map_config_files(service: &mut ComposeService, dir: &Path) {
 
 #[test]
 fn compose_services_start_with_their_configuration() {
-    let (Some(license_bin), Some(tracker_bin)) = (
+    let (Some(license_bin), Some(tracker_bin), Some(seed_bin), Some(_)) = (
         binary("license-server", "license-server"),
         binary("loaves-tracker", "tracker"),
+        binary("edge-seed", "edge-seed"),
+        binary("loaves-keygen", "loaves-proto"),
     ) else {
         return;
     };
@@ -870,6 +1049,66 @@ fn compose_services_start_with_their_configuration() {
         tracker_server.log()
     );
 
+    // seed-setup: its script, with the image's binaries on PATH, signs
+    // the seed's credential with the license key the license server made.
+    let setup = compose_service(&compose, "seed-setup", tmp.path());
+    let entrypoint: Vec<&str> = compose["services"]["seed-setup"]["entrypoint"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(entrypoint, ["/bin/bash", "-euc"]);
+    assert_eq!(setup.args.len(), 1, "one script");
+    let path = format!("{}:/usr/bin:/bin", target_dir().display());
+    let output = Command::new("bash")
+        .arg("-euc")
+        .arg(&setup.args[0])
+        .env_clear()
+        .env("PATH", path)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    common::assert_success("seed-setup", &output);
+
+    // The edge seed, registering with the tracker (the compose name
+    // `tracker` is localhost here).
+    let mut seed = compose_service(&compose, "edge-seed", tmp.path());
+    map_config_files(&mut seed, tmp.path());
+    let (seed_quic, seed_http) = (free_udp(), free_tcp());
+    seed.env
+        .push(("LOAVES_SEED_QUIC_LISTEN".into(), seed_quic.to_string()));
+    seed.env
+        .push(("LOAVES_SEED_HTTP_LISTEN".into(), seed_http.to_string()));
+    seed.env.push((
+        "LOAVES_SEED_TRACKERS".into(),
+        format!("localhost:{}", quic.port()),
+    ));
+    let mut seed_server = Server::start(
+        "edge-seed",
+        &seed_bin,
+        &seed.args,
+        &seed.env,
+        tmp.path().join("seed.log"),
+    );
+    seed_server.wait_healthy(seed_http);
+    let (status, _) = http(seed_http, "GET", "/demo/master.m3u8", "").unwrap();
+    assert_eq!(status, 200, "{}", seed_server.log());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http(seed_http, "GET", "/metrics", "").unwrap();
+        if body.contains(r#"loaves_seed_tracker_registrations_total{result="ok"}"#) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seed never registered:\n{}",
+            seed_server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    seed_server.terminate(Duration::from_secs(30));
     tracker_server.terminate(Duration::from_secs(15));
     license_server.terminate(Duration::from_secs(30));
 }

@@ -30,7 +30,10 @@ fn units() -> Vec<(PathBuf, String, Vec<String>)> {
             .collect();
         out.push((unit, binary, flags));
     }
-    assert!(out.len() >= 2, "the license server and tracker units");
+    assert!(
+        out.len() >= 3,
+        "the license server, tracker and edge seed units"
+    );
     out
 }
 
@@ -56,7 +59,8 @@ fn unit_flags_exist_in_the_binaries() {
             return;
         };
         let mut command = Command::new(&path);
-        if binary == "license-server" {
+        // Both run their `serve` subcommand.
+        if binary == "license-server" || binary == "edge-seed" {
             command.arg("serve");
         }
         let output = run(command.arg("--help"));
