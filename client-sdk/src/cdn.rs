@@ -113,13 +113,23 @@ impl CdnClient {
 
     /// Fetches `path` (relative to the base URLs), or `range` of it.
     pub async fn fetch(&self, path: &str, range: Option<ByteRange>) -> Result<Bytes, CdnError> {
+        self.with_failover(path, |url| async move { self.fetch_one(&url, range).await })
+            .await
+    }
+
+    /// Tries `attempt` on each base URL's version of `path`, the one that
+    /// last worked first.
+    async fn with_failover<F, Fut>(&self, path: &str, attempt: F) -> Result<Bytes, CdnError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, CdnError>>,
+    {
         let bases = &self.config.base_urls;
         let first = self.preferred.load(Ordering::Relaxed) % bases.len();
         let mut last_error = None;
         for offset in 0..bases.len() {
             let index = (first + offset) % bases.len();
-            let url = join(&bases[index], path);
-            match self.fetch_one(&url, range).await {
+            match attempt(join(&bases[index], path)).await {
                 Ok(bytes) => {
                     self.preferred.store(index, Ordering::Relaxed);
                     return Ok(bytes);
@@ -133,6 +143,91 @@ impl CdnClient {
         Err(CdnError::AllFailed(Box::new(
             last_error.unwrap_or(CdnError::NoBaseUrl),
         )))
+    }
+
+    /// The bytes of `path` from `offset` to its current end: how a growing
+    /// file (a live manifest) is followed. Empty when nothing was added
+    /// (`416`, or a body no longer than `offset`). A server that ignores
+    /// `Range` answers the whole file; its first `offset` bytes are dropped
+    /// here (the size cap still bounds what is read).
+    pub async fn fetch_from(&self, path: &str, offset: u64) -> Result<Bytes, CdnError> {
+        self.with_failover(
+            path,
+            |url| async move { self.fetch_tail(&url, offset).await },
+        )
+        .await
+    }
+
+    async fn fetch_tail(&self, url: &str, offset: u64) -> Result<Bytes, CdnError> {
+        let transport = |e: reqwest::Error| CdnError::Transport {
+            url: url.to_owned(),
+            message: e.to_string(),
+        };
+        let mut request = self.http.get(url);
+        if offset > 0 {
+            request = request.header(RANGE, format!("bytes={offset}-"));
+        }
+        let mut response = request.send().await.map_err(transport)?;
+        let skip = match response.status() {
+            StatusCode::RANGE_NOT_SATISFIABLE => return Ok(Bytes::new()),
+            StatusCode::OK => offset,
+            StatusCode::PARTIAL_CONTENT => {
+                let start = response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_content_range)
+                    .map(|(start, _)| start);
+                if start != Some(offset) {
+                    return Err(CdnError::WrongRange {
+                        url: url.to_owned(),
+                        start: offset,
+                        end: u64::MAX,
+                    });
+                }
+                0
+            }
+            status => {
+                return Err(CdnError::Status {
+                    url: url.to_owned(),
+                    status: status.as_u16(),
+                });
+            }
+        };
+        let body = self.read_body(url, &mut response).await?;
+        match usize::try_from(skip) {
+            Ok(skip) if skip < body.len() => Ok(body.slice(skip..)),
+            _ => Ok(Bytes::new()),
+        }
+    }
+
+    /// Reads a body within the size cap.
+    async fn read_body(
+        &self,
+        url: &str,
+        response: &mut reqwest::Response,
+    ) -> Result<Bytes, CdnError> {
+        let max = self.config.max_body_bytes;
+        if response.content_length().is_some_and(|len| len > max) {
+            return Err(CdnError::TooLarge {
+                url: url.to_owned(),
+                max,
+            });
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| CdnError::Transport {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })? {
+            if body.len() as u64 + chunk.len() as u64 > max {
+                return Err(CdnError::TooLarge {
+                    url: url.to_owned(),
+                    max,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
     }
 
     async fn fetch_one(&self, url: &str, range: Option<ByteRange>) -> Result<Bytes, CdnError> {
@@ -149,7 +244,6 @@ impl CdnClient {
         }
         let mut response = request.send().await.map_err(transport)?;
         let status = response.status();
-        let max = self.config.max_body_bytes;
         let wrong_range = |range: ByteRange| CdnError::WrongRange {
             url: url.to_owned(),
             start: range.start,
@@ -179,23 +273,7 @@ impl CdnClient {
                 });
             }
         };
-        if response.content_length().is_some_and(|len| len > max) {
-            return Err(CdnError::TooLarge {
-                url: url.to_owned(),
-                max,
-            });
-        }
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() as u64 + chunk.len() as u64 > max {
-                return Err(CdnError::TooLarge {
-                    url: url.to_owned(),
-                    max,
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let body = body.freeze();
+        let body = self.read_body(url, &mut response).await?;
         match keep {
             None => Ok(body),
             Some(range) => {

@@ -1,8 +1,12 @@
 //! The local player endpoint: HTTP on 127.0.0.1 (random port) serving the
 //! presentation to any stock HLS or DASH player.
 //!
-//! - `GET /master.m3u8`, `GET /manifest.mpd`, `GET /NAME/media.m3u8`: the
-//!   playlists as the CDN published them (fetched once at `open`).
+//! - `GET /master.m3u8`, `GET /manifest.mpd`: as the CDN published them
+//!   (fetched once at `open`).
+//! - `GET /NAME/media.m3u8`: VOD, as the CDN published it; live, rebuilt at
+//!   each request from the verified manifest (a sliding window of the
+//!   newest segments, `EXT-X-ENDLIST` once the final chunk arrived), so a
+//!   player is never offered a segment the SDK could not verify.
 //! - `GET /NAME/init.mp4`: the init segment, verified against the manifest.
 //! - `GET /NAME/seg_NNNNN.m4s`: the segment, pulled through the rendition's
 //!   scheduler (the request moves its playhead) and verified before a single
@@ -25,13 +29,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::session::{Error, Shared, valid_name};
+use crate::session::{Error, Rendition, Shared, lock, valid_name};
 use crate::track::{TrackHandle, WantError, parse_segment_file};
 
 /// Largest ClearKey request body forwarded.
 const MAX_LICENSE_REQUEST: usize = 16 * 1024;
 /// Bound on a forwarded license request.
 const LICENSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Segments in a live playlist's window (HLS asks for at least three
+/// target durations; a few more let a player start further back).
+const LIVE_WINDOW: usize = 6;
 
 #[derive(Clone)]
 struct AppState {
@@ -168,6 +175,17 @@ async fn rendition_file(
         return StatusCode::NOT_FOUND.into_response();
     };
     match file.as_str() {
+        "media.m3u8" if info.live => {
+            let mut response = body(
+                "application/vnd.apple.mpegurl",
+                Bytes::from(live_playlist(info)),
+            );
+            // Players poll it: never let anything cache it.
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            response
+        }
         "media.m3u8" => body("application/vnd.apple.mpegurl", info.media_playlist.clone()),
         "init.mp4" => ranged("video/mp4", info.init.clone(), &headers),
         name => {
@@ -185,6 +203,52 @@ async fn rendition_file(
             }
         }
     }
+}
+
+/// A live media playlist from the verified manifest: the newest
+/// [`LIVE_WINDOW`] segments, the key tags of their key periods as the
+/// origin published them, `EXT-X-ENDLIST` once the manifest is final.
+fn live_playlist(rendition: &Rendition) -> String {
+    use std::fmt::Write;
+    // Lock order: key tags, then the manifest (as the follower takes them).
+    let keys = lock(&rendition.key_lines).clone();
+    let manifest = rendition.manifest();
+    let skip = manifest.segments().len().saturating_sub(LIVE_WINDOW);
+    let window: Vec<_> = manifest.segments().skip(skip).copied().collect();
+    let ended = manifest.is_final();
+    drop(manifest);
+    let longest = window
+        .iter()
+        .map(|s| s.duration_ms)
+        .max()
+        .unwrap_or(0)
+        .max(rendition.typical_ms());
+    let target = longest.div_ceil(1000).max(1);
+    let first = window.first().map_or(0, |s| s.sequence);
+    let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:7\n");
+    let _ = writeln!(out, "#EXT-X-TARGETDURATION:{target}");
+    let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
+    out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI=\"init.mp4\"\n");
+    let mut period = None;
+    for segment in &window {
+        if period != Some(segment.key_period) {
+            if let Some(tags) = keys.get(&segment.key_period) {
+                out.push_str(tags);
+                out.push('\n');
+            }
+            period = Some(segment.key_period);
+        }
+        let _ = writeln!(
+            out,
+            "#EXTINF:{:.3},",
+            f64::from(segment.duration_ms) / 1000.0
+        );
+        let _ = writeln!(out, "{}", crate::track::segment_file(segment.sequence));
+    }
+    if ended {
+        out.push_str("#EXT-X-ENDLIST\n");
+    }
+    out
 }
 
 async fn preflight() -> Response {

@@ -11,7 +11,9 @@
 //!   [`cdn`] client and the verified-segment [`store`].
 //!
 //! Every segment is verified against the origin's signed manifest before it
-//! reaches the player, the store or another peer.
+//! reaches the player, the store or another peer. VOD and live: a live
+//! rendition's manifest is followed as it grows, every appended chunk
+//! verified before any segment it lists is fetched or offered to the player.
 
 pub mod cdn;
 mod endpoint;

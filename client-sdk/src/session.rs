@@ -22,11 +22,17 @@
 //! and outgoing peer connections, [`crate::peers`]), the tracker announcer,
 //! the license heartbeat and the local player endpoint
 //! ([`crate::endpoint`]).
+//!
+//! A rendition whose manifest is not final is live: the session follows it
+//! (new signed chunks verified and appended as the origin publishes them)
+//! until its final chunk; [`Session::is_live`], [`Session::live_edge`] and
+//! [`Session::segment_range`] tell an app where the event is, and
+//! [`crate::player::play_live`] plays it near the edge.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -239,6 +245,24 @@ pub enum Event {
         /// The error.
         message: String,
     },
+    /// New bytes of a live manifest failed verification (bad signature,
+    /// broken chain, malformed): nothing of them was applied, and the
+    /// segments they list are not played. Following goes on (with backoff)
+    /// from the last verified chunk.
+    ManifestRejected {
+        /// Rendition.
+        rendition: String,
+        /// Why.
+        message: String,
+    },
+    /// A live manifest could not be re-read from the CDN (emitted once per
+    /// run of failures; following goes on with backoff).
+    ManifestUnavailable {
+        /// Rendition.
+        rendition: String,
+        /// The error.
+        message: String,
+    },
 }
 
 /// A snapshot of a session's counters.
@@ -289,12 +313,101 @@ pub(crate) struct Counters {
 }
 
 /// One rendition of the presentation, verified.
+///
+/// A live rendition's manifest grows while the session runs: its follower
+/// task ([`crate::track::follow_live`]) appends verified chunks, the track
+/// reads new segments from it and forgets old ones, the player endpoint
+/// rebuilds the live playlist from it. Hence the lock; it is a std lock
+/// because no holder ever awaits (every access is a short, synchronous
+/// read or append).
 #[derive(Debug)]
 pub(crate) struct Rendition {
     pub(crate) name: String,
-    pub(crate) manifest: Manifest,
+    pub(crate) manifest: RwLock<Manifest>,
     pub(crate) init: Bytes,
+    /// The origin's media playlist as fetched at `open` (served as is for
+    /// VOD; a live playlist is rebuilt from the manifest).
     pub(crate) media_playlist: Bytes,
+    /// The manifest was not final at `open`: the rendition is followed.
+    pub(crate) live: bool,
+    /// Bytes of `manifest.lvm` consumed so far (verified and appended, or
+    /// at `open`): where the next range request starts.
+    pub(crate) consumed: AtomicU64,
+    /// Longest segment seen, for `EXT-X-TARGETDURATION` (which must not
+    /// shrink while a live playlist is followed).
+    pub(crate) longest_ms: AtomicU32,
+    /// `EXT-X-KEY` lines per key period, learned from the origin's media
+    /// playlist (the signed manifest names key periods, not key ids).
+    pub(crate) key_lines: Mutex<BTreeMap<u32, String>>,
+}
+
+impl Rendition {
+    /// The verified manifest, for reading.
+    pub(crate) fn manifest(&self) -> RwLockReadGuard<'_, Manifest> {
+        self.manifest.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The verified manifest, for appending or forgetting.
+    pub(crate) fn manifest_mut(&self) -> RwLockWriteGuard<'_, Manifest> {
+        self.manifest.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Typical (longest) segment duration in media milliseconds.
+    pub(crate) fn typical_ms(&self) -> u32 {
+        self.longest_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records segment durations seen (for the target duration).
+    pub(crate) fn saw_durations(&self, durations: impl Iterator<Item = u32>) {
+        for ms in durations {
+            self.longest_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Learns the `EXT-X-KEY` lines of each key period from an origin media
+    /// playlist: the group of key tags in force at a segment belongs to
+    /// that segment's key period (as the verified manifest lists it).
+    /// Returns whether the playlist carried any key tag.
+    pub(crate) fn learn_key_lines(&self, playlist: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(playlist) else {
+            return false;
+        };
+        let mut group: Vec<&str> = Vec::new();
+        let mut new_group = true;
+        let mut any = false;
+        let mut learned = Vec::new();
+        {
+            let manifest = self.manifest();
+            for line in text.lines().map(str::trim) {
+                if line.starts_with("#EXT-X-KEY:") {
+                    any = true;
+                    if new_group {
+                        group.clear();
+                        new_group = false;
+                    }
+                    group.push(line);
+                } else if !line.starts_with('#') && !line.is_empty() {
+                    new_group = true;
+                    if let Some(info) = crate::track::parse_segment_file(line)
+                        .and_then(|sequence| manifest.segment(sequence))
+                        && !group.is_empty()
+                    {
+                        learned.push((info.key_period, group.join("\n")));
+                    }
+                }
+            }
+        }
+        let mut lines = lock(&self.key_lines);
+        for (period, tags) in learned {
+            lines.entry(period).or_insert(tags);
+        }
+        // Bound: a long event rotates keys many times; periods older than
+        // the manifest's oldest segment are of no use any more.
+        if let Some(oldest) = self.manifest().segments().next().map(|s| s.key_period) {
+            lines.retain(|period, _| *period >= oldest);
+        }
+        any
+    }
 }
 
 /// State shared by a session's tasks (tracks, peers, endpoint).
@@ -597,10 +710,15 @@ impl Loaves {
         });
         let mut tracks = HashMap::new();
         for rendition in shared.renditions.values() {
-            tracks.insert(
-                rendition.name.clone(),
-                crate::track::spawn(shared.clone(), rendition.clone()),
-            );
+            let track = crate::track::spawn(shared.clone(), rendition.clone());
+            if rendition.live {
+                tokio::spawn(crate::track::follow_live(
+                    shared.clone(),
+                    rendition.clone(),
+                    track.clone(),
+                ));
+            }
+            tracks.insert(rendition.name.clone(), track);
         }
         let tracks = Arc::new(tracks);
         let peers = if shared.options.p2p {
@@ -672,22 +790,13 @@ async fn fetch_rendition(
     title: &str,
     name: &str,
 ) -> Result<Rendition, Error> {
-    let raw = cdn
-        .fetch(&format!("{title}/{name}/manifest.lvm"), None)
-        .await?;
-    let mut chunks = Vec::new();
-    let mut rest: &[u8] = &raw;
-    while !rest.is_empty() {
-        match loaves_proto::framing::decode_frame(rest, MAX_CHUNK_LEN) {
-            Ok(Some((payload, used))) => {
-                chunks.push(payload);
-                rest = &rest[used..];
-            }
-            Ok(None) => return Err(Error::Presentation(format!("{name}: truncated manifest"))),
-            Err(e) => return Err(Error::Presentation(format!("{name}: manifest: {e}"))),
-        }
+    let raw = cdn.fetch(&manifest_path(title, name), None).await?;
+    let (chunks, used) =
+        manifest_frames(&raw).map_err(|e| Error::Presentation(format!("{name}: manifest: {e}")))?;
+    if used != raw.len() {
+        return Err(Error::Presentation(format!("{name}: truncated manifest")));
     }
-    let manifest = Manifest::from_encoded_chunks(keys, chunks.iter().copied())
+    let mut manifest = Manifest::from_encoded_chunks(keys, chunks.iter().copied())
         .map_err(|e| Error::Presentation(format!("{name}: manifest: {e}")))?;
     if manifest.title() != title || manifest.rendition() != name {
         return Err(Error::Presentation(format!(
@@ -703,12 +812,53 @@ async fn fetch_rendition(
     let media_playlist = cdn
         .fetch(&format!("{title}/{name}/media.m3u8"), None)
         .await?;
-    Ok(Rendition {
+    let live = !manifest.is_final();
+    if live {
+        // A live event may have run for hours: keep only the recent past.
+        let newest = manifest.segments().last().map_or(0, |s| s.sequence);
+        manifest.forget_before(newest.saturating_sub(crate::track::LIVE_HISTORY));
+    }
+    let longest = manifest
+        .segments()
+        .map(|s| s.duration_ms)
+        .max()
+        .unwrap_or(0);
+    let rendition = Rendition {
         name: name.to_owned(),
-        manifest,
+        manifest: RwLock::new(manifest),
         init,
         media_playlist,
-    })
+        live,
+        consumed: AtomicU64::new(used as u64),
+        longest_ms: AtomicU32::new(longest),
+        key_lines: Mutex::new(BTreeMap::new()),
+    };
+    rendition.learn_key_lines(&rendition.media_playlist);
+    Ok(rendition)
+}
+
+/// Where a rendition's signed manifest is, relative to the CDN base.
+pub(crate) fn manifest_path(title: &str, rendition: &str) -> String {
+    format!("{title}/{rendition}/manifest.lvm")
+}
+
+/// Splits `bytes` into length-delimited manifest chunks; returns them and
+/// the bytes they span (a trailing partial frame is left for later).
+pub(crate) fn manifest_frames(
+    bytes: &[u8],
+) -> Result<(Vec<&[u8]>, usize), loaves_proto::framing::FrameError> {
+    let mut chunks = Vec::new();
+    let mut used = 0;
+    while used < bytes.len() {
+        match loaves_proto::framing::decode_frame(&bytes[used..], MAX_CHUNK_LEN)? {
+            Some((payload, n)) => {
+                chunks.push(payload);
+                used += n;
+            }
+            None => break,
+        }
+    }
+    Ok((chunks, used))
 }
 
 /// A stream of session events (bounded: a reader that falls behind by more
@@ -820,26 +970,65 @@ impl Session {
         names
     }
 
-    /// Number of segments of `rendition` (`None`: unknown rendition).
+    /// Number of segments of `rendition` (`None`: unknown rendition). For a
+    /// live rendition: the segments its verified manifest lists now (the
+    /// recent past up to the live edge, see [`Session::segment_range`]).
     pub fn segment_count(&self, rendition: &str) -> Option<usize> {
         self.shared
             .renditions
             .get(rendition)
-            .map(|r| r.manifest.segments().len())
+            .map(|r| r.manifest().segments().len())
     }
 
-    /// Media durations of the segments of `rendition`, in order.
+    /// Media durations of the segments of `rendition`, in order (for a
+    /// live rendition, of those listed now).
     pub fn segment_durations(&self, rendition: &str) -> Vec<Duration> {
         self.shared
             .renditions
             .get(rendition)
             .map(|r| {
-                r.manifest
+                r.manifest()
                     .segments()
                     .map(|s| Duration::from_millis(u64::from(s.duration_ms)))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether `rendition` is live now: its signed manifest is still
+    /// growing (the SDK follows it). False for VOD, for an unknown
+    /// rendition, and once a live event's final chunk arrived.
+    pub fn is_live(&self, rendition: &str) -> bool {
+        self.shared
+            .renditions
+            .get(rendition)
+            .is_some_and(|r| !r.manifest().is_final())
+    }
+
+    /// The live edge of `rendition`: the newest segment its verified
+    /// manifest lists (for VOD, the last segment).
+    pub fn live_edge(&self, rendition: &str) -> Option<u64> {
+        self.segment_range(rendition).map(|r| *r.end())
+    }
+
+    /// The oldest and newest segments the verified manifest of `rendition`
+    /// lists now. A live rendition keeps a bounded recent past, so the
+    /// start moves forward as the event goes on.
+    pub fn segment_range(&self, rendition: &str) -> Option<std::ops::RangeInclusive<u64>> {
+        let r = self.shared.renditions.get(rendition)?;
+        let manifest = r.manifest();
+        let first = manifest.segments().next()?.sequence;
+        let last = manifest.segments().last()?.sequence;
+        Some(first..=last)
+    }
+
+    /// The media duration of one segment, if the verified manifest lists it.
+    pub fn segment_duration(&self, rendition: &str, sequence: u64) -> Option<Duration> {
+        let r = self.shared.renditions.get(rendition)?;
+        let manifest = r.manifest();
+        manifest
+            .segment(sequence)
+            .map(|s| Duration::from_millis(u64::from(s.duration_ms)))
     }
 
     /// Media time per wall time ([`Options::playback_speed`]).

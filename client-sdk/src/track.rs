@@ -9,6 +9,15 @@
 //! the transfers it spawned. A 50 ms tick drives `poll` when nothing else
 //! happens. Time for the scheduler is milliseconds since the task started.
 //!
+//! Live renditions (manifest not final at `open`) have a second, small task,
+//! [`follow_live`], that re-reads the manifest's new bytes (a byte range
+//! from what it already consumed) every half segment, verifies each new
+//! chunk and appends it to the rendition's shared manifest. The track gives
+//! the scheduler (in [`Mode::Live`]) the listed segments from the playhead
+//! to a little past its look-ahead on every tick, and forgets manifest
+//! entries far behind the playhead, so an event of any length takes bounded
+//! memory.
+//!
 //! Invariants:
 //! - Only bytes that verified against the manifest leave this task (to the
 //!   player, the store, or HAVE notices).
@@ -39,6 +48,7 @@ use crate::scheduler::{
 };
 use crate::session::{Event, Rendition, Shared, lock};
 use crate::store::SegmentKey;
+use loaves_proto::manifest::verify_chunk;
 
 /// Bytes asked of a peer per request of a peer transfer.
 const PEER_PIECE: u64 = 64 * 1024;
@@ -51,6 +61,19 @@ pub(crate) const WANT_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an explicit playhead report, player requests stop moving the
 /// playhead for this long.
 const EXPLICIT_PLAYHEAD_HOLD: Duration = Duration::from_secs(3);
+/// Live: segments kept in the manifest behind the playhead (or behind the
+/// live edge for a rendition nobody plays). Older entries are forgotten so
+/// an event of many hours takes bounded memory; the store may still hold
+/// and serve their bytes.
+pub(crate) const LIVE_HISTORY: u64 = 120;
+/// Live: segments past the playhead given to the scheduler (beyond its
+/// look-ahead window they are not needed yet; they are added as it moves).
+const LIVE_AHEAD_SLACK: u64 = 4;
+/// Live manifest polling: bounds of the interval (half a segment).
+const POLL_MIN: Duration = Duration::from_millis(100);
+const POLL_MAX: Duration = Duration::from_secs(5);
+/// Live manifest polling: longest delay after repeated failures.
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 /// The policy chosen at run time (P2P on: deadline-first; off: CDN only).
 #[derive(Debug, Clone)]
@@ -164,6 +187,8 @@ pub(crate) enum TrackMsg {
         transfer: crate::scheduler::TransferId,
         ok: bool,
     },
+    /// The live manifest grew (a nudge: the track also looks on every tick).
+    ManifestGrew,
     Tick,
     Stop,
 }
@@ -225,6 +250,12 @@ struct Track {
     /// The playhead last given to the scheduler.
     playhead: u64,
     limits: Arc<Limits>,
+    /// Live: segments are given to the scheduler as the manifest grows.
+    live: bool,
+    /// Live: the next sequence not yet given to the scheduler.
+    next_add: u64,
+    /// Live: how far past the playhead segments are given to the scheduler.
+    live_ahead: u64,
 }
 
 /// Starts the driver task of `rendition`.
@@ -232,17 +263,17 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
     let (tx, rx) = mpsc::channel(QUEUE);
     let options = &shared.options;
     let speed = options.playback_speed;
-    let typical_ms = rendition
-        .manifest
-        .segments()
-        .map(|s| f64::from(s.duration_ms) / speed)
-        .fold(0.0f64, f64::max)
-        .max(1.0);
+    let typical_ms = (f64::from(rendition.typical_ms()) / speed).max(1.0);
     let lookahead =
         ((options.buffer_target.as_secs_f64() * 1000.0 / speed) / typical_ms).ceil() as u64;
+    let lookahead = lookahead.clamp(1, 64);
     let config = SchedulerConfig {
-        mode: Mode::Vod,
-        lookahead_segments: lookahead.clamp(1, 64),
+        mode: if rendition.live {
+            Mode::Live
+        } else {
+            Mode::Vod
+        },
+        lookahead_segments: lookahead,
         max_peers: options.max_peers,
         seed: u64::from_le_bytes(
             shared.identity.public_key().as_bytes()[..8]
@@ -257,10 +288,18 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         AnyPolicy::CdnOnly(CdnOnly)
     };
     let mut scheduler = Scheduler::new(config, policy);
-    for segment in rendition.manifest.segments() {
-        let duration = (f64::from(segment.duration_ms) / speed).round().max(1.0) as u32;
-        scheduler.add_segment(segment.sequence, segment.size, duration);
+    // VOD: the whole book at once. Live: segments are added near the
+    // playhead as the manifest grows (`sync_live`).
+    if !rendition.live {
+        for segment in rendition.manifest().segments() {
+            scheduler.add_segment(
+                segment.sequence,
+                segment.size,
+                scaled(segment.duration_ms, speed),
+            );
+        }
     }
+    let live = rendition.live;
     let track = Track {
         shared,
         rendition,
@@ -275,6 +314,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         explicit_playhead_at: None,
         playhead: 0,
         limits: Arc::new(Limits::default()),
+        live,
+        next_add: 0,
+        live_ahead: lookahead + LIVE_AHEAD_SLACK,
     };
     tokio::spawn(track.run(rx));
     TrackHandle { tx }
@@ -333,9 +375,10 @@ impl Track {
             } => {
                 self.active = true;
                 self.explicit_playhead_at = Some(Instant::now());
-                self.playhead = sequence;
+                self.move_playhead(sequence);
                 self.scheduler
                     .set_playhead(now, sequence, offset_ms, playing);
+                self.sync_live();
             }
             TrackMsg::PeerUp { peer, info, link } => {
                 self.scheduler.add_peer(peer, info);
@@ -366,29 +409,84 @@ impl Track {
                 }
             }
             TrackMsg::Done { transfer, ok } => self.finish(transfer, ok),
-            TrackMsg::Tick | TrackMsg::Stop => {}
+            TrackMsg::Tick | TrackMsg::ManifestGrew => self.sync_live(),
+            TrackMsg::Stop => {}
         }
     }
 
-    fn want(&mut self, sequence: u64, reply: oneshot::Sender<Result<Bytes, WantError>>) {
-        let Some(info) = self.rendition.manifest.segment(sequence) else {
-            let _ = reply.send(Err(WantError::NotFound));
+    /// Live: gives the scheduler the listed segments from the playhead to
+    /// `live_ahead` past it, and forgets what is far behind (manifest
+    /// entries, kept transfer prefixes) so memory stays bounded however
+    /// long the event runs.
+    fn sync_live(&mut self) {
+        if !self.live {
             return;
+        }
+        let speed = self.shared.options.playback_speed;
+        let mut fresh = Vec::new();
+        let (oldest, newest) = {
+            let manifest = self.rendition.manifest();
+            let oldest = manifest.segments().next().map(|s| s.sequence);
+            let newest = manifest.segments().last().map(|s| s.sequence);
+            if self.active {
+                let from = self.next_add.max(self.playhead);
+                let to = self.playhead.saturating_add(self.live_ahead);
+                for sequence in from..to {
+                    let Some(info) = manifest.segment(sequence) else {
+                        break;
+                    };
+                    fresh.push((sequence, info.size, scaled(info.duration_ms, speed)));
+                }
+            }
+            (oldest, newest)
         };
-        let (size, duration_ms) = (info.size, info.duration_ms);
+        if let Some(&(last, _, _)) = fresh.last() {
+            self.next_add = last + 1;
+        }
+        for (sequence, size, duration) in fresh {
+            self.scheduler.add_segment(sequence, size, duration);
+        }
+        let Some(newest) = newest else { return };
+        let anchor = if self.active {
+            self.playhead.min(newest)
+        } else {
+            newest
+        };
+        let floor = anchor.saturating_sub(LIVE_HISTORY);
+        if oldest.is_some_and(|oldest| oldest < floor) {
+            self.rendition.manifest_mut().forget_before(floor);
+        }
+        self.partials.retain(|sequence, _| *sequence >= floor);
+        self.waiters.retain(|_, waiters| {
+            waiters.retain(|w| !w.is_closed());
+            !waiters.is_empty()
+        });
+    }
+
+    fn want(&mut self, sequence: u64, reply: oneshot::Sender<Result<Bytes, WantError>>) {
         let key = SegmentKey {
             rendition: self.rendition.name.clone(),
             sequence,
         };
+        // Only verified bytes are stored: a held segment is served even if
+        // a live manifest has forgotten its entry since.
         if let Some(bytes) = lock(&self.shared.store).get(&key) {
             let _ = reply.send(Ok(bytes));
             return;
         }
+        let Some((size, duration_ms)) = self
+            .rendition
+            .manifest()
+            .segment(sequence)
+            .map(|info| (info.size, info.duration_ms))
+        else {
+            let _ = reply.send(Err(WantError::NotFound));
+            return;
+        };
         self.active = true;
         // A segment behind the playhead may have left the scheduler's book
         // (seek back) or the store (eviction): make it wanted again.
-        let speed = self.shared.options.playback_speed;
-        let duration = (f64::from(duration_ms) / speed).round().max(1.0) as u32;
+        let duration = scaled(duration_ms, self.shared.options.playback_speed);
         self.scheduler.add_segment(sequence, size, duration);
         if self.scheduler.is_held(sequence) {
             self.scheduler.forget_held(sequence);
@@ -401,7 +499,7 @@ impl Track {
             // it is the playhead.
             let now = self.now();
             self.scheduler.set_playhead(now, sequence, 0, true);
-            self.playhead = sequence;
+            self.move_playhead(sequence);
         }
         let waiters = self.waiters.entry(sequence).or_default();
         waiters.retain(|w| !w.is_closed());
@@ -410,6 +508,15 @@ impl Track {
         } else {
             waiters.push(reply);
         }
+    }
+
+    /// Records the playhead; a jump back (seek) makes live segments from
+    /// there on be given to the scheduler again.
+    fn move_playhead(&mut self, sequence: u64) {
+        if sequence < self.playhead {
+            self.next_add = self.next_add.min(sequence);
+        }
+        self.playhead = sequence;
     }
 
     fn execute(&mut self, actions: Vec<Action>) {
@@ -468,7 +575,7 @@ impl Track {
                 );
                 let size = self
                     .rendition
-                    .manifest
+                    .manifest()
                     .segment(sequence)
                     .map_or(0, |s| s.size);
                 let asked = (range.start > 0 || range.end < size).then_some(range);
@@ -552,7 +659,7 @@ impl Track {
         let sequence = transfer.sequence;
         let verified = self
             .rendition
-            .manifest
+            .manifest()
             .verify_segment(sequence, &bytes)
             .is_ok();
         if !verified {
@@ -637,6 +744,118 @@ async fn peer_transfer(
         at = end;
     }
     true
+}
+
+/// A media duration in scheduler milliseconds (wall time at the playback
+/// speed), at least 1.
+fn scaled(duration_ms: u32, speed: f64) -> u32 {
+    (f64::from(duration_ms) / speed).round().max(1.0) as u32
+}
+
+/// Follows a live rendition's manifest until it is final or the session
+/// stops: every half segment (wall time at the playback speed, bounded),
+/// asks the CDN for the bytes past those already consumed, verifies each
+/// new chunk and appends it to the shared manifest, then nudges the track.
+/// A chunk that fails verification is never applied: an event is emitted
+/// and following resumes from the last good chunk, with backoff (the
+/// origin may correct the file). Fetch failures back off the same way.
+pub(crate) async fn follow_live(
+    shared: Arc<Shared>,
+    rendition: Arc<Rendition>,
+    track: TrackHandle,
+) {
+    let path = crate::session::manifest_path(&shared.title, &rendition.name);
+    let playlist_path = format!("{}/{}/media.m3u8", shared.title, rendition.name);
+    // Key tags are learned from the origin's playlist only if it has any.
+    let keyed = !lock(&rendition.key_lines).is_empty();
+    let mut shutdown = shared.shutdown.clone();
+    let mut failures: u32 = 0;
+    loop {
+        let typical = match rendition.typical_ms() {
+            0 => 2_000,
+            ms => ms,
+        };
+        let half = Duration::from_millis(u64::from(typical) / 2)
+            .div_f64(shared.options.playback_speed)
+            .clamp(POLL_MIN, POLL_MAX);
+        let delay = (half * 2u32.pow(failures.min(6))).min(POLL_BACKOFF_MAX.max(half));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = crate::session::stopped(&mut shutdown) => return,
+        }
+        let offset = rendition.consumed.load(Ordering::Relaxed);
+        let tail = match shared.cdn.fetch_from(&path, offset).await {
+            Ok(tail) => tail,
+            Err(error) => {
+                if failures == 0 {
+                    shared.emit(Event::ManifestUnavailable {
+                        rendition: rendition.name.clone(),
+                        message: error.to_string(),
+                    });
+                }
+                failures = failures.saturating_add(1);
+                continue;
+            }
+        };
+        match append_chunks(&shared, &rendition, &tail) {
+            Ok(0) => failures = 0,
+            Ok(_) => {
+                failures = 0;
+                track.send(TrackMsg::ManifestGrew);
+                if keyed && missing_key_lines(&rendition) {
+                    // The playlist is written after the manifest: a period
+                    // still missing is looked for again at the next poll.
+                    if let Ok(playlist) = shared.cdn.fetch(&playlist_path, None).await {
+                        rendition.learn_key_lines(&playlist);
+                    }
+                }
+            }
+            Err(message) => {
+                shared.emit(Event::ManifestRejected {
+                    rendition: rendition.name.clone(),
+                    message,
+                });
+                failures = failures.saturating_add(1);
+            }
+        }
+        if rendition.manifest().is_final() {
+            track.send(TrackMsg::ManifestGrew);
+            return;
+        }
+    }
+}
+
+/// Verifies and appends the whole chunks in `tail` (the manifest file's
+/// bytes past those consumed); returns how many were appended. Stops at the
+/// first chunk that fails: it and everything after it are left unapplied
+/// and unconsumed.
+fn append_chunks(shared: &Shared, rendition: &Rendition, tail: &[u8]) -> Result<usize, String> {
+    let (frames, _) = crate::session::manifest_frames(tail).map_err(|e| e.to_string())?;
+    let mut appended = 0;
+    for frame in frames {
+        let chunk =
+            verify_chunk(&shared.options.manifest_keys, frame).map_err(|e| e.to_string())?;
+        let durations: Vec<u32> = chunk.segments.iter().map(|s| s.duration_ms).collect();
+        rendition
+            .manifest_mut()
+            .append(chunk)
+            .map_err(|e| e.to_string())?;
+        rendition.saw_durations(durations.into_iter());
+        // The frame's prefix and payload are now consumed.
+        let frame_len = (frame.len() + loaves_proto::framing::LENGTH_PREFIX_LEN) as u64;
+        rendition.consumed.fetch_add(frame_len, Ordering::Relaxed);
+        appended += 1;
+    }
+    Ok(appended)
+}
+
+/// Whether a listed segment's key period has no known key tags.
+fn missing_key_lines(rendition: &Rendition) -> bool {
+    let known = lock(&rendition.key_lines);
+    let manifest = rendition.manifest();
+    manifest
+        .segments()
+        .any(|s| !known.contains_key(&s.key_period))
 }
 
 /// The file name of segment `sequence` in the packager's layout.

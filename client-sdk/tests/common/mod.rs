@@ -332,3 +332,101 @@ impl Stack {
         out
     }
 }
+
+impl Stack {
+    /// The license server's key service, as a packager uses it (blocking:
+    /// call it from a thread of its own, not from the async runtime).
+    pub fn packager_keys(&self) -> GrpcKeySource {
+        key_source(&self.license)
+    }
+}
+
+/// An HTTP origin over `root` like [`serve_origin`], with full single-range
+/// semantics for following growing files: `bytes=a-` and `bytes=a-b`
+/// (clamped to the file), `416` with `Content-Range: bytes */LEN` when
+/// `a` is past the end. While `ignore_range` is set it answers every
+/// request with the whole file (`200`), like a server without range support.
+pub async fn serve_live_origin(
+    root: PathBuf,
+    ignore_range: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    #[derive(Clone)]
+    struct Origin {
+        root: Arc<PathBuf>,
+        ignore_range: Arc<std::sync::atomic::AtomicBool>,
+    }
+    async fn file(
+        State(origin): State<Origin>,
+        UrlPath((title, rendition, name)): UrlPath<(String, String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        answer(&origin, &[&title, &rendition, &name], &headers)
+    }
+    async fn top(
+        State(origin): State<Origin>,
+        UrlPath((title, name)): UrlPath<(String, String)>,
+        headers: HeaderMap,
+    ) -> Response {
+        answer(&origin, &[&title, &name], &headers)
+    }
+    fn answer(origin: &Origin, parts: &[&str], headers: &HeaderMap) -> Response {
+        if parts.iter().any(|p| p.contains("..")) {
+            return StatusCode::NOT_FOUND.into_response();
+        }
+        let path = parts
+            .iter()
+            .fold(origin.root.to_path_buf(), |p, s| p.join(s));
+        let Ok(body) = std::fs::read(path) else {
+            return StatusCode::NOT_FOUND.into_response();
+        };
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'));
+        let ignore = origin
+            .ignore_range
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let (Some((a, b)), false) = (range, ignore) else {
+            return body.into_response();
+        };
+        let len = body.len();
+        let Ok(start) = a.parse::<usize>() else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        if start >= len {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
+        }
+        let end = match b {
+            "" => len,
+            b => match b.parse::<usize>() {
+                Ok(b) if b >= start => (b + 1).min(len),
+                _ => return StatusCode::BAD_REQUEST.into_response(),
+            },
+        };
+        (
+            StatusCode::PARTIAL_CONTENT,
+            [(
+                header::CONTENT_RANGE,
+                format!("bytes {start}-{}/{len}", end - 1),
+            )],
+            body[start..end].to_vec(),
+        )
+            .into_response()
+    }
+    let router = Router::new()
+        .route("/{title}/{name}", get(top))
+        .route("/{title}/{rendition}/{name}", get(file))
+        .with_state(Origin {
+            root: Arc::new(root),
+            ignore_range,
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
