@@ -179,6 +179,10 @@ pub(crate) enum TrackMsg {
     PeerDown {
         peer: PeerId,
     },
+    /// Viewers in the swarm, as the tracker counts them.
+    SwarmSize {
+        viewers: usize,
+    },
     Piece {
         transfer: crate::scheduler::TransferId,
         bytes: Bytes,
@@ -398,6 +402,7 @@ impl Track {
                 self.peers.remove(&peer);
                 self.scheduler.remove_peer(peer);
             }
+            TrackMsg::SwarmSize { viewers } => self.scheduler.set_swarm_size(viewers),
             TrackMsg::Piece { transfer, bytes } => {
                 if let Some(t) = self.transfers.get_mut(&transfer) {
                     // The source cannot send more than the range asked.

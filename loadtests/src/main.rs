@@ -1,10 +1,11 @@
-//! `loadtests`: the simulator today; the demo and swarm scenarios next.
+//! `loadtests`: the demo and the simulator (swarm scenarios next).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use loaves_loadtests::demo::{self, DemoConfig};
 use loaves_loadtests::sim::{SimConfig, Simulation};
 
 #[derive(Debug, Parser)]
@@ -16,6 +17,32 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole platform on this machine: license server, live packager,
+    /// tracker, an edge seed as seed and CDN origin, and a crowd of viewers
+    /// joining a live stream one after another. Prints offload and quality.
+    Demo {
+        /// Viewers in the crowd.
+        #[arg(long, default_value_t = 20)]
+        viewers: usize,
+        /// Seconds each viewer watches.
+        #[arg(long, default_value_t = 50)]
+        watch_s: u64,
+        /// Milliseconds between two viewers joining.
+        #[arg(long, default_value_t = 1500)]
+        join_interval_ms: u64,
+        /// Run the crowd with P2P off (every byte from the CDN): the baseline.
+        #[arg(long, conflicts_with = "with_baseline")]
+        cdn_only: bool,
+        /// Run the crowd twice, P2P on then off, and report both.
+        #[arg(long)]
+        with_baseline: bool,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// No progress display.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Simulate a live event in virtual time with the real scheduler and the
     /// real tracker swarm book, and print the report (JSON).
     Sim {
@@ -42,6 +69,25 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
+        Command::Demo {
+            viewers,
+            watch_s,
+            join_interval_ms,
+            cdn_only,
+            with_baseline,
+            report,
+            quiet,
+        } => {
+            let config = DemoConfig {
+                viewers,
+                watch: std::time::Duration::from_secs(watch_s),
+                join_interval: std::time::Duration::from_millis(join_interval_ms),
+                p2p: !cdn_only,
+                progress: !quiet,
+                ..DemoConfig::default()
+            };
+            run_demo(&config, with_baseline, report.as_deref())
+        }
         Command::Sim {
             config,
             viewers,
@@ -96,4 +142,66 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn run_demo(
+    config: &DemoConfig,
+    with_baseline: bool,
+    report_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let (report, outcomes) = runtime.block_on(demo::run(config))?;
+    let baseline = if with_baseline {
+        let cdn_only = DemoConfig {
+            p2p: false,
+            ..config.clone()
+        };
+        eprintln!("\nthe same crowd with P2P off (baseline):");
+        Some(runtime.block_on(demo::run(&cdn_only))?)
+    } else {
+        None
+    };
+    for outcome in outcomes
+        .iter()
+        .chain(baseline.iter().flat_map(|(_, o)| o.iter()))
+    {
+        if let Some(error) = &outcome.error {
+            eprintln!("{}: {error}", outcome.account);
+        }
+    }
+    println!();
+    print!(
+        "{}",
+        demo::table(&report, baseline.as_ref().map(|(r, _)| r))
+    );
+    if let Some(path) = report_path {
+        // The run's fields at the top level, the baseline's under "baseline".
+        let mut json = serde_json::to_value(&report)?;
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("viewer_outcomes".into(), serde_json::to_value(&outcomes)?);
+            if let Some((base, base_outcomes)) = &baseline {
+                let mut base = serde_json::to_value(base)?;
+                if let Some(base_fields) = base.as_object_mut() {
+                    base_fields.insert(
+                        "viewer_outcomes".into(),
+                        serde_json::to_value(base_outcomes)?,
+                    );
+                }
+                fields.insert("baseline".into(), base);
+            }
+        }
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    anyhow::ensure!(failed == 0, "{failed} viewer(s) failed");
+    anyhow::ensure!(
+        report.corrupt_bytes_to_player == 0,
+        "corrupt bytes reached a player"
+    );
+    Ok(())
 }

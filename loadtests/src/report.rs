@@ -33,7 +33,8 @@ pub struct Report {
     pub startup_ms_p50: u64,
     /// 95th percentile startup time.
     pub startup_ms_p95: u64,
-    /// Bytes that crossed an ISP boundary between viewers.
+    /// Bytes from peers and seeds whose sender was in another ISP than the
+    /// viewer (transit the streamer's ISPs carry between each other).
     pub cross_isp_bytes: u64,
     /// Bytes that reached a player without passing verification (must be 0).
     pub corrupt_bytes_to_player: u64,

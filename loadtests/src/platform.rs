@@ -1,0 +1,490 @@
+//! The whole platform in one process, on loopback and embedded defaults:
+//! the license server (gRPC over TLS, SQLite in a temporary directory),
+//! the live packager fed by the sample [`encoder`](crate::encoder), the
+//! tracker (QUIC, with its dashboard over HTTP), and an edge seed that is
+//! both the swarm's seed (QUIC) and the origin / CDN (HTTP).
+//!
+//! Every part is the real component's library, started the way its binary
+//! starts it; only the processes are shared.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use edge_seed::keysource::GrpcKeySource;
+use edge_seed::live::{LiveEvent, LivePackager};
+use edge_seed::serve::SeedKeys;
+use edge_seed::serve::config::SeedConfig;
+use edge_seed::{PackageOptions, serve::RunningSeed};
+use license_server::config::{Config as LicenseConfig, RenditionConfig, TitleConfig};
+use license_server::{RunningServer, SystemClock};
+use loaves_client_sdk::license::LicenseServerConfig;
+use loaves_client_sdk::{Options, Upload};
+use loaves_proto::entitlement::Entitlement;
+use loaves_proto::identity::PeerIdentity;
+use loaves_proto::keys::{Keyring, SigningKeyPair};
+use loaves_proto::manifest::Scheme;
+use loaves_proto::{UnixSeconds, pb, peerwire};
+use tracker::server::{FrontEndOptions, RunningTracker, Shared};
+
+use crate::encoder::LoopedRendition;
+
+/// The title the platform streams.
+pub const TITLE: &str = "demo";
+/// The packager's credential on the license server's key service (a
+/// development secret of this throwaway platform).
+const ADMIN_TOKEN: &str = "loaves-demo-packager";
+
+/// The committed sample presentation.
+pub fn sample_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge-seed/testdata/sample")
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Renditions of the sample to stream live.
+    pub renditions: Vec<String>,
+    /// Segments kept in the live playlists' sliding window.
+    pub live_window: usize,
+    /// How often the live packager scans its input.
+    pub packager_poll: Duration,
+    /// Region and ISP of the edge seed.
+    pub seed_location: (String, String),
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            renditions: vec!["video_720p".into()],
+            live_window: 6,
+            packager_poll: Duration::from_millis(100),
+            seed_location: ("eu-west".into(), "as64500".into()),
+        }
+    }
+}
+
+/// Live packaging on its own thread (the key service client blocks).
+#[derive(Debug)]
+struct LivePipeline {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A running platform.
+#[derive(Debug)]
+pub struct Platform {
+    /// Scratch space (database, keys, packaged output); removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The license server.
+    pub license: RunningServer,
+    /// The tracker.
+    pub tracker: RunningTracker,
+    /// The tracker's HTTP address (`/dashboard`, `/metrics`).
+    pub tracker_http: SocketAddr,
+    /// The edge seed (seed over QUIC, origin / CDN over HTTP).
+    pub seed: RunningSeed,
+    /// Signs the viewers' entitlements (the streamer's sign-in system).
+    signin: SigningKeyPair,
+    /// Signs the presentation's manifests.
+    origin_key: SigningKeyPair,
+    /// Trusted by the tracker and the viewers besides the license key.
+    operator: SigningKeyPair,
+    /// Where the packager writes (`OUT/TITLE/RENDITION/...`).
+    pub packaged: PathBuf,
+    /// Live segments published so far by the encoder (all renditions).
+    published: Arc<AtomicU64>,
+    live: LivePipeline,
+    tracker_http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Platform {
+    /// Starts every component and the live stream; returns once the first
+    /// segment of every rendition is packaged.
+    pub async fn start(config: &PlatformConfig) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().context("creating a scratch directory")?;
+        let signin_files = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false)?;
+        let signin = loaves_proto::keygen::read_signing_key(&signin_files.private_key)?;
+        let license = start_license_server(dir.path(), &signin_files.public_key, config).await?;
+
+        let operator = SigningKeyPair::generate()?;
+        let trusted: Keyring = [license.core.license_public_key(), operator.verifying_key()]
+            .into_iter()
+            .collect();
+        let (tracker, tracker_http, tracker_http_task) = start_tracker(trusted).await?;
+
+        let origin_key = SigningKeyPair::generate()?;
+        let packaged = dir.path().join("origin");
+        let published = Arc::new(AtomicU64::new(0));
+        let live = start_live(
+            dir.path(),
+            &packaged,
+            config,
+            &license,
+            &origin_key,
+            published.clone(),
+        )?;
+        // The seed follows the live manifests, which exist once the first
+        // segments are packaged.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = config
+                .renditions
+                .iter()
+                .all(|r| packaged.join(TITLE).join(r).join("seg_00000.m4s").is_file());
+            if ready {
+                break;
+            }
+            if live.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                let error = live
+                    .stop_and_join()
+                    .err()
+                    .unwrap_or_else(|| anyhow::anyhow!("live packager stopped"));
+                return Err(error.context("live packaging"));
+            }
+            if Instant::now() > deadline {
+                bail!("the live packager produced no segment within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let seed = start_seed(
+            &packaged,
+            &tracker,
+            &license,
+            &origin_key,
+            &operator,
+            config,
+        )
+        .await?;
+        Ok(Self {
+            dir,
+            license,
+            tracker,
+            tracker_http,
+            seed,
+            signin,
+            origin_key,
+            operator,
+            packaged,
+            published,
+            live,
+            tracker_http_task,
+        })
+    }
+
+    /// The tracker's live dashboard.
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}/dashboard", self.tracker_http)
+    }
+
+    /// Live segments published by the encoder so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// An entitlement for `account` to watch everything, one stream at a
+    /// time, for a day.
+    pub fn entitlement(&self, account: &str) -> Vec<u8> {
+        let now = UnixSeconds::now().0;
+        Entitlement {
+            account: account.into(),
+            titles: vec!["*".into()],
+            max_concurrent_streams: 1,
+            renditions: vec![],
+            max_height: 0,
+            issued_at: UnixSeconds(now.saturating_sub(10)),
+            expires_at: UnixSeconds(now + 86_400),
+        }
+        .sign(&self.signin)
+    }
+
+    /// SDK options for a viewer of this platform.
+    pub fn viewer_options(&self, p2p: bool, region: &str, isp: &str) -> Options {
+        Options {
+            license: LicenseServerConfig {
+                url: format!("https://{}", self.license.grpc_addr),
+                ca_pem: Some(self.license.tls_cert_pem.clone()),
+                tls_server_name: Some("localhost".into()),
+                trusted_keys: [
+                    self.license.core.license_public_key(),
+                    self.operator.verifying_key(),
+                ]
+                .into_iter()
+                .collect(),
+                request_timeout: Duration::from_secs(10),
+            },
+            clearkey_url: self
+                .license
+                .clearkey_addr
+                .map(|a| format!("http://{a}/clearkey")),
+            manifest_keys: [self.origin_key.verifying_key()].into_iter().collect(),
+            cdn: loaves_client_sdk::cdn::CdnConfig {
+                base_urls: vec![format!("http://{}/", self.seed.http_address)],
+                ..Default::default()
+            },
+            tracker: p2p.then_some(self.tracker.quic_addr),
+            p2p,
+            upload: Upload::Capped {
+                bytes_per_second: VIEWER_UPLOAD_BYTES_PER_SECOND,
+            },
+            peer_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            region: region.into(),
+            isp: isp.into(),
+            max_announce_interval: Duration::from_secs(1),
+            ..Options::default()
+        }
+    }
+
+    /// The packaged bytes of `rendition`'s segment `sequence` (what every
+    /// player must receive), if the packager wrote it.
+    pub fn packaged_segment(&self, rendition: &str, sequence: u64) -> Option<Vec<u8>> {
+        std::fs::read(
+            self.packaged
+                .join(TITLE)
+                .join(rendition)
+                .join(format!("seg_{sequence:05}.m4s")),
+        )
+        .ok()
+    }
+
+    /// The packaged init segment of `rendition`.
+    pub fn packaged_init(&self, rendition: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.packaged.join(TITLE).join(rendition).join("init.mp4")).ok()
+    }
+
+    /// Stops the stream and every component.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let live = self.live.stop_and_join();
+        self.seed.shutdown().await;
+        self.tracker.shutdown().await;
+        self.tracker_http_task.abort();
+        self.license
+            .shutdown()
+            .await
+            .context("stopping the license server")?;
+        live
+    }
+}
+
+/// Each viewer's upload cap (the SDK's default is lower; loopback has room).
+pub const VIEWER_UPLOAD_BYTES_PER_SECOND: u64 = 4_000_000;
+
+impl LivePipeline {
+    fn stop_and_join(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("live packager thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LivePipeline {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn start_license_server(
+    dir: &Path,
+    signin_public: &Path,
+    config: &PlatformConfig,
+) -> anyhow::Result<RunningServer> {
+    std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).context("writing the admin token")?;
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut license = LicenseConfig {
+        listen: any_port,
+        metrics_listen: any_port,
+        clearkey_listen: Some(any_port),
+        data_dir: dir.join("license-server"),
+        ..LicenseConfig::default()
+    };
+    license.keys.admin_token_file = Some(dir.join("admin-token"));
+    license.keys.entitlement_public_keys = vec![signin_public.to_owned()];
+    let track_type = |name: &str| {
+        if name.contains("audio") {
+            ("audio", 0)
+        } else if name.contains("360") {
+            ("sd", 360)
+        } else {
+            ("hd", 720)
+        }
+    };
+    license.titles = vec![TitleConfig {
+        id: TITLE.into(),
+        key_period_s: 0,
+        period_epoch: 0,
+        renditions: config
+            .renditions
+            .iter()
+            .map(|name| {
+                let (track_type, height) = track_type(name);
+                RenditionConfig {
+                    name: name.clone(),
+                    track_type: track_type.into(),
+                    height,
+                }
+            })
+            .collect(),
+    }];
+    license_server::start(license, Arc::new(SystemClock))
+        .await
+        .context("starting the license server")
+}
+
+async fn start_tracker(
+    trusted: Keyring,
+) -> anyhow::Result<(
+    RunningTracker,
+    SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let options = FrontEndOptions::default();
+    let shared = Arc::new(Shared::new(
+        tracker::swarm::SwarmConfig::default(),
+        tracker::stats::StatsLimits::default(),
+        options.clone(),
+        tracker::credential::CredentialVerifier::new(trusted, options.max_clock_skew_s),
+        None,
+        tracker::metrics::Metrics::new()?,
+        u64::from_le_bytes(loaves_proto::keys::random_array::<8>()?),
+    ));
+    let identity = PeerIdentity::new(&SigningKeyPair::generate()?)?;
+    let tracker = RunningTracker::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &identity,
+        shared.clone(),
+    )?;
+    let listener = tracker::http::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let http = listener.local_addr()?;
+    let task = tokio::spawn(tracker::http::serve(
+        listener,
+        shared,
+        tracker.shutdown_signal(),
+    ));
+    Ok((tracker, http, task))
+}
+
+/// Starts the encoder stand-in and the live packager on one thread: every
+/// segment duration a new segment of each rendition is published, and the
+/// packager polls its input in between.
+fn start_live(
+    dir: &Path,
+    packaged: &Path,
+    config: &PlatformConfig,
+    license: &RunningServer,
+    origin_key: &SigningKeyPair,
+    published: Arc<AtomicU64>,
+) -> anyhow::Result<LivePipeline> {
+    let input = dir.join("encoder");
+    let renditions = config
+        .renditions
+        .iter()
+        .map(|r| LoopedRendition::load(&sample_dir().join(r)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for rendition in &renditions {
+        rendition.publish_init(&input)?;
+    }
+    let keys = GrpcKeySource::new(
+        format!("https://{}", license.grpc_addr),
+        Some(ADMIN_TOKEN.to_owned()),
+        Some(license.tls_cert_pem.clone().into_bytes()),
+    );
+    let origin_seed = *origin_key.seed();
+    let output = packaged.join(TITLE);
+    let window = config.live_window;
+    let poll = config.packager_poll;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("live-packager".into())
+        .spawn(move || -> anyhow::Result<()> {
+            let origin_key = SigningKeyPair::from_seed(&origin_seed);
+            let options = PackageOptions {
+                title: TITLE.into(),
+                scheme: Scheme::Cenc,
+                ..PackageOptions::default()
+            };
+            let mut packager =
+                LivePackager::new(&input, &output, options, window, &keys, &origin_key)?;
+            let started = Instant::now();
+            // Media time published so far, per rendition (they share a
+            // clock: the first rendition paces the others).
+            let mut next = 0u64;
+            let mut due = Duration::ZERO;
+            while !stopping.load(Ordering::Relaxed) {
+                if started.elapsed() >= due {
+                    for rendition in &renditions {
+                        rendition.publish(&input, next)?;
+                    }
+                    due += Duration::from_millis(renditions[0].duration_ms(next));
+                    next += 1;
+                    published.store(next, Ordering::Relaxed);
+                }
+                for event in packager.poll(UnixSeconds::now())? {
+                    if let LiveEvent::Refused { path, reason } = event {
+                        bail!("the packager refused {}: {reason}", path.display());
+                    }
+                }
+                std::thread::sleep(poll);
+            }
+            packager.finish(UnixSeconds::now())?;
+            Ok(())
+        })
+        .context("starting the live packager thread")?;
+    Ok(LivePipeline {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+async fn start_seed(
+    packaged: &Path,
+    tracker: &RunningTracker,
+    license: &RunningServer,
+    origin_key: &SigningKeyPair,
+    operator: &SigningKeyPair,
+    config: &PlatformConfig,
+) -> anyhow::Result<RunningSeed> {
+    let identity = SigningKeyPair::generate()?;
+    let (region, isp) = config.seed_location.clone();
+    let credential = peerwire::sign_seed_credential(
+        &pb::SeedCredentialBody {
+            seed_name: "demo-seed".into(),
+            peer_public_key: identity.verifying_key().as_bytes().to_vec(),
+            region,
+            isp,
+            titles: vec![TITLE.into()],
+            not_before: 0,
+            expires_at: UnixSeconds::now().0 + 86_400,
+        },
+        operator,
+    );
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut seed = SeedConfig {
+        name: "demo-seed".into(),
+        quic_listen: any_port,
+        http_listen: any_port,
+        origin: packaged.display().to_string(),
+        titles: vec![TITLE.into()],
+        ..SeedConfig::default()
+    };
+    seed.tracker.addresses = vec![tracker.quic_addr.to_string()];
+    seed.tracker.announce_interval_s = 1;
+    seed.live.poll_interval_ms = 250;
+    let keys = SeedKeys {
+        identity,
+        credential: Some(credential),
+        license: [license.core.license_public_key()].into_iter().collect(),
+        origin: [origin_key.verifying_key()].into_iter().collect(),
+    };
+    edge_seed::serve::start(&seed, keys)
+        .await
+        .context("starting the edge seed")
+}
