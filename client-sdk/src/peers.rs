@@ -6,11 +6,16 @@
 //!   notices feed the rendition's scheduler),
 //! - announces to the tracker, per active rendition, with the stats deltas.
 //!
+//! With P2P off none of that runs but the announcer, on a client-only
+//! endpoint ([`start_stats_only`]): it reports the stats (the CDN-only
+//! cohort), advertises nothing, holds nothing, and ignores the peers the
+//! tracker names.
+//!
 //! The wire protocol is `loaves_proto::peerwire`; the tracker client is
 //! `loaves_proto::tracker_client`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,9 +100,41 @@ pub(crate) fn start(
     });
     tokio::spawn(accept_loop(context.clone()));
     if context.shared.options.tracker.is_some() {
-        tokio::spawn(announcer(context));
+        let client = ClientEndpoint::from_endpoint(context.endpoint.clone());
+        tokio::spawn(announcer(
+            context.shared.clone(),
+            client,
+            Role::Swarm(context),
+        ));
     }
     Ok(advertise)
+}
+
+/// P2P off: starts the tracker announcer alone (when a tracker is
+/// configured), so the tracker gets this session's stats in the CDN-only
+/// cohort. Its QUIC endpoint is client-only, on an ephemeral port: nothing
+/// can connect in, and the peer port is left alone.
+pub(crate) fn start_stats_only(shared: Arc<Shared>) {
+    let Some(tracker) = shared.options.tracker else {
+        return;
+    };
+    let bind = SocketAddr::new(
+        match tracker {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        },
+        0,
+    );
+    match ClientEndpoint::bind(bind) {
+        Ok(client) => {
+            tokio::spawn(announcer(shared, client, Role::StatsOnly));
+        }
+        // Stats are not worth failing playback for (P2P may be off precisely
+        // because UDP is unusable here).
+        Err(e) => shared.emit(Event::TrackerUnavailable {
+            message: e.to_string(),
+        }),
+    }
 }
 
 // ---------------------------------------------------------------- upload
@@ -453,12 +490,36 @@ fn delta(now: &SchedulerStats, before: &SchedulerStats) -> (u64, u64, u64) {
     )
 }
 
-async fn announcer(context: Arc<Context>) {
-    let shared = context.shared.clone();
+/// Uses an announce reply with P2P on: connects to the peers and seeds
+/// it names.
+fn join_swarm(context: &Arc<Context>, rendition: &str, reply: pb::AnnounceReply) {
+    let own = context.shared.identity.public_key();
+    for entry in reply.peers.into_iter().chain(reply.seeds) {
+        if entry.peer_public_key == own.as_bytes() {
+            continue;
+        }
+        tokio::spawn(connect_peer(context.clone(), rendition.to_owned(), entry));
+    }
+}
+
+/// What the announcer is for.
+enum Role {
+    /// P2P on: advertise this viewer and what it holds, connect to the
+    /// peers and seeds the replies name.
+    Swarm(Arc<Context>),
+    /// P2P off: report stats only. Nothing advertised, nothing held, no
+    /// upload capacity; the replies' peers are ignored.
+    StatsOnly,
+}
+
+async fn announcer(shared: Arc<Shared>, client: ClientEndpoint, role: Role) {
     let Some(tracker) = shared.options.tracker else {
         return;
     };
-    let client = ClientEndpoint::from_endpoint(context.endpoint.clone());
+    let swarm = match role {
+        Role::Swarm(context) => Some(context),
+        Role::StatsOnly => None,
+    };
     let mut connection: Option<TrackerConnection> = None;
     let mut next_due: HashMap<String, Instant> = HashMap::new();
     let mut reported: HashMap<String, SchedulerStats> = HashMap::new();
@@ -514,9 +575,8 @@ async fn announcer(context: Arc<Context>) {
                 bytes_from_peers: peers,
                 bytes_from_seeds: seeds,
                 bytes_from_cdn: cdn,
-                // The tracker's quality cohort. Today the announcer only
-                // runs with P2P on (see `session`), so this is false.
-                cdn_only: !shared.options.p2p,
+                // The tracker's quality cohort.
+                cdn_only: swarm.is_none(),
                 ..Default::default()
             };
             // Session-wide counters ride on the first announce of a round.
@@ -533,35 +593,56 @@ async fn announcer(context: Arc<Context>) {
                     .saturating_sub(b.rebuffer_time)
                     .as_millis() as u64;
                 stats.rebuffer_count = session.rebuffer_count.saturating_sub(b.rebuffer_count);
+                stats.played_ms = session
+                    .played_time
+                    .saturating_sub(b.played_time)
+                    .as_millis() as u64;
                 if !startup_reported && let Some(startup) = session.startup_time {
                     stats.startup_ms = u32::try_from(startup.as_millis()).unwrap_or(u32::MAX);
                 }
             }
-            let held = lock(&shared.held)
-                .get(&rendition)
-                .cloned()
-                .unwrap_or_default();
-            let uploading = shared.upload_allowed();
-            let capacity = match shared.options.upload {
-                Upload::Capped { bytes_per_second } if uploading => bytes_per_second * 8,
-                _ => 0,
-            };
-            let announce = pb::Announce {
-                swarm: Some(pb::SwarmId {
-                    title: shared.title.clone(),
-                    rendition: rendition.clone(),
-                }),
-                addresses: if uploading {
-                    vec![context.advertise.to_string()]
-                } else {
-                    Vec::new()
+            let announce = match &swarm {
+                Some(context) => {
+                    let held = lock(&shared.held)
+                        .get(&rendition)
+                        .cloned()
+                        .unwrap_or_default();
+                    let uploading = shared.upload_allowed();
+                    let capacity = match shared.options.upload {
+                        Upload::Capped { bytes_per_second } if uploading => bytes_per_second * 8,
+                        _ => 0,
+                    };
+                    pb::Announce {
+                        swarm: Some(pb::SwarmId {
+                            title: shared.title.clone(),
+                            rendition: rendition.clone(),
+                        }),
+                        addresses: if uploading {
+                            vec![context.advertise.to_string()]
+                        } else {
+                            Vec::new()
+                        },
+                        holdings: bitmap(&held),
+                        next_sequence: held.last().map_or(0, |s| s + 1),
+                        upload_capacity_bps: capacity,
+                        upload_in_use_bps: 0,
+                        stats: Some(stats),
+                        max_peers: u32::try_from(shared.options.max_peers).unwrap_or(u32::MAX),
+                    }
+                }
+                // No address: the tracker files this viewer as unreachable
+                // and never names it to others.
+                None => pb::Announce {
+                    swarm: Some(pb::SwarmId {
+                        title: shared.title.clone(),
+                        rendition: rendition.clone(),
+                    }),
+                    stats: Some(stats),
+                    // 0 would mean the tracker's default: ask for the
+                    // fewest entries (they are ignored).
+                    max_peers: 1,
+                    ..Default::default()
                 },
-                holdings: bitmap(&held),
-                next_sequence: held.last().map_or(0, |s| s + 1),
-                upload_capacity_bps: capacity,
-                upload_in_use_bps: 0,
-                stats: Some(stats),
-                max_peers: u32::try_from(shared.options.max_peers).unwrap_or(u32::MAX),
             };
             let mut interval = shared.options.max_announce_interval;
             match tracker_connection.announce(announce).await {
@@ -574,12 +655,9 @@ async fn announcer(context: Arc<Context>) {
                     if reply.interval_s > 0 {
                         interval = interval.min(Duration::from_secs(u64::from(reply.interval_s)));
                     }
-                    let own = shared.identity.public_key();
-                    for entry in reply.peers.into_iter().chain(reply.seeds) {
-                        if entry.peer_public_key == own.as_bytes() {
-                            continue;
-                        }
-                        tokio::spawn(connect_peer(context.clone(), rendition.clone(), entry));
+                    // Stats only: the peers named are not for this viewer.
+                    if let Some(context) = &swarm {
+                        join_swarm(context, &rendition, reply);
                     }
                 }
                 Err(ClientError::Refused { code, message }) => {
@@ -598,5 +676,10 @@ async fn announcer(context: Arc<Context>) {
             }
             next_due.insert(rendition, Instant::now() + interval);
         }
+    }
+    if swarm.is_none() {
+        // The endpoint is this task's own (with P2P on, the accept loop
+        // closes the shared one).
+        client.close();
     }
 }

@@ -21,7 +21,9 @@
 //! per rendition ([`crate::track`]), the peer endpoint (QUIC: upload server
 //! and outgoing peer connections, [`crate::peers`]), the tracker announcer,
 //! the license heartbeat and the local player endpoint
-//! ([`crate::endpoint`]).
+//! ([`crate::endpoint`]). With P2P off there is no peer endpoint; the
+//! announcer still reports the session's stats when a tracker is
+//! configured (the CDN-only cohort), from a client-only QUIC socket.
 //!
 //! A rendition whose manifest is not final is live: the session follows it
 //! (new signed chunks verified and appended as the origin publishes them)
@@ -84,9 +86,12 @@ pub struct Options {
     pub manifest_keys: Keyring,
     /// CDN base URLs with failover; title `T` is expected under `T/`.
     pub cdn: CdnConfig,
-    /// The tracker's QUIC address; `None` runs without a tracker.
+    /// The tracker's QUIC address; `None` runs without a tracker. With P2P
+    /// off the tracker only receives the session's stats (the CDN-only
+    /// cohort's baseline): nothing is advertised and no peer is contacted.
     pub tracker: Option<SocketAddr>,
-    /// The P2P switch. Off: every byte from the CDN, no tracker, no peers.
+    /// The P2P switch. Off: every byte from the CDN, no peers; stats still
+    /// go to the tracker when one is configured.
     pub p2p: bool,
     /// Upload policy.
     pub upload: Upload,
@@ -292,6 +297,12 @@ pub struct Stats {
     pub rebuffer_time: Duration,
     /// Stalls reported by the player.
     pub rebuffer_count: u32,
+    /// Wall time the player reported playing: from `player_started` or a
+    /// playing playhead, minus stalls and paused playhead reports. Wall
+    /// time, like `rebuffer_time`, so that rebuffer / (played + rebuffer)
+    /// is a share of the viewer's time (media time played is this times
+    /// [`Options::playback_speed`]).
+    pub played_time: Duration,
     /// Time from `open` returning to the first segment played.
     pub startup_time: Option<Duration>,
     /// Bytes of verified segments held now (at most the store budget).
@@ -310,6 +321,40 @@ pub(crate) struct Counters {
     pub(crate) rebuffer_count: AtomicU64,
     /// Startup in ms + 1 (0: not started).
     pub(crate) startup_ms_plus_one: AtomicU64,
+    pub(crate) play_clock: Mutex<PlayClock>,
+}
+
+/// Wall time the player spent playing. The player's hooks switch it on
+/// (started, playing playhead, stall over) and off (stall, paused
+/// playhead); a std lock because every use is a short update.
+#[derive(Debug, Default)]
+pub(crate) struct PlayClock {
+    /// Played before the current run.
+    played: Duration,
+    /// Start of the current run, while playing.
+    since: Option<Instant>,
+}
+
+impl PlayClock {
+    /// The player is playing from `now` (no-op if it already was).
+    fn play(&mut self, now: Instant) {
+        self.since.get_or_insert(now);
+    }
+
+    /// The player stopped at `now` (stalled, paused or gone).
+    fn pause(&mut self, now: Instant) {
+        if let Some(since) = self.since.take() {
+            self.played += now.saturating_duration_since(since);
+        }
+    }
+
+    /// Played up to `now`.
+    fn total(&self, now: Instant) -> Duration {
+        self.played
+            + self
+                .since
+                .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
 }
 
 /// One rendition of the presentation, verified.
@@ -440,6 +485,16 @@ impl Shared {
         let _ = self.events.send(event);
     }
 
+    /// The player is playing (or not) from now on, for the played time.
+    pub(crate) fn set_playing(&self, playing: bool) {
+        let mut clock = lock(&self.counters.play_clock);
+        if playing {
+            clock.play(Instant::now());
+        } else {
+            clock.pause(Instant::now());
+        }
+    }
+
     /// Whether uploading is allowed right now.
     pub(crate) fn upload_allowed(&self) -> bool {
         self.options.p2p
@@ -491,6 +546,7 @@ impl Shared {
         stats.rebuffer_time = Duration::from_millis(c.rebuffer_ms.load(Ordering::Relaxed));
         stats.rebuffer_count =
             u32::try_from(c.rebuffer_count.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        stats.played_time = lock(&c.play_clock).total(Instant::now());
         stats.startup_time = match c.startup_ms_plus_one.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(Duration::from_millis(ms - 1)),
@@ -724,6 +780,9 @@ impl Loaves {
         let peers = if shared.options.p2p {
             Some(crate::peers::start(shared.clone(), tracks.clone())?)
         } else {
+            // No upload server, no peer connections: only the stats, so the
+            // tracker sees the CDN-only cohort.
+            crate::peers::start_stats_only(shared.clone());
             None
         };
         let endpoint = crate::endpoint::start(shared.clone(), tracks.clone()).await?;
@@ -1049,11 +1108,13 @@ impl Session {
     }
 
     /// Tells the SDK where the player is in `rendition`: segment `sequence`,
-    /// `offset` into it (media time), playing or stalled. Players reading
-    /// the endpoint move the playhead by their requests; a player that knows
-    /// better reports it here.
+    /// `offset` into it (media time), playing or not (stalled, paused).
+    /// Players reading the endpoint move the playhead by their requests; a
+    /// player that knows better reports it here. Played time
+    /// ([`Stats::played_time`]) counts while the last report said playing.
     pub fn set_playhead(&self, rendition: &str, sequence: u64, offset: Duration, playing: bool) {
         if let Some(track) = self.tracks.get(rendition) {
+            self.shared.set_playing(playing);
             let offset_ms =
                 (offset.as_secs_f64() * 1000.0 / self.shared.options.playback_speed) as u64;
             track.send(TrackMsg::Playhead {
@@ -1086,6 +1147,7 @@ impl Session {
 
     /// The player started playing (first frame shown).
     pub fn player_started(&self) {
+        self.shared.set_playing(true);
         let ms = self.shared.opened_at.elapsed().as_millis() as u64;
         if self
             .shared
@@ -1102,6 +1164,7 @@ impl Session {
 
     /// The player stalled.
     pub fn player_rebuffer_start(&self) {
+        self.shared.set_playing(false);
         self.shared
             .counters
             .rebuffer_count
@@ -1111,6 +1174,7 @@ impl Session {
 
     /// The player resumed after a stall of `duration`.
     pub fn player_rebuffer_end(&self, duration: Duration) {
+        self.shared.set_playing(true);
         self.shared
             .counters
             .rebuffer_ms
