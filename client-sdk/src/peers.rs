@@ -493,6 +493,14 @@ fn delta(now: &SchedulerStats, before: &SchedulerStats) -> (u64, u64, u64) {
 /// Uses an announce reply with P2P on: connects to the peers and seeds
 /// it names.
 fn join_swarm(context: &Arc<Context>, rendition: &str, reply: pb::AnnounceReply) {
+    // The whole swarm's size, not only the neighbours this
+    // viewer knows: live injection shares the work of
+    // bringing each new segment in among all its viewers.
+    if let Some(track) = context.tracks.get(rendition) {
+        track.send(TrackMsg::SwarmSize {
+            viewers: reply.swarm_size as usize,
+        });
+    }
     let own = context.shared.identity.public_key();
     for entry in reply.peers.into_iter().chain(reply.seeds) {
         if entry.peer_public_key == own.as_bytes() {
