@@ -324,6 +324,41 @@ fn live_injection_share_adapts_to_swarm_size() {
 }
 
 #[test]
+fn a_viewer_that_does_not_know_its_swarm_yet_injects_nothing() {
+    // Joining a live stream: the manifest lists a backlog, no neighbour is
+    // connected and the tracker has not answered. Only deadlines decide:
+    // what is due soon comes from the CDN, what has slack waits for peers.
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            lookahead_segments: 4,
+            ..config(Mode::Live)
+        },
+        DeadlineFirst::default(),
+    );
+    for seq in 0..4 {
+        s.add_segment(seq, SEGMENT, DURATION);
+    }
+    s.set_playhead(Millis(0), 0, 0, true);
+    let first = fetches(&s.poll(Millis(0)));
+    assert_eq!(s.stats().injections, 0);
+    let fetched: Vec<u64> = first.iter().map(|f| f.1).collect();
+    assert!(fetched.contains(&0), "the segment due now: {fetched:?}");
+    assert!(
+        !fetched.contains(&3),
+        "three segments of slack: {fetched:?}"
+    );
+
+    // The tracker says this viewer is alone: every fresh segment must come
+    // in from the infrastructure, and now does at first sight.
+    s.set_swarm_size(1);
+    s.add_segment(4, SEGMENT, DURATION);
+    let now = Millis(10);
+    let later: Vec<u64> = fetches(&s.poll(now)).iter().map(|f| f.1).collect();
+    assert!(later.contains(&4) || later.contains(&3), "{later:?}");
+    assert!(s.stats().injections > 0);
+}
+
+#[test]
 fn cdn_only_policy_never_uses_peers() {
     let mut s = Scheduler::new(config(Mode::Vod), CdnOnly);
     for seq in 0..10 {

@@ -355,7 +355,8 @@ pub struct Scheduler<P: Policy> {
     stats: SchedulerStats,
     /// Viewers in the swarm as the tracker counts them (the scheduler only
     /// knows its neighbours otherwise).
-    reported_swarm_size: usize,
+    /// `None` until the tracker's first answer: the swarm is unknown.
+    reported_swarm_size: Option<usize>,
 }
 
 impl<P: Policy> Scheduler<P> {
@@ -375,7 +376,7 @@ impl<P: Policy> Scheduler<P> {
             cdn_throughput,
             rng_state,
             stats: SchedulerStats::default(),
-            reported_swarm_size: 0,
+            reported_swarm_size: None,
         }
     }
 
@@ -393,7 +394,7 @@ impl<P: Policy> Scheduler<P> {
     /// reply (live injection is shared among all its viewers, not only the
     /// neighbours this scheduler knows).
     pub fn set_swarm_size(&mut self, viewers: usize) {
-        self.reported_swarm_size = viewers;
+        self.reported_swarm_size = Some(viewers);
     }
 
     /// A segment of the (verified) manifest.
@@ -699,7 +700,13 @@ impl<P: Policy> Scheduler<P> {
             .filter(|p| p.info.kind == PeerKind::Viewer)
             .count();
         // The tracker's count includes this viewer.
-        let swarm_size = neighbours.max(self.reported_swarm_size.saturating_sub(1));
+        let swarm_size = neighbours.max(self.reported_swarm_size.unwrap_or(0).saturating_sub(1));
+        // Whether this viewer knows its swarm at all: right after joining,
+        // before the tracker answered and before any neighbour connected,
+        // every segment looks fresh (no known holder) and the swarm looks
+        // empty, so every one of them would be injected from the
+        // infrastructure. Until then only deadlines decide.
+        let swarm_known = self.reported_swarm_size.is_some() || neighbours > 0;
         for (sequence, deadline, holders) in wanted {
             if self.transfers.len() >= self.config.max_inflight_total {
                 break;
@@ -728,6 +735,7 @@ impl<P: Policy> Scheduler<P> {
                 random,
             };
             let injection_first_look = self.config.mode == Mode::Live
+                && swarm_known
                 && is_fresh
                 && self
                     .segments
