@@ -1,6 +1,9 @@
 //! Finding the renditions of an input presentation: an HLS multivariant
-//! playlist, one HLS media playlist, or a directory whose subdirectories
-//! each hold one rendition (`init.mp4` plus numbered segments).
+//! playlist, one HLS media playlist, a DASH MPD (`dash`), or a directory
+//! whose subdirectories each hold one rendition (`init.mp4` plus numbered
+//! segments).
+
+mod dash;
 
 use std::path::{Path, PathBuf};
 
@@ -24,13 +27,14 @@ pub fn discover(path: &Path) -> Result<Vec<RenditionInput>, PackageError> {
         discover_dir(path)?
     } else {
         let text = std::fs::read_to_string(path).map_err(PackageError::io(path))?;
-        if !text.trim_start().starts_with("#EXTM3U") {
+        if dash::looks_like_mpd(path, &text) {
+            dash::discover_mpd(path, &text)?
+        } else if !text.trim_start().starts_with("#EXTM3U") {
             return Err(input_error(
                 path,
-                "not an HLS playlist (no #EXTM3U) nor a directory",
+                "not an HLS playlist (no #EXTM3U), a DASH MPD nor a directory",
             ));
-        }
-        if text.contains("#EXT-X-STREAM-INF") || text.contains("#EXT-X-MEDIA:") {
+        } else if text.contains("#EXT-X-STREAM-INF") || text.contains("#EXT-X-MEDIA:") {
             let mut out: Vec<(PathBuf, RenditionInput)> = Vec::new();
             for uri in multivariant_uris(&text) {
                 let media = resolve(path, &uri);

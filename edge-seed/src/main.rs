@@ -29,8 +29,10 @@ enum Command {
     /// manifests and write HLS and DASH.
     ///
     /// INPUT is an HLS multivariant or media playlist whose media is
-    /// fragmented MP4 (EXT-X-MAP), or a directory holding one subdirectory
-    /// per rendition with `init.mp4` and numbered segments.
+    /// fragmented MP4 (EXT-X-MAP), a static DASH MPD addressing separate
+    /// init and media files (SegmentTemplate or SegmentList), or a
+    /// directory holding one subdirectory per rendition with `init.mp4` and
+    /// numbered segments.
     Package(PackageArgs),
     /// Package a live event: watch INPUT (one subdirectory per rendition,
     /// where an encoder writes `init.mp4` and numbered CMAF segments),
@@ -70,7 +72,7 @@ enum KeySourceArg {
 
 #[derive(Debug, clap::Args)]
 struct PackageArgs {
-    /// Input presentation (playlist or directory).
+    /// Input presentation (HLS playlist, DASH MPD or directory).
     input: PathBuf,
     /// Output directory (published atomically).
     #[arg(short, long)]
