@@ -14,6 +14,8 @@ use loaves_client_sdk::{Event, Loaves, Session};
 
 const RENDITION: &str = "video_360p";
 const AHEAD: Duration = Duration::from_secs(8);
+/// Viewers in the swarm test (the issue asks for five or more).
+const VIEWERS: usize = 6;
 
 async fn viewer(
     stack: &common::Stack,
@@ -53,7 +55,7 @@ async fn viewers_play_to_the_end_with_most_bytes_from_peers() {
     let stack = stack(true).await;
     let mut sessions = Vec::new();
     let mut plays = Vec::new();
-    for i in 0..4 {
+    for i in 0..VIEWERS {
         let session = viewer(&stack, &format!("acct-{i}"), stack.options(true)).await;
         let events = session.events();
         let session = std::sync::Arc::new(session);
@@ -95,9 +97,12 @@ async fn viewers_play_to_the_end_with_most_bytes_from_peers() {
     }
     let share = peer_bytes as f64 / total_bytes as f64;
     eprintln!("peer share {share:.2} of {total_bytes} bytes");
-    // Four viewers: at most 3/4 can come from peers; the first viewer and
-    // the urgent startup segments come from the CDN.
-    assert!(share >= 0.3, "peer share {share:.2}");
+    // Six viewers: at most 5/6 can come from peers (the first viewer has
+    // no one to ask). A late joiner's first segments are due at once, too
+    // soon for a peer transfer's margin, so they come from the CDN (in
+    // runs so far about 0.3 of each late joiner's bytes, giving 0.57
+    // overall). Most bytes must come from peers.
+    assert!(share > 0.5, "peer share {share:.2}");
     // Uploads happened and were accounted (a request whose reader stops
     // the stream right after the last byte may count as failed on the
     // serving side, so this is a lower bound).
