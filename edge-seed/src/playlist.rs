@@ -56,8 +56,15 @@ fn hls_method(scheme: Scheme) -> &'static str {
 
 /// The `EXT-X-KEY` (or `EXT-X-SESSION-KEY`) lines for one key: the common
 /// system (`pssh` in a data URI) and W3C ClearKey (license URL).
+///
+/// The ClearKey URI carries the key id as a query parameter so that each
+/// key has its own URI: hls.js (1.7) tracks key requests by URI, and with
+/// one URI for every key it waits on the video key's request for the audio
+/// key and never asks for the latter.
 fn key_lines(tag: &str, scheme: Scheme, kid: &[u8; 16], clearkey_url: &str) -> String {
     let pssh = base64(&pssh_box(&COMMON_SYSTEM_ID, &[*kid]));
+    let separator = if clearkey_url.contains('?') { '&' } else { '?' };
+    let clearkey_url = format!("{clearkey_url}{separator}kid={}", hex::encode(kid));
     format!(
         "#{tag}:METHOD={m},URI=\"data:text/plain;base64,{pssh}\",KEYID=0x{k},KEYFORMAT=\"urn:uuid:{sys}\",KEYFORMATVERSIONS=\"1\"\n\
          #{tag}:METHOD={m},URI=\"{clearkey_url}\",KEYID=0x{k},KEYFORMAT=\"org.w3.clearkey\",KEYFORMATVERSIONS=\"1\"\n",
@@ -233,12 +240,15 @@ pub fn dash_mpd(renditions: &[PackagedRendition], scheme: Scheme, clearkey_url: 
                 uuid(&COMMON_SYSTEM_ID),
                 base64(&pssh_box(&COMMON_SYSTEM_ID, &all))
             );
+            // No cenc:pssh here, as in DASH-IF IOP's ClearKey example: W3C
+            // ClearKey reads key ids from the common-system pssh above (or
+            // from default_KID), and dash.js (5.2) hands a pssh found here
+            // to the CDM as `keyids` init data, which Chromium rejects.
             let _ = writeln!(
                 out,
-                "      <ContentProtection schemeIdUri=\"urn:uuid:{}\" value=\"ClearKey1.0\"><dashif:Laurl Lic_type=\"EME-1.0\">{}</dashif:Laurl><cenc:pssh>{}</cenc:pssh></ContentProtection>",
+                "      <ContentProtection schemeIdUri=\"urn:uuid:{}\" value=\"ClearKey1.0\"><dashif:Laurl Lic_type=\"EME-1.0\">{}</dashif:Laurl></ContentProtection>",
                 uuid(&CLEARKEY_SYSTEM_ID),
                 xml_escape(clearkey_url),
-                base64(&pssh_box(&CLEARKEY_SYSTEM_ID, &all))
             );
         }
         for r in members {
