@@ -2,43 +2,11 @@
 
 use std::path::PathBuf;
 
-use crate::boxes::BoxError;
-use crate::cenc::SampleError;
 use crate::keysource::KeySourceError;
 
-/// Why an init or media segment could not be read or protected (without
-/// the file name: [`PackageError`] adds it).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Mp4Error {
-    /// Boxes are truncated or inconsistent.
-    #[error(transparent)]
-    Box(#[from] BoxError),
-    /// A required box is missing.
-    #[error("missing box {0}")]
-    Missing(&'static str),
-    /// The input uses something this packager does not handle.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
-    /// The input is already encrypted: use the `passthrough` scheme.
-    #[error("input is already protected (encv/enca or senc present): use --scheme passthrough")]
-    AlreadyProtected,
-    /// A sample could not be split into subsamples.
-    #[error("sample {index}: {source}")]
-    Sample {
-        /// Index of the sample in the fragment.
-        index: usize,
-        /// The problem.
-        source: SampleError,
-    },
-    /// A segment belongs to another track than the init segment's.
-    #[error("fragment is for track {found}, the init segment has track {expected}")]
-    WrongTrack {
-        /// Track of the init segment.
-        expected: u32,
-        /// Track named by `tfhd`.
-        found: u32,
-    },
-}
+/// Why an init or media segment could not be read or protected (defined
+/// with the shared CMAF code in `loaves_proto::cmaf`).
+pub use loaves_proto::cmaf::Mp4Error;
 
 /// Why packaging failed. Every variant names the file concerned.
 #[derive(Debug, thiserror::Error)]

@@ -8,16 +8,16 @@
 //! the ciphers and the subsample rules; [`boxes`] the ISO-BMFF reader and
 //! writer. Keys come through the [`keysource::KeySource`] trait.
 
-pub mod boxes;
-pub mod cenc;
+// The box, cipher, init and segment code is shared with the client SDK
+// (its `decrypt` option), so it lives in `loaves_proto::cmaf`; these paths
+// stay for the packager's modules and its users.
+pub use loaves_proto::cmaf::{boxes, cenc, init, segment};
 pub mod error;
-pub mod init;
 pub mod input;
 pub mod keysource;
 pub mod live;
 pub mod package;
 pub mod playlist;
-pub mod segment;
 pub mod serve;
 pub mod synthetic;
 

@@ -13,10 +13,14 @@
 //! - [`keywrap`]: HPKE sealing of content keys to one session.
 //! - [`license`]: signed licenses carrying wrapped keys and policy.
 //! - [`keygen`]: writing key pairs to files.
+//! - `cmaf` (feature `cmaf`): CMAF boxes and Common Encryption, both ways
+//!   (the packager protects, the client SDK's decrypt option unprotects).
 //!
 //! Time is always an input ([`UnixSeconds`]): nothing here reads a clock, so
 //! callers (and the simulator) decide what "now" is.
 
+#[cfg(feature = "cmaf")]
+pub mod cmaf;
 pub mod entitlement;
 pub mod framing;
 #[cfg(feature = "quic")]

@@ -1,10 +1,11 @@
 //! Common Encryption (ISO/IEC 23001-7) of single samples: which bytes stay
 //! clear (subsamples), and the two ciphers, `cenc` (AES-128-CTR) and `cbcs`
-//! (AES-128-CBC, pattern, constant IV). Pure functions: bytes in, bytes out.
+//! (AES-128-CBC, pattern, constant IV), both ways. Pure functions: bytes
+//! in, bytes out.
 
+use crate::keys::ContentKey;
 use aes::Aes128;
-use aes::cipher::{BlockModeEncrypt, KeyIvInit, StreamCipher};
-use loaves_proto::keys::ContentKey;
+use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, StreamCipher};
 use sha2::{Digest, Sha256};
 
 /// AES block size.
@@ -61,6 +62,9 @@ pub enum SampleError {
     /// A protected range does not fit the 32-bit field.
     #[error("NAL unit too large for a subsample entry")]
     TooLarge,
+    /// A `cenc` IV is neither 8 nor 16 bytes.
+    #[error("IV of {0} bytes (8 or 16 expected)")]
+    BadIvSize(usize),
 }
 
 /// The subsamples of an H.264 sample in AVCC form (length-prefixed NAL
@@ -206,6 +210,67 @@ pub fn encrypt_cbcs(
             }
         }
     }
+}
+
+/// Undoes [`encrypt_cenc`] for an IV of 8 bytes (the high half of the
+/// counter block) or 16 (the whole block), as `senc` carries it. CTR is its
+/// own inverse; this exists for IVs that are not the packager's 8 bytes.
+pub fn decrypt_cenc(
+    key: &ContentKey,
+    iv: &[u8],
+    sample: &mut [u8],
+    subsamples: Option<&[Subsample]>,
+) -> Result<(), SampleError> {
+    let mut counter = [0u8; 16];
+    match iv.len() {
+        8 | 16 => counter[..iv.len()].copy_from_slice(iv),
+        n => return Err(SampleError::BadIvSize(n)),
+    }
+    let mut cipher = ctr::Ctr128BE::<Aes128>::new(key.as_bytes().into(), &counter.into());
+    for range in protected_ranges(sample.len(), subsamples) {
+        cipher.apply_keystream(&mut sample[range]);
+    }
+    Ok(())
+}
+
+/// Undoes [`encrypt_cbcs`]: the same ranges, blocks and pattern, each
+/// subsample's CBC chain restarting from `iv`.
+pub fn decrypt_cbcs(
+    key: &ContentKey,
+    iv: &[u8; 16],
+    sample: &mut [u8],
+    subsamples: Option<&[Subsample]>,
+    pattern: Option<Pattern>,
+) {
+    for range in protected_ranges(sample.len(), subsamples) {
+        let mut cipher = cbc::Decryptor::<Aes128>::new(key.as_bytes().into(), iv.into());
+        let region = &mut sample[range];
+        let whole = region.len() / BLOCK * BLOCK;
+        let blocks = region[..whole].chunks_exact_mut(BLOCK);
+        match pattern {
+            Some(p) if p.crypt > 0 => {
+                let period = usize::from(p.crypt) + usize::from(p.skip);
+                for (i, block) in blocks.enumerate() {
+                    if i % period < usize::from(p.crypt) {
+                        decrypt_block(&mut cipher, block);
+                    }
+                }
+            }
+            _ => {
+                for block in blocks {
+                    decrypt_block(&mut cipher, block);
+                }
+            }
+        }
+    }
+}
+
+fn decrypt_block(cipher: &mut cbc::Decryptor<Aes128>, block: &mut [u8]) {
+    let mut b = [0u8; BLOCK];
+    b.copy_from_slice(block);
+    let mut array = b.into();
+    cipher.decrypt_block(&mut array);
+    block.copy_from_slice(&array);
 }
 
 fn encrypt_block(cipher: &mut cbc::Encryptor<Aes128>, block: &mut [u8]) {
@@ -401,6 +466,38 @@ mod tests {
         assert_ne!(enc[..16], clear[..16]);
         assert_ne!(enc[16..32], clear[16..32]);
         assert_eq!(enc[32..], clear[32..]);
+    }
+
+    #[test]
+    fn decryption_undoes_encryption() {
+        let key = ContentKey::new([8; 16]);
+        let clear: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
+        let subs = [
+            Subsample {
+                clear: 37,
+                protected: 400,
+            },
+            Subsample {
+                clear: 3,
+                protected: 560,
+            },
+        ];
+        let mut enc = clear.clone();
+        encrypt_cenc(&key, &[4; 8], &mut enc, Some(&subs));
+        assert_ne!(enc, clear);
+        decrypt_cenc(&key, &[4; 8], &mut enc, Some(&subs)).unwrap();
+        assert_eq!(enc, clear);
+        for (subsamples, pattern) in [(Some(&subs[..]), Some(CBCS_VIDEO_PATTERN)), (None, None)] {
+            let mut enc = clear.clone();
+            encrypt_cbcs(&key, &[6; 16], &mut enc, subsamples, pattern);
+            assert_ne!(enc, clear);
+            decrypt_cbcs(&key, &[6; 16], &mut enc, subsamples, pattern);
+            assert_eq!(enc, clear);
+        }
+        assert_eq!(
+            decrypt_cenc(&key, &[0; 12], &mut enc, None),
+            Err(SampleError::BadIvSize(12))
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! its sample entry for Common Encryption (`encv`/`enca` + `sinf` with
 //! `frma`, `schm`, `schi`/`tenc`) and adding `pssh` boxes to `moov`.
 
-use crate::boxes::{FourCc, RawBox, find, make_box, make_full_box, parse_boxes};
-use crate::cenc::{CBCS_VIDEO_PATTERN, Pattern};
-use crate::error::Mp4Error;
-use loaves_proto::manifest::Scheme;
+use super::Mp4Error;
+use super::boxes::{FourCc, RawBox, find, make_box, make_full_box, parse_boxes};
+use super::cenc::{CBCS_VIDEO_PATTERN, Pattern};
+use crate::manifest::Scheme;
 
 /// The W3C "common" PSSH system id (ClearKey key ids, CENC v1 `pssh`).
 pub const COMMON_SYSTEM_ID: [u8; 16] = [
@@ -229,7 +229,7 @@ fn stsd_of<'a>(mdia_children: &[RawBox<'a>]) -> Result<RawBox<'a>, Mp4Error> {
         .ok_or(Mp4Error::Missing("stsd"))
 }
 
-fn entry_header_len(kind: FourCc) -> Result<usize, Mp4Error> {
+pub(super) fn entry_header_len(kind: FourCc) -> Result<usize, Mp4Error> {
     match &kind.0 {
         b"avc1" | b"avc3" | b"encv" | b"hvc1" | b"hev1" => Ok(VISUAL_ENTRY_HEADER),
         b"mp4a" | b"enca" => Ok(AUDIO_ENTRY_HEADER),
@@ -273,7 +273,7 @@ pub fn track_encryption_fields(
     b.extend_from_slice(kid);
     if scheme == Scheme::Cbcs {
         b.push(16);
-        b.extend_from_slice(&crate::cenc::cbcs_constant_iv(iv_kid));
+        b.extend_from_slice(&super::cenc::cbcs_constant_iv(iv_kid));
     }
     // Version 1 carries the pattern byte; cbcs requires it.
     let version = u8::from(scheme == Scheme::Cbcs);

@@ -10,13 +10,13 @@
 //! `data_offset` moves by that growth, and a leading `sidx` has its
 //! `referenced_size` fixed. Every other box is copied byte for byte.
 
-use loaves_proto::keys::ContentKey;
-use loaves_proto::manifest::Scheme;
+use crate::keys::ContentKey;
+use crate::manifest::Scheme;
 
-use crate::boxes::{FourCc, RawBox, make_box, make_full_box, parse_boxes};
-use crate::cenc::{self, Subsample};
-use crate::error::Mp4Error;
-use crate::init::{
+use super::Mp4Error;
+use super::boxes::{FourCc, RawBox, make_box, make_full_box, parse_boxes};
+use super::cenc::{self, Subsample};
+use super::init::{
     CLEARKEY_SYSTEM_ID, COMMON_SYSTEM_ID, Codec, TrackInfo, pattern_for, pssh_box,
     track_encryption_fields,
 };
@@ -65,15 +65,15 @@ pub struct SegmentSummary {
 
 /// One sample located in the segment.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
+pub(super) struct Sample {
     /// Offset of the sample's first byte in the segment.
-    offset: usize,
-    size: usize,
+    pub(super) offset: usize,
+    pub(super) size: usize,
 }
 
 /// A parsed `trun`.
 #[derive(Debug, Clone)]
-struct Trun<'a> {
+pub(super) struct Trun<'a> {
     raw: RawBox<'a>,
     data_offset: i32,
     durations: Vec<u32>,
@@ -82,14 +82,14 @@ struct Trun<'a> {
 
 /// A parsed `traf`.
 #[derive(Debug)]
-struct Traf<'a> {
+pub(super) struct Traf<'a> {
     raw: RawBox<'a>,
-    children: Vec<RawBox<'a>>,
+    pub(super) children: Vec<RawBox<'a>>,
     truns: Vec<Trun<'a>>,
     base_decode_time: u64,
 }
 
-fn parse_traf<'a>(
+pub(super) fn parse_traf<'a>(
     traf: RawBox<'a>,
     track: &TrackInfo,
     allow_protected: bool,
@@ -214,7 +214,7 @@ fn parse_trun(
 }
 
 /// Locates the samples of `traf` (of `moof`) inside `mdat`.
-fn locate_samples(
+pub(super) fn locate_samples(
     moof: &RawBox<'_>,
     mdat: &RawBox<'_>,
     traf: &Traf<'_>,
@@ -530,7 +530,7 @@ fn build_moof(
     Ok(make_box(b"moof", &body))
 }
 
-fn patch_trun(trun: &RawBox<'_>, growth: i64) -> Result<Vec<u8>, Mp4Error> {
+pub(super) fn patch_trun(trun: &RawBox<'_>, growth: i64) -> Result<Vec<u8>, Mp4Error> {
     let mut bytes = trun.bytes.to_vec();
     let at = trun.header_len + 8;
     let old = i32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
@@ -542,7 +542,7 @@ fn patch_trun(trun: &RawBox<'_>, growth: i64) -> Result<Vec<u8>, Mp4Error> {
 
 /// Fixes `referenced_size` of a `sidx` whose references each cover one
 /// fragment (or one reference covering them all).
-fn patch_sidx(sidx: &RawBox<'_>, growths: &[i64]) -> Result<Vec<u8>, Mp4Error> {
+pub(super) fn patch_sidx(sidx: &RawBox<'_>, growths: &[i64]) -> Result<Vec<u8>, Mp4Error> {
     let mut r = sidx.reader();
     let (version, _) = r.version_flags()?;
     r.bytes(if version == 0 { 16 } else { 24 })?;
