@@ -11,7 +11,11 @@
 //! - `GET /NAME/seg_NNNNN.m4s`: the segment, pulled through the rendition's
 //!   scheduler (the request moves its playhead) and verified before a single
 //!   byte is sent. Segments stay CENC-encrypted: the player's DRM module
-//!   decrypts.
+//!   decrypts. With [`crate::Options::decrypt`] (weaker: see there) the
+//!   endpoint decrypts verified segments itself and serves clear CMAF
+//!   (init segment, segments, playlists without key tags, MPD without
+//!   `ContentProtection`); a segment whose key the license lacks is a
+//!   `403`, one that cannot be decrypted a `502`, never ciphertext.
 //! - Init and media segments honour single `Range: bytes=` requests.
 //! - `POST /clearkey/license`: the player's W3C ClearKey license request,
 //!   forwarded to the license server's ClearKey endpoint with the session
@@ -28,6 +32,8 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use loaves_proto::cmaf::decrypt::{DecryptError, decrypt_segment};
 
 use crate::session::{Error, Rendition, Shared, lock, valid_name};
 use crate::track::{TrackHandle, WantError, parse_segment_file};
@@ -186,8 +192,15 @@ async fn rendition_file(
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             response
         }
+        "media.m3u8" if info.clear_init.is_some() => body(
+            "application/vnd.apple.mpegurl",
+            without_hls_keys(&info.media_playlist),
+        ),
         "media.m3u8" => body("application/vnd.apple.mpegurl", info.media_playlist.clone()),
-        "init.mp4" => ranged("video/mp4", info.init.clone(), &headers),
+        "init.mp4" => match &info.clear_init {
+            Some(clear) => ranged("video/mp4", Bytes::from(clear.bytes.clone()), &headers),
+            None => ranged("video/mp4", info.init.clone(), &headers),
+        },
         name => {
             let (Some(sequence), Some(track)) =
                 (parse_segment_file(name), state.tracks.get(&rendition))
@@ -195,6 +208,14 @@ async fn rendition_file(
                 return StatusCode::NOT_FOUND.into_response();
             };
             match track.want(sequence).await {
+                // `want` returns verified bytes only: decryption never
+                // sees bytes the manifest did not vouch for.
+                Ok(bytes) if info.clear_init.is_some() => {
+                    match decrypted(&state.shared, info, bytes).await {
+                        Ok(clear) => ranged("video/iso.segment", clear, &headers),
+                        Err(response) => response,
+                    }
+                }
                 Ok(bytes) => ranged("video/iso.segment", bytes, &headers),
                 Err(WantError::NotFound) => StatusCode::NOT_FOUND.into_response(),
                 Err(WantError::Busy) => StatusCode::TOO_MANY_REQUESTS.into_response(),
@@ -203,6 +224,98 @@ async fn rendition_file(
             }
         }
     }
+}
+
+/// Decrypts a verified segment for the player (the bytes in the store,
+/// which peers are served from, stay encrypted). Off the async workers:
+/// a segment is up to a few megabytes of AES.
+async fn decrypted(
+    shared: &Arc<Shared>,
+    info: &Rendition,
+    bytes: Bytes,
+) -> Result<Bytes, Response> {
+    let Some(clear_init) = info.clear_init.clone() else {
+        return Err(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    };
+    let shared = shared.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        decrypt_segment(&bytes, &clear_init, |kid| shared.content_key(kid))
+    });
+    match work.await {
+        Ok(Ok(clear)) => Ok(Bytes::from(clear)),
+        Ok(Err(DecryptError::NoKey(kid))) => Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "the session's license carries no key for key id {}: the segment cannot be decrypted\n",
+                hex_id(&kid)
+            ),
+        )
+            .into_response()),
+        Ok(Err(DecryptError::Mp4(e))) => Err((
+            StatusCode::BAD_GATEWAY,
+            format!("the segment cannot be decrypted: {e}\n"),
+        )
+            .into_response()),
+        Err(_) => Err(StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+    }
+}
+
+fn hex_id(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An HLS playlist without `EXT-X-KEY` / `EXT-X-SESSION-KEY` tags (for
+/// clear media: a player would otherwise try to set up DRM).
+pub(crate) fn without_hls_keys(playlist: &[u8]) -> Bytes {
+    let Ok(text) = std::str::from_utf8(playlist) else {
+        return Bytes::copy_from_slice(playlist);
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let tag = line.trim_start();
+        if tag.starts_with("#EXT-X-KEY:") || tag.starts_with("#EXT-X-SESSION-KEY:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    Bytes::from(out)
+}
+
+/// A DASH MPD without `ContentProtection` elements (self-closing or with
+/// content), and without the lines that held only them.
+pub(crate) fn without_content_protection(mpd: &[u8]) -> Bytes {
+    const OPEN: &str = "<ContentProtection";
+    const CLOSE: &str = "</ContentProtection>";
+    let Ok(text) = std::str::from_utf8(mpd) else {
+        return Bytes::copy_from_slice(mpd);
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        out.push_str(&rest[..start]);
+        let element = &rest[start..];
+        let Some(tag_end) = element.find('>') else {
+            // Malformed: keep the rest as it is.
+            out.push_str(element);
+            rest = "";
+            break;
+        };
+        let end = if element[..tag_end].ends_with('/') {
+            tag_end + 1
+        } else {
+            match element.find(CLOSE) {
+                Some(close) => close + CLOSE.len(),
+                None => element.len(),
+            }
+        };
+        rest = &element[end..];
+    }
+    out.push_str(rest);
+    let cleaned: Vec<&str> = out.lines().filter(|line| !line.trim().is_empty()).collect();
+    let mut joined = cleaned.join("\n");
+    joined.push('\n');
+    Bytes::from(joined)
 }
 
 /// A live media playlist from the verified manifest: the newest
@@ -230,8 +343,10 @@ fn live_playlist(rendition: &Rendition) -> String {
     let _ = writeln!(out, "#EXT-X-MEDIA-SEQUENCE:{first}");
     out.push_str("#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI=\"init.mp4\"\n");
     let mut period = None;
+    // Clear media for the player: no key tags.
+    let with_keys = rendition.clear_init.is_none();
     for segment in &window {
-        if period != Some(segment.key_period) {
+        if with_keys && period != Some(segment.key_period) {
             if let Some(tags) = keys.get(&segment.key_period) {
                 out.push_str(tags);
                 out.push('\n');
@@ -325,7 +440,23 @@ pub(crate) fn base64url(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::base64url;
+    #![allow(clippy::unwrap_used)]
+
+    use super::{base64url, without_content_protection, without_hls_keys};
+
+    #[test]
+    fn key_tags_and_content_protection_are_removed() {
+        let hls = b"#EXTM3U\n#EXT-X-KEY:METHOD=SAMPLE-AES-CTR,URI=\"x\"\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.0,\nseg_00000.m4s\n";
+        assert_eq!(
+            &without_hls_keys(hls)[..],
+            b"#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.0,\nseg_00000.m4s\n"
+        );
+        let mpd = "<MPD>\n  <AdaptationSet>\n    <ContentProtection a=\"1\"/>\n    <ContentProtection b=\"2\"><cenc:pssh>AA</cenc:pssh>\n    </ContentProtection>\n    <Representation id=\"v\"/>\n  </AdaptationSet>\n</MPD>\n";
+        assert_eq!(
+            std::str::from_utf8(&without_content_protection(mpd.as_bytes())).unwrap(),
+            "<MPD>\n  <AdaptationSet>\n    <Representation id=\"v\"/>\n  </AdaptationSet>\n</MPD>\n"
+        );
+    }
 
     #[test]
     fn base64url_matches_rfc4648_vectors() {

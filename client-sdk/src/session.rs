@@ -44,6 +44,9 @@ use loaves_proto::keys::{Keyring, SigningKeyPair};
 use loaves_proto::manifest::{MAX_CHUNK_LEN, Manifest};
 use tokio::sync::{broadcast, oneshot, watch};
 
+use loaves_proto::cmaf::decrypt::{ClearInit, decrypt_init};
+use loaves_proto::keys::ContentKey;
+
 use crate::cdn::{CdnClient, CdnConfig, CdnError};
 use crate::license::{
     LicenseClient, LicenseClientError, LicenseRequest, LicenseServerConfig, LicensedSession,
@@ -125,6 +128,21 @@ pub struct Options {
     pub renewal_interval: Option<Duration>,
     /// How many events a slow `events()` reader may lag before losing some.
     pub event_capacity: usize,
+    /// Decrypt inside the SDK, for players without a DRM module: the player
+    /// endpoint serves clear CMAF (original `avc1`/`mp4a` sample entries, no
+    /// `sinf`/`pssh`, samples decrypted, no `senc`/`saiz`/`saio`) and
+    /// playlists without key tags or `ContentProtection`.
+    ///
+    /// **Weaker protection.** The content keys then sit in the app's memory
+    /// for the session, and clear media crosses the loopback HTTP endpoint,
+    /// where any local process (or a modified app) can read it; a DRM
+    /// module keeps both inside its own boundary. Use it only where the
+    /// content owner accepts that (previews, low-value or open content,
+    /// platforms without EME). Segments are still verified against the
+    /// signed manifest before decryption, the store and peers only ever
+    /// hold ciphertext, and a segment whose key the license lacks is an
+    /// HTTP error (403), never ciphertext offered as clear.
+    pub decrypt: bool,
     /// Fault injection for tests: serve every uploaded segment with one byte
     /// flipped (a lying peer). Never set this in an app.
     #[doc(hidden)]
@@ -162,6 +180,7 @@ impl Default for Options {
             max_announce_interval: Duration::from_secs(30),
             renewal_interval: None,
             event_capacity: 1024,
+            decrypt: false,
             tamper_uploads: false,
         }
     }
@@ -384,6 +403,9 @@ pub(crate) struct Rendition {
     /// `EXT-X-KEY` lines per key period, learned from the origin's media
     /// playlist (the signed manifest names key periods, not key ids).
     pub(crate) key_lines: Mutex<BTreeMap<u32, String>>,
+    /// With [`Options::decrypt`]: the clear init segment and how the
+    /// rendition's segments are protected (read once at `open`).
+    pub(crate) clear_init: Option<Arc<ClearInit>>,
 }
 
 impl Rendition {
@@ -477,9 +499,31 @@ pub(crate) struct Shared {
     pub(crate) dash_manifest: Option<Bytes>,
     pub(crate) renditions: HashMap<String, Arc<Rendition>>,
     pub(crate) scheduler_stats: Mutex<HashMap<String, SchedulerStats>>,
+    /// Content keys by key id, from the license and its renewals; filled
+    /// only with [`Options::decrypt`] (otherwise the keys stay inside the
+    /// license task and are never used by the SDK).
+    pub(crate) content_keys: Mutex<HashMap<[u8; 16], ContentKey>>,
 }
 
 impl Shared {
+    /// Makes the license's keys available to the endpoint's decryption
+    /// (with [`Options::decrypt`] only).
+    pub(crate) fn learn_keys(&self, licensed: &LicensedSession) {
+        if !self.options.decrypt {
+            return;
+        }
+        let mut keys = lock(&self.content_keys);
+        for opened in &licensed.keys {
+            keys.entry(opened.key_id.0)
+                .or_insert_with(|| opened.key.clone());
+        }
+    }
+
+    /// The content key of `kid`, if the license carried it.
+    pub(crate) fn content_key(&self, kid: &[u8; 16]) -> Option<ContentKey> {
+        lock(&self.content_keys).get(kid).cloned()
+    }
+
     pub(crate) fn emit(&self, event: Event) {
         // No receiver is fine; a lagging receiver loses the oldest events.
         let _ = self.events.send(event);
@@ -733,12 +777,19 @@ impl Loaves {
 
     async fn start(&self, title: &str, options: Options, token: Vec<u8>) -> Result<Parts, Error> {
         let cdn = CdnClient::new(options.cdn.clone())?;
-        let master = cdn.fetch(&format!("{title}/master.m3u8"), None).await?;
+        let mut master = cdn.fetch(&format!("{title}/master.m3u8"), None).await?;
         let names = rendition_names(&master)?;
-        let dash = cdn.fetch(&format!("{title}/manifest.mpd"), None).await.ok();
+        let mut dash = cdn.fetch(&format!("{title}/manifest.mpd"), None).await.ok();
+        if options.decrypt {
+            // The player gets clear media: no key tags, no DRM signalling.
+            master = crate::endpoint::without_hls_keys(&master);
+            dash = dash.map(|mpd| crate::endpoint::without_content_protection(&mpd));
+        }
         let mut renditions = HashMap::new();
         for name in names {
-            let rendition = fetch_rendition(&cdn, &options.manifest_keys, title, &name).await?;
+            let rendition =
+                fetch_rendition(&cdn, &options.manifest_keys, title, &name, options.decrypt)
+                    .await?;
             renditions.insert(name, Arc::new(rendition));
         }
         let identity = PeerIdentity::new(&self.key).map_err(|e| Error::Setup(e.to_string()))?;
@@ -763,6 +814,7 @@ impl Loaves {
             dash_manifest: dash,
             renditions,
             scheduler_stats: Mutex::new(HashMap::new()),
+            content_keys: Mutex::new(HashMap::new()),
         });
         let mut tracks = HashMap::new();
         for rendition in shared.renditions.values() {
@@ -848,6 +900,7 @@ async fn fetch_rendition(
     keys: &Keyring,
     title: &str,
     name: &str,
+    decrypt: bool,
 ) -> Result<Rendition, Error> {
     let raw = cdn.fetch(&manifest_path(title, name), None).await?;
     let (chunks, used) =
@@ -868,6 +921,16 @@ async fn fetch_rendition(
     manifest
         .verify_init(&init)
         .map_err(|e| Error::Presentation(format!("{name}: init segment: {e}")))?;
+    // Checked at `open`, so that a presentation the SDK cannot decrypt
+    // fails there with a clear error rather than at the player's first
+    // request.
+    let clear_init = if decrypt {
+        Some(Arc::new(decrypt_init(&init).map_err(|e| {
+            Error::Presentation(format!("{name}: init segment cannot be decrypted: {e}"))
+        })?))
+    } else {
+        None
+    };
     let media_playlist = cdn
         .fetch(&format!("{title}/{name}/media.m3u8"), None)
         .await?;
@@ -891,6 +954,7 @@ async fn fetch_rendition(
         consumed: AtomicU64::new(used as u64),
         longest_ms: AtomicU32::new(longest),
         key_lines: Mutex::new(BTreeMap::new()),
+        clear_init,
     };
     rendition.learn_key_lines(&rendition.media_playlist);
     Ok(rendition)
@@ -978,6 +1042,7 @@ impl Session {
         key: Arc<SigningKeyPair>,
     ) -> Self {
         let (stop_tx, stop_rx) = oneshot::channel();
+        parts.shared.learn_keys(&licensed);
         let license = tokio::spawn(crate::track::heartbeat(
             parts.shared.clone(),
             client,

@@ -901,7 +901,11 @@ pub(crate) async fn heartbeat(
             .renew(&mut licensed, &key, None, UnixSeconds::now())
             .await
         {
-            Ok(()) => shared.emit(Event::LicenseRenewed),
+            Ok(()) => {
+                // A renewal may carry keys of new key periods.
+                shared.learn_keys(&licensed);
+                shared.emit(Event::LicenseRenewed);
+            }
             Err(e) => shared.emit(Event::LicenseRenewalFailed {
                 message: e.to_string(),
             }),

@@ -57,6 +57,11 @@ fn key_source(license: &RunningServer) -> GrpcKeySource {
 }
 
 pub async fn stack(with_tracker: bool) -> Stack {
+    stack_with(with_tracker, Scheme::Cenc).await
+}
+
+/// The stack with the sample packaged under `scheme`.
+pub async fn stack_with(with_tracker: bool, scheme: Scheme) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     // The license server, on the real clock (peers check tokens with it).
     std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
@@ -104,7 +109,7 @@ pub async fn stack(with_tracker: bool) -> Stack {
             &output,
             &PackageOptions {
                 title: TITLE.into(),
-                scheme: Scheme::Cenc,
+                scheme,
                 ..PackageOptions::default()
             },
             &source,
@@ -265,13 +270,19 @@ impl Stack {
     }
 
     pub fn entitlement(&self, account: &str) -> Vec<u8> {
+        self.entitlement_up_to(account, 0)
+    }
+
+    /// An entitlement to renditions up to `max_height` (0: any); the
+    /// license then carries no key for taller renditions.
+    pub fn entitlement_up_to(&self, account: &str, max_height: u32) -> Vec<u8> {
         let now = UnixSeconds::now().0;
         Entitlement {
             account: account.into(),
             titles: vec!["*".into()],
             max_concurrent_streams: 1,
             renditions: vec![],
-            max_height: 0,
+            max_height,
             issued_at: UnixSeconds(now - 10),
             expires_at: UnixSeconds(now + 86_400),
         }
