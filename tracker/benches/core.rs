@@ -126,6 +126,11 @@ fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_s
     let rounds = (2_000_000 / total).max(1);
     let mut returned = 0u64;
     let mut bytes = 0u64;
+    // `LOAVES_BENCH_DIGEST=1`: FNV-1a over every reply (slow: not for
+    // timing). Equal digests from two builds mean the core chose and encoded
+    // exactly the same replies (same seed, same order).
+    let check = std::env::var_os("LOAVES_BENCH_DIGEST").is_some();
+    let mut digest = 0xcbf2_9ce4_8422_2325u64;
     let started = Instant::now();
     let cpu_started = thread_cpu_ns();
     for round in 0..rounds {
@@ -154,6 +159,11 @@ fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_s
                 returned += u64::from(outcome.peers);
                 bytes += outcome.reply.len() as u64;
                 black_box(&outcome.reply);
+                if check {
+                    for &b in &outcome.reply {
+                        digest = (digest ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+                    }
+                }
             }
         }
     }
@@ -164,7 +174,7 @@ fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_s
     };
     let announces = (rounds * total) as f64;
     println!(
-        "{name:<44} {:>9.0} announces per CPU-second ({:.0} ns each; wall-clock {:.0}/s; {:.1} peers and {:.0} bytes per reply; {} peers in {} swarms)",
+        "{name:<44} {:>9.0} announces per CPU-second ({:.0} ns each; wall-clock {:.0}/s; {:.1} peers and {:.0} bytes per reply; {} peers in {} swarms; replies digest {digest:016x})",
         announces / cpu,
         cpu * 1e9 / announces,
         announces / wall,

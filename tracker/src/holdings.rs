@@ -113,12 +113,7 @@ impl Holdings {
     pub fn count_held(&self, from: u64, count: u64) -> u64 {
         match self {
             Self::Nothing => 0,
-            Self::Live { first, last } => {
-                let end = from.saturating_add(count); // exclusive
-                let lo = from.max(*first);
-                let hi = end.min(last.saturating_add(1));
-                hi.saturating_sub(lo)
-            }
+            Self::Live { first, last } => live_count_held(*first, *last, from, count),
             Self::Bitmap { .. } => (0..count)
                 .filter(|i| self.holds(from.saturating_add(*i)))
                 .count() as u64,
@@ -150,13 +145,34 @@ impl Holdings {
         }
     }
 
-    /// Length of [`Self::encode_body`]'s output.
-    #[cfg(test)]
+    /// Length of [`Self::encode_body`]'s output, computed without encoding.
     pub(crate) fn encoded_len(&self) -> usize {
-        let mut scratch = Vec::new();
-        self.encode_body(&mut scratch);
-        scratch.len()
+        use crate::wire::varint_len;
+        let inner = match self {
+            Self::Nothing => return 0,
+            Self::Live { first, last } => u64_field_len(1, *first) + u64_field_len(2, *last),
+            Self::Bitmap { first, bits } => {
+                u64_field_len(1, *first)
+                    + if bits.is_empty() {
+                        0
+                    } else {
+                        1 + varint_len(bits.len() as u64) + bits.len()
+                    }
+            }
+        };
+        // Field 1 or 2 of `pb::Holdings`: one key byte, the length, the body.
+        1 + varint_len(inner as u64) + inner
     }
+}
+
+/// [`Holdings::count_held`] of a live window `first..=last`, for callers that
+/// keep the window outside a `Holdings` (the swarm's compact peer summaries).
+#[inline]
+pub(crate) fn live_count_held(first: u64, last: u64, from: u64, count: u64) -> u64 {
+    let end = from.saturating_add(count); // exclusive
+    let lo = from.max(first);
+    let hi = end.min(last.saturating_add(1));
+    hi.saturating_sub(lo)
 }
 
 fn u64_field_len(_field: u32, value: u64) -> usize {
@@ -244,6 +260,7 @@ mod tests {
             live(1 << 40, (1 << 40) + 99),
             bitmap(0, vec![]),
             bitmap(7, vec![1, 2, 3]),
+            bitmap(1 << 50, vec![0xff; 300]),
         ] {
             let parsed = Holdings::parse(Some(&wire), &Default::default()).unwrap();
             let mut ours = Vec::new();

@@ -36,14 +36,18 @@
 //! of a swarm holds at most [`MAX_CACHED_REPLIES`] replies. Swarms smaller
 //! than `reply_cache_min_peers` always choose afresh.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use loaves_proto::{UnixSeconds, pb};
 
-use crate::holdings::{Holdings, HoldingsError, HoldingsLimits};
+use crate::holdings::{self, Holdings, HoldingsError, HoldingsLimits};
 use crate::rng::SplitMix64;
 use crate::wire::{self, PeerEntryFields};
+
+/// The book's hash maps: foldhash, seeded at random per map (keys come from
+/// clients, so not a fixed-seed hash), several times cheaper than SipHash
+/// for the short keys hashed on every announce.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A peer's identity: its Ed25519 public key.
 pub type PeerKey = [u8; 32];
@@ -226,7 +230,7 @@ struct Interner {
 impl Interner {
     fn new(max: usize) -> Self {
         Self {
-            ids: HashMap::new(),
+            ids: HashMap::default(),
             names: vec!["".into(), "other".into()],
             max,
         }
@@ -272,6 +276,52 @@ struct Peer {
     region_pos: u32,
 }
 
+/// What peer choice reads of a peer, kept compact (40 bytes) and copied into
+/// the swarm's locality indexes so that scoring candidates reads sequential
+/// memory instead of one scattered [`Peer`] record each. Derived from the
+/// `Peer` by [`Hot::of`] whenever the peer changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hot {
+    last_seen: u64,
+    /// Live window `first..=last` when `holdings == HOT_LIVE`.
+    first: u64,
+    last: u64,
+    /// Position of the peer in `Swarm::peers`.
+    index: u32,
+    region: NameId,
+    isp: NameId,
+    /// Bits of the spare upload (`64 - leading_zeros`): its log scale.
+    spare_log: u8,
+    /// `HOT_NOTHING`, `HOT_LIVE` or `HOT_BITMAP` (read from the `Peer`).
+    holdings: u8,
+    reachable: bool,
+}
+
+const HOT_NOTHING: u8 = 0;
+const HOT_LIVE: u8 = 1;
+const HOT_BITMAP: u8 = 2;
+
+impl Hot {
+    fn of(peer: &Peer, index: u32) -> Self {
+        let (holdings, first, last) = match peer.holdings {
+            Holdings::Nothing => (HOT_NOTHING, 0, 0),
+            Holdings::Live { first, last } => (HOT_LIVE, first, last),
+            Holdings::Bitmap { .. } => (HOT_BITMAP, 0, 0),
+        };
+        Self {
+            last_seen: peer.last_seen.0,
+            first,
+            last,
+            index,
+            region: peer.region,
+            isp: peer.isp,
+            spare_log: (64 - peer.spare_upload_bps.leading_zeros()) as u8,
+            holdings,
+            reachable: peer.reachable,
+        }
+    }
+}
+
 /// Most cached replies per swarm.
 pub const MAX_CACHED_REPLIES: usize = 64;
 
@@ -290,28 +340,61 @@ struct Swarm {
     title: Box<str>,
     rendition: Box<str>,
     peers: Vec<Peer>,
+    /// `hot[i] == Hot::of(&peers[i], i)`.
+    hot: Vec<Hot>,
     index: HashMap<PeerKey, u32>,
-    by_isp: HashMap<NameId, Vec<u32>>,
-    by_region: HashMap<NameId, Vec<u32>>,
+    /// Locality indexes: the summaries of the peers of each ISP / region.
+    by_isp: HashMap<NameId, Vec<Hot>>,
+    by_region: HashMap<NameId, Vec<Hot>>,
     seeds: Vec<PeerKey>,
 }
 
 impl Swarm {
     fn insert(&mut self, mut peer: Peer) -> u32 {
         let index = self.peers.len() as u32;
+        let hot = Hot::of(&peer, index);
         if known(peer.isp) {
             let group = self.by_isp.entry(peer.isp).or_default();
             peer.isp_pos = group.len() as u32;
-            group.push(index);
+            group.push(hot);
         }
         if known(peer.region) {
             let group = self.by_region.entry(peer.region).or_default();
             peer.region_pos = group.len() as u32;
-            group.push(index);
+            group.push(hot);
         }
         self.index.insert(peer.key, index);
         self.peers.push(peer);
+        self.hot.push(hot);
         index
+    }
+
+    /// Copies the summary of the peer at `index` (just changed) into `hot`
+    /// and its locality indexes.
+    fn refresh(&mut self, index: u32) {
+        let Some(peer) = self.peers.get(index as usize) else {
+            return;
+        };
+        let hot = Hot::of(peer, index);
+        if let Some(slot) = self.hot.get_mut(index as usize) {
+            *slot = hot;
+        }
+        if known(peer.isp)
+            && let Some(slot) = self
+                .by_isp
+                .get_mut(&peer.isp)
+                .and_then(|g| g.get_mut(peer.isp_pos as usize))
+        {
+            *slot = hot;
+        }
+        if known(peer.region)
+            && let Some(slot) = self
+                .by_region
+                .get_mut(&peer.region)
+                .and_then(|g| g.get_mut(peer.region_pos as usize))
+        {
+            *slot = hot;
+        }
     }
 
     /// Removes the peer at `index` (swap-remove), fixing every back-pointer.
@@ -343,6 +426,10 @@ impl Swarm {
         }
         self.index.remove(&key);
         self.peers.swap_remove(i);
+        self.hot.swap_remove(i);
+        if let Some(slot) = self.hot.get_mut(i) {
+            slot.index = index;
+        }
         if let Some(moved) = self.peers.get(i) {
             // The former last peer now lives at `i`: repoint its references.
             let (moved_key, moved_isp, moved_isp_pos, moved_region, moved_region_pos) = (
@@ -359,7 +446,7 @@ impl Swarm {
                     .get_mut(&moved_isp)
                     .and_then(|g| g.get_mut(moved_isp_pos as usize))
             {
-                *slot = index;
+                slot.index = index;
             }
             if known(moved_region)
                 && let Some(slot) = self
@@ -367,14 +454,14 @@ impl Swarm {
                     .get_mut(&moved_region)
                     .and_then(|g| g.get_mut(moved_region_pos as usize))
             {
-                *slot = index;
+                slot.index = index;
             }
         }
     }
 }
 
 fn remove_from_group(
-    groups: &mut HashMap<NameId, Vec<u32>>,
+    groups: &mut HashMap<NameId, Vec<Hot>>,
     name: NameId,
     pos: u32,
     peers: &mut [Peer],
@@ -388,8 +475,8 @@ fn remove_from_group(
         return;
     }
     group.swap_remove(pos);
-    if let Some(&moved) = group.get(pos)
-        && let Some(peer) = peers.get_mut(moved as usize)
+    if let Some(moved) = group.get(pos)
+        && let Some(peer) = peers.get_mut(moved.index as usize)
     {
         *back_pointer(peer) = pos as u32;
     }
@@ -412,6 +499,11 @@ struct Seed {
 #[derive(Debug, Default)]
 struct Scratch {
     swarm_key: String,
+    /// The next peer entry is encoded here, then swapped with the peer's
+    /// previous one (which becomes the next scratch).
+    entry: Vec<u8>,
+    /// Storage of the kept addresses (always empty between calls).
+    addresses: Vec<&'static str>,
     chosen: Vec<u32>,
     class_a: Vec<(u64, u32)>,
     class_b: Vec<(u64, u32)>,
@@ -443,8 +535,8 @@ impl SwarmBook {
         let names = Interner::new(config.max_locality_names);
         Self {
             config,
-            swarms: HashMap::new(),
-            seeds: HashMap::new(),
+            swarms: HashMap::default(),
+            seeds: HashMap::default(),
             names,
             total_peers: 0,
             rng: SplitMix64::new(seed),
@@ -510,20 +602,38 @@ impl SwarmBook {
             anomalies.upload_clamped = true;
         }
         let spare = capacity - in_use;
-        let addresses = valid_addresses(&announce.addresses, self.config.max_addresses);
+        let mut addresses = recycle(std::mem::take(&mut self.scratch.addresses));
+        valid_addresses(
+            &announce.addresses,
+            self.config.max_addresses,
+            &mut addresses,
+        );
         anomalies.addresses_dropped = (announce.addresses.len() - addresses.len()) as u32;
 
         let region = self.names.intern(who.region);
         let isp = self.names.intern(who.isp);
-        let entry = wire::encode_peer_entry(&PeerEntryFields {
-            key: who.key,
-            addresses: &addresses,
-            region: self.names.name(region),
-            isp: self.names.name(isp),
-            holdings: &holdings,
-            spare_upload_bps: spare,
-            is_seed: false,
-        });
+        let mut entry = std::mem::take(&mut self.scratch.entry);
+        entry.clear();
+        wire::encode_peer_entry_into(
+            &mut entry,
+            &PeerEntryFields {
+                key: who.key,
+                addresses: &addresses,
+                region: self.names.name(region),
+                isp: self.names.name(isp),
+                holdings: &holdings,
+                spare_upload_bps: spare,
+                is_seed: false,
+            },
+        );
+        if entry.capacity() > 2 * entry.len() + 256 {
+            // Buffers circulate between peers: never hand a small entry a
+            // buffer sized for someone's large bitmap.
+            entry.shrink_to(entry.len());
+        }
+        let reachable = !addresses.is_empty();
+        addresses.clear();
+        self.scratch.addresses = recycle(addresses);
 
         let mut key = std::mem::take(&mut self.scratch.swarm_key);
         swarm_key(&mut key, &swarm_id.title, &swarm_id.rendition);
@@ -535,10 +645,12 @@ impl SwarmBook {
             (region, isp),
             holdings,
             spare,
-            (entry, !addresses.is_empty()),
+            (&mut entry, reachable),
             announce,
         );
         self.scratch.swarm_key = key;
+        // The peer's previous entry (or the unused new one, on refusal).
+        self.scratch.entry = entry;
         let (reply, peers, seeds, swarm_size, joined) = result?;
         Ok(AnnounceOutcome {
             reply,
@@ -560,17 +672,26 @@ impl SwarmBook {
         (region, isp): (NameId, NameId),
         holdings: Holdings,
         spare: u64,
-        (entry, reachable): (Vec<u8>, bool),
+        (entry, reachable): (&mut Vec<u8>, bool),
         announce: &pb::Announce,
     ) -> Result<(Vec<u8>, u32, u32, u32, bool), CoreError> {
-        if !self.swarms.contains_key(key) {
-            if self.swarms.len() >= self.config.max_swarms {
+        let Self {
+            config,
+            swarms,
+            seeds,
+            total_peers,
+            rng,
+            scratch,
+            ..
+        } = self;
+        if !swarms.contains_key(key) {
+            if swarms.len() >= config.max_swarms {
                 return Err(CoreError::TooManySwarms);
             }
-            if self.total_peers >= self.config.max_total_peers {
+            if *total_peers >= config.max_total_peers {
                 return Err(CoreError::SwarmFull);
             }
-            self.swarms.insert(
+            swarms.insert(
                 key.to_owned(),
                 Swarm {
                     title: swarm_id.title.as_str().into(),
@@ -579,7 +700,7 @@ impl SwarmBook {
                 },
             );
         }
-        let Some(swarm) = self.swarms.get_mut(key) else {
+        let Some(swarm) = swarms.get_mut(key) else {
             return Err(CoreError::InvalidSwarm);
         };
         let (me, joined) = match swarm.index.get(who.key).copied() {
@@ -595,15 +716,15 @@ impl SwarmBook {
                 }
             }
             None => {
-                if swarm.peers.len() >= self.config.max_peers_per_swarm
-                    || self.total_peers >= self.config.max_total_peers
+                if swarm.peers.len() >= config.max_peers_per_swarm
+                    || *total_peers >= config.max_total_peers
                 {
                     if swarm.peers.is_empty() && swarm.seeds.is_empty() {
-                        self.swarms.remove(key);
+                        swarms.remove(key);
                     }
                     return Err(CoreError::SwarmFull);
                 }
-                self.total_peers += 1;
+                *total_peers += 1;
                 (swarm.insert(new_peer(who.key, region, isp)), true)
             }
         };
@@ -612,55 +733,53 @@ impl SwarmBook {
         peer.spare_upload_bps = spare;
         peer.reachable = reachable;
         peer.last_seen = now;
-        peer.entry = entry;
+        std::mem::swap(&mut peer.entry, entry);
+        swarm.refresh(me);
 
         let requested = match announce.max_peers {
-            0 => self.config.default_peers_per_reply,
+            0 => config.default_peers_per_reply,
             n => n as usize,
         };
-        let want = requested.min(self.config.max_peers_per_reply);
+        let want = requested.min(config.max_peers_per_reply);
         let context = Choice {
             me,
             region,
             isp,
             next_sequence: announce.next_sequence,
             now,
-            ttl: self.config.peer_ttl_s,
-            lookahead: self.config.lookahead_segments,
-            cap: self.config.candidates_per_slot,
+            ttl: config.peer_ttl_s,
+            lookahead: config.lookahead_segments,
+            cap: config.candidates_per_slot,
             want,
-            diversity: self.config.diversity_peers.min(want / 3),
+            diversity: config.diversity_peers.min(want / 3),
         };
         let mut reply = Vec::with_capacity(want * 96 + 64);
-        let Some(swarm) = self.swarms.get_mut(key) else {
-            return Err(CoreError::InvalidSwarm);
-        };
-        let cacheable = self.config.reply_cache_uses > 0
-            && want == self.config.default_peers_per_reply
-            && swarm.peers.len() >= self.config.reply_cache_min_peers;
+        let cacheable = config.reply_cache_uses > 0
+            && want == config.default_peers_per_reply
+            && swarm.peers.len() >= config.reply_cache_min_peers;
         let peers = if cacheable {
             let cache_key = (
                 region,
                 isp,
-                announce.next_sequence / self.config.lookahead_segments.max(1),
+                announce.next_sequence / config.lookahead_segments.max(1),
             );
             let fresh = swarm
                 .cache
                 .get(&cache_key)
-                .is_some_and(|c| c.built_at == now && c.uses < self.config.reply_cache_uses);
+                .is_some_and(|c| c.built_at == now && c.uses < config.reply_cache_uses);
             if !fresh {
                 let build = Choice {
                     want: want + 1,
                     ..context
                 };
-                choose_peers(swarm, &build, &mut self.rng, &mut self.scratch);
+                choose_peers(swarm, &build, rng, scratch);
                 let mut cached = CachedReply {
                     built_at: now,
                     uses: 0,
-                    entries: Vec::with_capacity(self.scratch.chosen.len()),
+                    entries: Vec::with_capacity(scratch.chosen.len()),
                     bytes: Vec::with_capacity((want + 1) * 96),
                 };
-                for &index in &self.scratch.chosen {
+                for &index in &scratch.chosen {
                     let peer = &swarm.peers[index as usize];
                     wire::put_always_bytes_field(&mut cached.bytes, wire::REPLY_PEERS, &peer.entry);
                     cached.entries.push((peer.key, cached.bytes.len() as u32));
@@ -688,43 +807,25 @@ impl SwarmBook {
             }
             added
         } else {
-            choose_peers(swarm, &context, &mut self.rng, &mut self.scratch);
-            for &index in &self.scratch.chosen {
+            choose_peers(swarm, &context, rng, scratch);
+            for &index in &scratch.chosen {
                 wire::put_always_bytes_field(
                     &mut reply,
                     wire::REPLY_PEERS,
                     &swarm.peers[index as usize].entry,
                 );
             }
-            self.scratch.chosen.len() as u32
+            scratch.chosen.len() as u32
         };
-        let swarm = &self.swarms[key];
-        let seeds = self.add_seeds(swarm, &context, &mut reply);
+        let seeds = add_seeds(seeds, config, swarm, &context, &mut reply);
         wire::put_u64_field(
             &mut reply,
             wire::REPLY_INTERVAL,
-            u64::from(self.config.announce_interval_s),
+            u64::from(config.announce_interval_s),
         );
         let swarm_size = swarm.peers.len() as u32;
         wire::put_u64_field(&mut reply, wire::REPLY_SWARM_SIZE, u64::from(swarm_size));
         Ok((reply, peers, seeds, swarm_size, joined))
-    }
-
-    fn add_seeds(&self, swarm: &Swarm, context: &Choice, reply: &mut Vec<u8>) -> u32 {
-        let mut live: Vec<(u8, &Seed)> = swarm
-            .seeds
-            .iter()
-            .filter_map(|key| self.seeds.get(key))
-            .filter(|seed| seed.last_seen.0.saturating_add(self.config.seed_ttl_s) >= context.now.0)
-            .map(|seed| (context.class(seed.region, seed.isp), seed))
-            .collect();
-        live.sort_by_key(|(class, _)| *class);
-        let mut added = 0;
-        for (_, seed) in live.into_iter().take(self.config.max_seeds_per_reply) {
-            wire::put_always_bytes_field(reply, wire::REPLY_SEEDS, &seed.entry);
-            added += 1;
-        }
-        added
     }
 
     /// Removes the requester from one swarm. Returns whether it was there.
@@ -795,7 +896,12 @@ impl SwarmBook {
             .min(self.config.max_upload_bps);
         capacity = capacity.max(registration.upload_in_use_bps.min(capacity));
         let spare = capacity - registration.upload_in_use_bps.min(capacity);
-        let addresses = valid_addresses(&registration.addresses, self.config.max_addresses);
+        let mut addresses = Vec::new();
+        valid_addresses(
+            &registration.addresses,
+            self.config.max_addresses,
+            &mut addresses,
+        );
         let region = self.names.intern(who.region);
         let isp = self.names.intern(who.isp);
         let entry = wire::encode_peer_entry(&PeerEntryFields {
@@ -893,7 +999,7 @@ impl SwarmBook {
             if swarm.peers.is_empty() && swarm.seeds.is_empty() {
                 return Err(format!("empty swarm {name:?} kept"));
             }
-            if swarm.index.len() != swarm.peers.len() {
+            if swarm.index.len() != swarm.peers.len() || swarm.hot.len() != swarm.peers.len() {
                 return Err(format!("{name:?}: index size differs"));
             }
             total += swarm.peers.len();
@@ -901,13 +1007,16 @@ impl SwarmBook {
                 if swarm.index.get(&peer.key) != Some(&(i as u32)) {
                     return Err(format!("{name:?}: index of peer {i} wrong"));
                 }
+                let hot = Hot::of(peer, i as u32);
+                if swarm.hot.get(i) != Some(&hot) {
+                    return Err(format!("{name:?}: summary of peer {i} stale"));
+                }
                 for (known_id, groups, pos) in [
                     (peer.isp, &swarm.by_isp, peer.isp_pos),
                     (peer.region, &swarm.by_region, peer.region_pos),
                 ] {
                     if known(known_id)
-                        && groups.get(&known_id).and_then(|g| g.get(pos as usize))
-                            != Some(&(i as u32))
+                        && groups.get(&known_id).and_then(|g| g.get(pos as usize)) != Some(&hot)
                     {
                         return Err(format!("{name:?}: group back-pointer of peer {i} wrong"));
                     }
@@ -969,6 +1078,39 @@ impl SwarmBook {
     }
 }
 
+fn add_seeds(
+    seeds: &HashMap<PeerKey, Seed>,
+    config: &SwarmConfig,
+    swarm: &Swarm,
+    context: &Choice,
+    reply: &mut Vec<u8>,
+) -> u32 {
+    if swarm.seeds.is_empty() {
+        return 0;
+    }
+    let mut live: Vec<(u8, &Seed)> = swarm
+        .seeds
+        .iter()
+        .filter_map(|key| seeds.get(key))
+        .filter(|seed| seed.last_seen.0.saturating_add(config.seed_ttl_s) >= context.now.0)
+        .map(|seed| (context.class(seed.region, seed.isp), seed))
+        .collect();
+    live.sort_by_key(|(class, _)| *class);
+    let mut added = 0;
+    for (_, seed) in live.into_iter().take(config.max_seeds_per_reply) {
+        wire::put_always_bytes_field(reply, wire::REPLY_SEEDS, &seed.entry);
+        added += 1;
+    }
+    added
+}
+
+/// An empty vector of borrowed strings reusing `v`'s allocation whatever
+/// the lifetime (in-place collect of an empty vector keeps its buffer).
+fn recycle<'b>(mut v: Vec<&str>) -> Vec<&'b str> {
+    v.clear();
+    v.into_iter().map(|_| "").collect()
+}
+
 fn sorted_ids(ids: &[pb::SwarmId]) -> Vec<&pb::SwarmId> {
     let mut sorted: Vec<(String, &pb::SwarmId)> = ids
         .iter()
@@ -998,9 +1140,10 @@ fn new_peer(key: &PeerKey, region: NameId, isp: NameId) -> Peer {
     }
 }
 
-/// Keeps the addresses that parse as `ip:port` with a usable IP and port.
-fn valid_addresses(addresses: &[String], max: usize) -> Vec<String> {
-    let mut kept: Vec<String> = Vec::new();
+/// Keeps (in `kept`) the addresses that parse as `ip:port` with a usable IP
+/// and port.
+fn valid_addresses<'a>(addresses: &'a [String], max: usize, kept: &mut Vec<&'a str>) {
+    kept.clear();
     for address in addresses {
         if kept.len() >= max {
             break;
@@ -1009,11 +1152,10 @@ fn valid_addresses(addresses: &[String], max: usize) -> Vec<String> {
             && address
                 .parse::<SocketAddr>()
                 .is_ok_and(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast());
-        if ok && !kept.contains(address) {
-            kept.push(address.clone());
+        if ok && !kept.contains(&address.as_str()) {
+            kept.push(address);
         }
     }
-    kept
 }
 
 /// Everything a peer choice depends on.
@@ -1044,23 +1186,29 @@ impl Choice {
         }
     }
 
-    fn eligible(&self, index: u32, peer: &Peer) -> bool {
-        index != self.me
+    fn eligible(&self, peer: &Hot) -> bool {
+        peer.index != self.me
             && peer.reachable
-            && peer.last_seen.0.saturating_add(self.ttl) >= self.now.0
+            && peer.last_seen.saturating_add(self.ttl) >= self.now.0
     }
 
     /// Higher is better: segments held just ahead of the requester's
     /// playhead first, then (same ISP class only) same region, then spare
     /// upload on a log scale, then a random tie-break so equally good peers
     /// share the load.
-    fn score(&self, peer: &Peer, rng: &mut SplitMix64) -> u64 {
-        let held = peer
-            .holdings
-            .count_held(self.next_sequence, self.lookahead)
-            .min(15);
+    fn score(&self, peer: &Hot, peers: &[Peer], rng: &mut SplitMix64) -> u64 {
+        let held = match peer.holdings {
+            HOT_LIVE => {
+                holdings::live_count_held(peer.first, peer.last, self.next_sequence, self.lookahead)
+            }
+            HOT_BITMAP => peers.get(peer.index as usize).map_or(0, |p| {
+                p.holdings.count_held(self.next_sequence, self.lookahead)
+            }),
+            _ => 0,
+        }
+        .min(15);
         let same_region = u64::from(known(self.region) && peer.region == self.region);
-        let spare_log = u64::from(64 - peer.spare_upload_bps.leading_zeros());
+        let spare_log = u64::from(peer.spare_log);
         (held << 56) | (same_region << 55) | (spare_log << 48) | (rng.next_u64() >> 16)
     }
 }
@@ -1073,7 +1221,7 @@ const MIN_CANDIDATES: usize = 16;
 /// swarm) from a random offset, wrapping. `out` ends sorted best first.
 fn collect(
     swarm: &Swarm,
-    group: Option<&[u32]>,
+    group: Option<&[Hot]>,
     class: u8,
     context: &Choice,
     (cap, scan_limit): (usize, usize),
@@ -1081,7 +1229,8 @@ fn collect(
     out: &mut Vec<(u64, u32)>,
 ) {
     out.clear();
-    let n = group.map_or(swarm.peers.len(), <[u32]>::len);
+    let members = group.unwrap_or(&swarm.hot);
+    let n = members.len();
     if n == 0 || cap == 0 {
         return;
     }
@@ -1091,23 +1240,22 @@ fn collect(
     // clusters localities); otherwise a full window.
     let probe = group.is_none() && n > scan_limit;
     for _ in 0..n.min(scan_limit) {
-        let index = if probe {
-            let index = rng.below(n) as u32;
-            if out.iter().any(|(_, seen)| *seen == index) {
+        let candidate = if probe {
+            let index = rng.below(n);
+            if out.iter().any(|(_, seen)| *seen as usize == index) {
                 continue;
             }
-            index
+            &members[index]
         } else {
-            let index = group.map_or(position as u32, |g| g[position]);
+            let candidate = &members[position];
             position += 1;
             if position == n {
                 position = 0;
             }
-            index
+            candidate
         };
-        let peer = &swarm.peers[index as usize];
-        if context.eligible(index, peer) && context.class(peer.region, peer.isp) == class {
-            out.push((context.score(peer, rng), index));
+        if context.eligible(candidate) && context.class(candidate.region, candidate.isp) == class {
+            out.push((context.score(candidate, &swarm.peers, rng), candidate.index));
             if out.len() >= cap {
                 break;
             }

@@ -63,9 +63,9 @@ pub(crate) fn put_message_header(buf: &mut Vec<u8>, field: u32, body_len: usize)
 }
 
 /// The body of a `pb::PeerEntry`.
-pub(crate) struct PeerEntryFields<'a> {
+pub(crate) struct PeerEntryFields<'a, A = String> {
     pub key: &'a [u8; 32],
-    pub addresses: &'a [String],
+    pub addresses: &'a [A],
     pub region: &'a str,
     pub isp: &'a str,
     pub holdings: &'a crate::holdings::Holdings,
@@ -74,23 +74,36 @@ pub(crate) struct PeerEntryFields<'a> {
 }
 
 /// Encodes a `pb::PeerEntry` body.
-pub(crate) fn encode_peer_entry(fields: &PeerEntryFields<'_>) -> Vec<u8> {
-    let mut buf =
-        Vec::with_capacity(64 + fields.addresses.iter().map(|a| a.len() + 2).sum::<usize>());
-    put_bytes_field(&mut buf, 1, fields.key);
-    for address in fields.addresses {
-        put_always_bytes_field(&mut buf, 2, address.as_bytes());
-    }
-    put_bytes_field(&mut buf, 3, fields.region.as_bytes());
-    put_bytes_field(&mut buf, 4, fields.isp.as_bytes());
-    if !matches!(fields.holdings, crate::holdings::Holdings::Nothing) {
-        let mut body = Vec::new();
-        fields.holdings.encode_body(&mut body);
-        put_always_bytes_field(&mut buf, 5, &body);
-    }
-    put_u64_field(&mut buf, 6, fields.spare_upload_bps);
-    put_bool_field(&mut buf, 7, fields.is_seed);
+pub(crate) fn encode_peer_entry<A: AsRef<str>>(fields: &PeerEntryFields<'_, A>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        64 + fields
+            .addresses
+            .iter()
+            .map(|a| a.as_ref().len() + 2)
+            .sum::<usize>(),
+    );
+    encode_peer_entry_into(&mut buf, fields);
     buf
+}
+
+/// Appends a `pb::PeerEntry` body to `buf` (no allocation when `buf` has
+/// room).
+pub(crate) fn encode_peer_entry_into<A: AsRef<str>>(
+    buf: &mut Vec<u8>,
+    fields: &PeerEntryFields<'_, A>,
+) {
+    put_bytes_field(buf, 1, fields.key);
+    for address in fields.addresses {
+        put_always_bytes_field(buf, 2, address.as_ref().as_bytes());
+    }
+    put_bytes_field(buf, 3, fields.region.as_bytes());
+    put_bytes_field(buf, 4, fields.isp.as_bytes());
+    if !matches!(fields.holdings, crate::holdings::Holdings::Nothing) {
+        put_message_header(buf, 5, fields.holdings.encoded_len());
+        fields.holdings.encode_body(buf);
+    }
+    put_u64_field(buf, 6, fields.spare_upload_bps);
+    put_bool_field(buf, 7, fields.is_seed);
 }
 
 /// Field numbers of `pb::AnnounceReply`.
