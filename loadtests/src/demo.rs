@@ -27,8 +27,13 @@ pub struct DemoConfig {
     pub viewers: usize,
     /// Time between two viewers joining.
     pub join_interval: Duration,
-    /// How long each viewer watches.
+    /// How long each viewer watches (the last one to join, with
+    /// `leave_together`).
     pub watch: Duration,
+    /// Viewers stay until the last one watched `watch`, so everyone leaves
+    /// at once (the simulator's model of an event); otherwise each viewer
+    /// watches `watch` from its own join.
+    pub leave_together: bool,
     /// How far behind the live edge players start, in segments.
     pub latency_segments: u64,
     /// P2P on (the product) or off (the CDN-only baseline).
@@ -47,6 +52,7 @@ impl Default for DemoConfig {
             viewers: 20,
             join_interval: Duration::from_millis(1500),
             watch: Duration::from_secs(50),
+            leave_together: false,
             latency_segments: 3,
             p2p: true,
             rendition: "video_720p".into(),
@@ -92,7 +98,16 @@ pub struct ViewerOutcome {
 }
 
 /// The sessions being watched, for the progress display.
-type Live = Arc<Mutex<Vec<Arc<Session>>>>;
+type Live = Arc<Mutex<Crowd>>;
+
+/// The crowd as the progress display sees it.
+#[derive(Default)]
+struct Crowd {
+    /// Sessions playing now.
+    watching: Vec<Arc<Session>>,
+    /// Final counters of the viewers who left.
+    left: Vec<Stats>,
+}
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
@@ -139,7 +154,7 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<(Report, Vec<ViewerOutco
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let live: Live = Arc::new(Mutex::new(Vec::new()));
+    let live: Live = Arc::new(Mutex::new(Crowd::default()));
     let crowd_started = Instant::now();
     let mut viewers = Vec::new();
     let progress = Progress::new(config, live.clone());
@@ -158,7 +173,7 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<(Report, Vec<ViewerOutco
     }
     // Every viewer ends by itself once it watched; the bound only guards
     // against a hang.
-    let bound = config.watch + Duration::from_secs(90);
+    let bound = watch_of(config, 0) + Duration::from_secs(90);
     let mut outcomes = Vec::new();
     let waited = tokio::time::timeout(bound, async {
         loop {
@@ -223,6 +238,16 @@ impl ViewerOutcome {
     }
 }
 
+/// How long viewer `index` watches.
+pub fn watch_of(config: &DemoConfig, index: usize) -> Duration {
+    if config.leave_together {
+        let later_joins = config.viewers.saturating_sub(index + 1) as u32;
+        config.watch + config.join_interval * later_joins
+    } else {
+        config.watch
+    }
+}
+
 fn account(index: usize) -> String {
     format!("viewer-{index:03}")
 }
@@ -244,16 +269,20 @@ async fn viewer(
         Err(e) => return ViewerOutcome::failed(index, config, format!("{e:#}")),
     };
     let opening = pressed_play.elapsed();
-    lock(live).push(session.clone());
+    lock(live).watching.push(session.clone());
     let played = player::play_live(
         &session,
         &config.rendition,
         config.latency_segments,
-        config.watch,
+        watch_of(config, index),
     )
     .await;
     let stats = session.stats();
-    lock(live).retain(|s| !Arc::ptr_eq(s, &session));
+    {
+        let mut crowd = lock(live);
+        crowd.watching.retain(|s| !Arc::ptr_eq(s, &session));
+        crowd.left.push(stats);
+    }
     let mut outcome = match played {
         Ok(report) => outcome_of(platform, config, index, &isp, stats, opening, &report),
         Err(e) => ViewerOutcome::failed(index, config, e.to_string()).with_stats(stats),
@@ -322,7 +351,7 @@ fn outcome_of(
         startup_ms: (opening + report.startup).as_millis() as u64,
         rebuffers: report.rebuffers,
         rebuffer_ms: report.rebuffer_time.as_millis() as u64,
-        played_ms: config.watch.as_millis() as u64,
+        played_ms: watch_of(config, index).as_millis() as u64,
         corrupt_bytes: corrupt,
         error: None,
     }
@@ -466,16 +495,20 @@ impl Progress {
     }
 
     fn show(&self, joined: usize, finished: usize) {
-        let sessions = lock(&self.live).clone();
-        let stats: Vec<Stats> = sessions.iter().map(|s| s.stats()).collect();
+        // Everyone so far: those watching now and those who left.
+        let (watching, stats) = {
+            let crowd = lock(&self.live);
+            let mut stats: Vec<Stats> = crowd.watching.iter().map(|s| s.stats()).collect();
+            stats.extend(crowd.left.iter().copied());
+            (crowd.watching.len(), stats)
+        };
         let peer: u64 = stats.iter().map(|s| s.bytes_from_peers).sum();
         let seed: u64 = stats.iter().map(|s| s.bytes_from_seeds).sum();
         let cdn: u64 = stats.iter().map(|s| s.bytes_from_cdn).sum();
         let stalls: u32 = stats.iter().map(|s| s.rebuffer_count).sum();
         let total = (peer + seed + cdn).max(1) as f64;
         let message = format!(
-            "watching {} · peers {:.0}% seed {:.0}% CDN {:.0}% · stalls {stalls}",
-            sessions.len(),
+            "watching {watching} · peers {:.0}% seed {:.0}% CDN {:.0}% · stalls {stalls}",
             100.0 * peer as f64 / total,
             100.0 * seed as f64 / total,
             100.0 * cdn as f64 / total,

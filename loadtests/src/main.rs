@@ -30,6 +30,10 @@ enum Command {
         /// Milliseconds between two viewers joining.
         #[arg(long, default_value_t = 1500)]
         join_interval_ms: u64,
+        /// Everyone stays until the last viewer watched --watch-s, then all
+        /// leave at once (the simulator's model of an event).
+        #[arg(long)]
+        leave_together: bool,
         /// Run the crowd with P2P off (every byte from the CDN): the baseline.
         #[arg(long, conflicts_with = "with_baseline")]
         cdn_only: bool,
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             viewers,
             watch_s,
             join_interval_ms,
+            leave_together,
             cdn_only,
             with_baseline,
             report,
@@ -82,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                 viewers,
                 watch: std::time::Duration::from_secs(watch_s),
                 join_interval: std::time::Duration::from_millis(join_interval_ms),
+                leave_together,
                 p2p: !cdn_only,
                 progress: !quiet,
                 ..DemoConfig::default()
