@@ -10,6 +10,14 @@
 //! per announce, waiting for each reply (like a real client, only without
 //! the 30 s interval). Reports the handshake rate, announces per second and
 //! announce latency percentiles.
+//!
+//! `LOAVES_BENCH_INFLIGHT=N` (default 256; 0 = no limit) bounds the announces
+//! in flight over all connections together, like a load tester's window:
+//! every connection stays open and announces in turn (a fair semaphore
+//! hands the window round the viewers), but the tracker is not asked to
+//! queue 10,000 requests at once. Latency is measured from when the viewer
+//! gets its turn, so it is the tracker's (and the loopback's), not the
+//! generator's queue. The last line (`RESULT ...`) is for scripts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +60,10 @@ fn main() -> anyhow::Result<()> {
     let peers = arg(0, 10_000) as usize;
     let seconds = arg(1, 10);
     let server_threads = arg(2, 1) as usize;
+    let inflight: usize = std::env::var("LOAVES_BENCH_INFLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
 
     let license = SigningKeyPair::generate()?;
     let keyring: Keyring = [license.verifying_key()].into_iter().collect();
@@ -147,11 +159,14 @@ fn main() -> anyhow::Result<()> {
         );
 
         // Phase 2: announce in a loop on every connection.
+        let window = (inflight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(inflight)));
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(connections.len());
+        let connected = connections.len();
         for (connection, i) in connections {
             let stop = stop.clone();
+            let window = window.clone();
             tasks.push(tokio::spawn(async move {
                 let mut latencies_us: Vec<u32> = Vec::new();
                 let mut errors = 0u64;
@@ -182,6 +197,16 @@ fn main() -> anyhow::Result<()> {
                         }),
                         max_peers: 0,
                     };
+                    let _turn = match &window {
+                        Some(window) => match window.acquire().await {
+                            Ok(permit) => Some(permit),
+                            Err(_) => break,
+                        },
+                        None => None,
+                    };
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let sent = Instant::now();
                     match connection.announce(announce).await {
                         Ok(_) => latencies_us.push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
@@ -198,6 +223,9 @@ fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         stop.store(true, Ordering::Relaxed);
+        if let Some(window) = &window {
+            window.close();
+        }
         let mut latencies = Vec::new();
         let mut errors = 0;
         for task in tasks {
@@ -216,6 +244,12 @@ fn main() -> anyhow::Result<()> {
             percentile(&latencies, 0.90),
             percentile(&latencies, 0.99),
             percentile(&latencies, 1.0),
+        );
+        println!(
+            "RESULT quic viewers={connected} inflight={inflight} server_threads={server_threads} announces_per_s={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors}",
+            latencies.len() as f64 / elapsed,
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
         );
         for endpoint in &endpoints {
             endpoint.close();
