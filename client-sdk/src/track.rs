@@ -705,6 +705,10 @@ impl Track {
         self.partials.remove(&sequence);
         self.shared
             .store_verified(&self.rendition.name, sequence, bytes.clone());
+        // Counters before the bytes: whoever receives them may read the
+        // session's stats next and must find this segment counted.
+        let actions = self.scheduler.on_complete(now, id, Outcome::Verified);
+        self.publish_stats();
         if let Some(waiters) = self.waiters.remove(&sequence) {
             for waiter in waiters {
                 let _ = waiter.send(Ok(bytes.clone()));
@@ -717,7 +721,6 @@ impl Track {
             bytes: bytes.len() as u64,
             elapsed: transfer.started.elapsed(),
         });
-        let actions = self.scheduler.on_complete(now, id, Outcome::Verified);
         self.execute(actions);
     }
 }
