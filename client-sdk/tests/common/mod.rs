@@ -62,6 +62,12 @@ pub async fn stack(with_tracker: bool) -> Stack {
 
 /// The stack with the sample packaged under `scheme`.
 pub async fn stack_with(with_tracker: bool, scheme: Scheme) -> Stack {
+    stack_from(with_tracker, scheme, sample_dir().join("master.m3u8")).await
+}
+
+/// The stack serving `input` (an HLS master playlist or a directory of
+/// clear CMAF renditions) packaged under `scheme`.
+pub async fn stack_from(with_tracker: bool, scheme: Scheme, input: PathBuf) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     // The license server, on the real clock (peers check tokens with it).
     std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
@@ -101,7 +107,7 @@ pub async fn stack_with(with_tracker: bool, scheme: Scheme) -> Stack {
     let out = dir.path().join("cdn").join(TITLE);
     std::fs::create_dir_all(dir.path().join("cdn")).unwrap();
     let source = key_source(&license);
-    let (input, output) = (sample_dir().join("master.m3u8"), out.clone());
+    let output = out.clone();
     let origin_seed = *origin_key.seed();
     std::thread::spawn(move || {
         package(
