@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The Loaves client SDK: what a player app embeds to receive a title from
 //! peers, seeds and the CDN, with DRM intact.
 //!
