@@ -189,24 +189,39 @@ pub fn encrypt_cbcs(
     subsamples: Option<&[Subsample]>,
     pattern: Option<Pattern>,
 ) {
+    for_each_cbcs_block(
+        sample,
+        subsamples,
+        pattern,
+        || cbc::Encryptor::<Aes128>::new(key.as_bytes().into(), iv.into()),
+        encrypt_block,
+    );
+}
+
+/// The blocks `cbcs` transforms, shared by both directions: `chain` starts
+/// a fresh CBC chain at each protected range, `apply` runs it over each
+/// block the pattern selects (every whole block without a pattern).
+fn for_each_cbcs_block<C>(
+    sample: &mut [u8],
+    subsamples: Option<&[Subsample]>,
+    pattern: Option<Pattern>,
+    mut chain: impl FnMut() -> C,
+    mut apply: impl FnMut(&mut C, &mut [u8]),
+) {
     for range in protected_ranges(sample.len(), subsamples) {
-        let mut cipher = cbc::Encryptor::<Aes128>::new(key.as_bytes().into(), iv.into());
+        let mut cipher = chain();
         let region = &mut sample[range];
         let whole = region.len() / BLOCK * BLOCK;
-        let blocks = region[..whole].chunks_exact_mut(BLOCK);
-        match pattern {
-            Some(p) if p.crypt > 0 => {
-                let period = usize::from(p.crypt) + usize::from(p.skip);
-                for (i, block) in blocks.enumerate() {
-                    if i % period < usize::from(p.crypt) {
-                        encrypt_block(&mut cipher, block);
-                    }
-                }
-            }
-            _ => {
-                for block in blocks {
-                    encrypt_block(&mut cipher, block);
-                }
+        let (crypt, period) = match pattern {
+            Some(p) if p.crypt > 0 => (
+                usize::from(p.crypt),
+                usize::from(p.crypt) + usize::from(p.skip),
+            ),
+            _ => (1, 1),
+        };
+        for (i, block) in region[..whole].chunks_exact_mut(BLOCK).enumerate() {
+            if i % period < crypt {
+                apply(&mut cipher, block);
             }
         }
     }
@@ -242,27 +257,13 @@ pub fn decrypt_cbcs(
     subsamples: Option<&[Subsample]>,
     pattern: Option<Pattern>,
 ) {
-    for range in protected_ranges(sample.len(), subsamples) {
-        let mut cipher = cbc::Decryptor::<Aes128>::new(key.as_bytes().into(), iv.into());
-        let region = &mut sample[range];
-        let whole = region.len() / BLOCK * BLOCK;
-        let blocks = region[..whole].chunks_exact_mut(BLOCK);
-        match pattern {
-            Some(p) if p.crypt > 0 => {
-                let period = usize::from(p.crypt) + usize::from(p.skip);
-                for (i, block) in blocks.enumerate() {
-                    if i % period < usize::from(p.crypt) {
-                        decrypt_block(&mut cipher, block);
-                    }
-                }
-            }
-            _ => {
-                for block in blocks {
-                    decrypt_block(&mut cipher, block);
-                }
-            }
-        }
-    }
+    for_each_cbcs_block(
+        sample,
+        subsamples,
+        pattern,
+        || cbc::Decryptor::<Aes128>::new(key.as_bytes().into(), iv.into()),
+        decrypt_block,
+    );
 }
 
 fn decrypt_block(cipher: &mut cbc::Decryptor<Aes128>, block: &mut [u8]) {
