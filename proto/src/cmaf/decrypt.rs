@@ -17,7 +17,7 @@ use super::Mp4Error;
 use super::boxes::{FourCc, RawBox, find, make_box, parse_boxes};
 use super::cenc::{self, Pattern, Subsample};
 use super::init::{TrackInfo, entry_header_len, inspect_init};
-use super::segment::{locate_samples, parse_traf, patch_sidx, patch_trun};
+use super::segment::{RewrittenFragment, locate_samples, parse_traf, patch_trun, reassemble};
 use crate::keys::ContentKey;
 use crate::manifest::Scheme;
 
@@ -243,7 +243,7 @@ pub fn decrypt_segment(
     let top = parse_boxes(bytes, 0).map_err(Mp4Error::from)?;
     // Rewritten (moof, mdat) pairs by the index of the moof in `top`, with
     // the moof's growth (negative: boxes only leave it).
-    let mut rewritten: Vec<(usize, Vec<u8>, Vec<u8>, i64)> = Vec::new();
+    let mut rewritten: Vec<RewrittenFragment> = Vec::new();
     for (i, b) in top.iter().enumerate() {
         if b.kind.0 != *b"moof" {
             continue;
@@ -265,25 +265,8 @@ pub fn decrypt_segment(
     if rewritten.is_empty() {
         return Err(Mp4Error::Missing("moof (not a media segment)").into());
     }
-    let growths: Vec<i64> = rewritten.iter().map(|r| r.3).collect();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut skip_next = false;
-    for (i, b) in top.iter().enumerate() {
-        if skip_next {
-            skip_next = false;
-            continue;
-        }
-        if let Some((_, moof, mdat, _)) = rewritten.iter().find(|r| r.0 == i) {
-            out.extend_from_slice(moof);
-            out.extend_from_slice(mdat);
-            skip_next = true;
-        } else if b.kind.0 == *b"sidx" {
-            out.extend(patch_sidx(b, &growths)?);
-        } else if b.kind.0 != *b"pssh" {
-            out.extend_from_slice(b.bytes);
-        }
-    }
-    Ok(out)
+    // A clear segment carries no DRM system data.
+    Ok(reassemble(&top, &rewritten, &[b"pssh"], bytes.len())?)
 }
 
 /// Decrypts the samples of one `traf` inside `mdat_bytes` (the whole

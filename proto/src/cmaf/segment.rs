@@ -425,7 +425,7 @@ pub fn protect_segment(
     let mut summary: Option<SegmentSummary> = None;
     // Rewritten (moof, mdat) pairs keyed by the index of the moof in `top`,
     // with the moof's growth.
-    let mut rewritten: Vec<(usize, Vec<u8>, Vec<u8>, i64)> = Vec::new();
+    let mut rewritten: Vec<RewrittenFragment> = Vec::new();
     let mut sample_index: u32 = 0;
     for (i, b) in top.iter().enumerate() {
         if b.kind.0 != *b"moof" {
@@ -468,7 +468,24 @@ pub fn protect_segment(
     }
     let summary = summary.ok_or(Mp4Error::Missing("moof (not a media segment)"))?;
 
-    let mut out = Vec::with_capacity(bytes.len() + 4096);
+    let out = reassemble(&top, &rewritten, &[], bytes.len() + 4096)?;
+    Ok((out, summary))
+}
+
+/// A `moof` rewritten, by its index among the segment's top-level boxes,
+/// with the `mdat` that follows it and how many bytes the `moof` grew.
+pub(super) type RewrittenFragment = (usize, Vec<u8>, Vec<u8>, i64);
+
+/// Lays a segment out again: each rewritten `moof` and its `mdat` in place
+/// of the originals, `sidx` patched for the growth of the fragments, and
+/// top-level boxes of the `drop` kinds left out.
+pub(super) fn reassemble(
+    top: &[RawBox<'_>],
+    rewritten: &[RewrittenFragment],
+    drop: &[&[u8; 4]],
+    capacity: usize,
+) -> Result<Vec<u8>, Mp4Error> {
+    let mut out = Vec::with_capacity(capacity);
     let growths: Vec<i64> = rewritten.iter().map(|r| r.3).collect();
     let mut skip_next = false;
     for (i, b) in top.iter().enumerate() {
@@ -482,11 +499,11 @@ pub fn protect_segment(
             skip_next = true;
         } else if b.kind.0 == *b"sidx" {
             out.extend(patch_sidx(b, &growths)?);
-        } else {
+        } else if !drop.contains(&&b.kind.0) {
             out.extend_from_slice(b.bytes);
         }
     }
-    Ok((out, summary))
+    Ok(out)
 }
 
 fn build_moof(
