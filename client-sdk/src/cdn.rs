@@ -5,6 +5,7 @@
 //! that was asked for.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -32,6 +33,68 @@ impl Default for CdnConfig {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 << 20,
         }
+    }
+}
+
+/// An emulated access link (load tests): what a viewer's last mile would
+/// impose, reproduced in user space so that scenarios need no kernel
+/// traffic shaping. The default imposes nothing.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkLimits {
+    /// Download rate shared by every transfer of the session, bytes per
+    /// second; 0: unlimited.
+    pub download_bytes_per_second: u64,
+    /// Added to every request (CDN request, peer piece request) before it
+    /// is sent: the round trip a real link would add.
+    pub added_latency: Duration,
+}
+
+/// The pacing state of one session's emulated link: a token bucket whose
+/// tokens are time. Each received chunk reserves `len / rate` of link time
+/// after the previous reservation; the receiver waits until its
+/// reservation ends, so concurrent transfers share the rate.
+#[derive(Debug)]
+pub(crate) struct Link {
+    limits: LinkLimits,
+    /// When the link is free again (end of the last reservation).
+    free_at: Mutex<tokio::time::Instant>,
+}
+
+/// Link time a bucket may bank while idle: a short burst, as a real
+/// link's queue would let through.
+const LINK_BURST: Duration = Duration::from_millis(20);
+
+impl Link {
+    pub(crate) fn new(limits: LinkLimits) -> Self {
+        Self {
+            limits,
+            free_at: Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits the added latency of one request.
+    pub(crate) async fn request_delay(&self) {
+        if !self.limits.added_latency.is_zero() {
+            tokio::time::sleep(self.limits.added_latency).await;
+        }
+    }
+
+    /// Waits until `bytes` more fit through the link.
+    pub(crate) async fn pace(&self, bytes: usize) {
+        let rate = self.limits.download_bytes_per_second;
+        if rate == 0 || bytes == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(bytes as f64 / rate as f64);
+        let until = {
+            let mut free_at = self.free_at.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            let start = (*free_at).max(now.checked_sub(LINK_BURST).unwrap_or(now));
+            *free_at = start + cost;
+            *free_at
+        };
+        tokio::time::sleep_until(until).await;
     }
 }
 
@@ -90,11 +153,19 @@ pub struct CdnClient {
     config: CdnConfig,
     /// Index of the base URL that last worked: tried first next time.
     preferred: AtomicUsize,
+    /// The session's emulated link (shared with its peer transfers).
+    link: Arc<Link>,
 }
 
 impl CdnClient {
     /// A client for `config`.
     pub fn new(config: CdnConfig) -> Result<Self, CdnError> {
+        Self::with_link(config, LinkLimits::default())
+    }
+
+    /// A client for `config` behind an emulated link (load tests).
+    #[doc(hidden)]
+    pub fn with_link(config: CdnConfig, link: LinkLimits) -> Result<Self, CdnError> {
         if config.base_urls.is_empty() {
             return Err(CdnError::NoBaseUrl);
         }
@@ -106,9 +177,15 @@ impl CdnClient {
             .map_err(|e| CdnError::Client(e.to_string()))?;
         Ok(Self {
             http,
+            link: Arc::new(Link::new(link)),
             config,
             preferred: AtomicUsize::new(0),
         })
+    }
+
+    /// The session's emulated link, for its peer transfers.
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
     }
 
     /// Fetches `path` (relative to the base URLs), or `range` of it.
@@ -163,6 +240,7 @@ impl CdnClient {
             url: url.to_owned(),
             message: e.to_string(),
         };
+        self.link.request_delay().await;
         let mut request = self.http.get(url);
         if offset > 0 {
             request = request.header(RANGE, format!("bytes={offset}-"));
@@ -225,6 +303,7 @@ impl CdnClient {
                     max,
                 });
             }
+            self.link.pace(chunk.len()).await;
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())
@@ -235,11 +314,12 @@ impl CdnClient {
             url: url.to_owned(),
             message: e.to_string(),
         };
+        if range.is_some_and(|r| r.is_empty()) {
+            return Ok(Bytes::new());
+        }
+        self.link.request_delay().await;
         let mut request = self.http.get(url);
         if let Some(range) = range {
-            if range.is_empty() {
-                return Ok(Bytes::new());
-            }
             request = request.header(RANGE, format!("bytes={}-{}", range.start, range.end - 1));
         }
         let mut response = request.send().await.map_err(transport)?;
@@ -320,6 +400,37 @@ mod tests {
         assert_eq!(parse_content_range("bytes 10-9/100"), None);
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range("bytes x-1/2"), None);
+    }
+
+    #[tokio::test]
+    async fn an_emulated_link_paces_transfers_and_adds_latency() {
+        // No limits: nothing waits.
+        let free = Link::new(LinkLimits::default());
+        let started = std::time::Instant::now();
+        free.request_delay().await;
+        free.pace(10 << 20).await;
+        assert!(started.elapsed() < Duration::from_millis(50));
+
+        // 1 MB/s shared by two concurrent transfers of 200 kB each: 0.4 s
+        // for both (less the burst), not 0.2 s each in parallel.
+        let link = Arc::new(Link::new(LinkLimits {
+            download_bytes_per_second: 1_000_000,
+            added_latency: Duration::from_millis(100),
+        }));
+        let started = std::time::Instant::now();
+        let transfer = |link: Arc<Link>| async move {
+            for _ in 0..10 {
+                link.pace(20_000).await;
+            }
+        };
+        tokio::join!(transfer(link.clone()), transfer(link.clone()));
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(370), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+
+        let started = std::time::Instant::now();
+        link.request_delay().await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
     #[test]

@@ -39,6 +39,20 @@ const MAX_CLOCK_SKEW_S: u64 = 30;
 const INITIAL_PEER_THROUGHPUT: u64 = 2_500_000;
 /// A HAVE stream idle for this long is no longer read (the connection stays).
 const HAVE_IDLE: Duration = Duration::from_secs(120);
+/// With `Options::lie_about_holdings`: how many segments past each held
+/// one a lying session claims.
+const LIE_AHEAD: u64 = 3;
+
+/// What this session claims to hold: the truth, or (fault injection) the
+/// truth plus the next [`LIE_AHEAD`] segments after each held one.
+fn claimed(shared: &Shared, held: BTreeSet<u64>) -> BTreeSet<u64> {
+    if !shared.options.lie_about_holdings {
+        return held;
+    }
+    held.iter()
+        .flat_map(|s| *s..=s.saturating_add(LIE_AHEAD))
+        .collect()
+}
 
 /// Peer ids are stable per (rendition, key): a banned key stays banned.
 #[derive(Debug, Default)]
@@ -270,15 +284,15 @@ async fn serve_peer(
     let mut news = shared.have_tx.subscribe();
     let have_connection = connection.clone();
     let limits = (*context.limits).clone();
-    let held: Vec<u64> = lock(&shared.held)
+    let held = lock(&shared.held)
         .get(&rendition)
-        .map(|set| {
-            set.iter()
-                .copied()
-                .take(peerwire::MAX_HAVE_SEQUENCES)
-                .collect()
-        })
+        .cloned()
         .unwrap_or_default();
+    let held: Vec<u64> = claimed(shared, held)
+        .into_iter()
+        .take(peerwire::MAX_HAVE_SEQUENCES)
+        .collect();
+    let lie = shared.options.lie_about_holdings;
     let have_rendition = rendition.clone();
     let have_task = tokio::spawn(async move {
         let Ok(mut sender) = HaveSender::open(&have_connection, limits).await else {
@@ -294,7 +308,14 @@ async fn serve_peer(
             }
             notice.sequences.clear();
             match news.recv().await {
-                Ok((r, sequence)) if r == have_rendition => notice.sequences.push(sequence),
+                Ok((r, sequence)) if r == have_rendition => {
+                    notice.sequences.push(sequence);
+                    if lie {
+                        notice
+                            .sequences
+                            .extend((1..=LIE_AHEAD).filter_map(|n| sequence.checked_add(n)));
+                    }
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
@@ -611,10 +632,13 @@ async fn announcer(shared: Arc<Shared>, client: ClientEndpoint, role: Role) {
             }
             let announce = match &swarm {
                 Some(context) => {
-                    let held = lock(&shared.held)
-                        .get(&rendition)
-                        .cloned()
-                        .unwrap_or_default();
+                    let held = claimed(
+                        &shared,
+                        lock(&shared.held)
+                            .get(&rendition)
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
                     let uploading = shared.upload_allowed();
                     let capacity = match shared.options.upload {
                         Upload::Capped { bytes_per_second } if uploading => bytes_per_second * 8,

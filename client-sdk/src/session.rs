@@ -147,6 +147,18 @@ pub struct Options {
     /// flipped (a lying peer). Never set this in an app.
     #[doc(hidden)]
     pub tamper_uploads: bool,
+    /// Fault injection for tests: announce and HAVE segments this session
+    /// does not hold (the next few after each one it does hold), so peers
+    /// ask it for them and are refused (a lying peer). Never set this in an
+    /// app.
+    #[doc(hidden)]
+    pub lie_about_holdings: bool,
+    /// Experimental, for load tests: an emulated access link for this
+    /// session (download rate, added latency), applied to CDN fetches and
+    /// peer transfers alike; the upload rate is `upload`. Never set this in
+    /// an app.
+    #[doc(hidden)]
+    pub link: crate::cdn::LinkLimits,
 }
 
 impl Default for Options {
@@ -182,6 +194,8 @@ impl Default for Options {
             event_capacity: 1024,
             decrypt: false,
             tamper_uploads: false,
+            lie_about_holdings: false,
+            link: crate::cdn::LinkLimits::default(),
         }
     }
 }
@@ -776,7 +790,7 @@ impl Loaves {
     }
 
     async fn start(&self, title: &str, options: Options, token: Vec<u8>) -> Result<Parts, Error> {
-        let cdn = CdnClient::new(options.cdn.clone())?;
+        let cdn = CdnClient::with_link(options.cdn.clone(), options.link)?;
         let mut master = cdn.fetch(&format!("{title}/master.m3u8"), None).await?;
         let names = rendition_names(&master)?;
         let mut dash = cdn.fetch(&format!("{title}/manifest.mpd"), None).await.ok();

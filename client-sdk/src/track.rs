@@ -596,6 +596,7 @@ impl Track {
                 let connection = self.peers.get(&peer).map(|l| l.connection.clone());
                 let rendition = self.rendition.name.clone();
                 let limits = self.limits.clone();
+                let link = self.shared.cdn.link().clone();
                 tokio::spawn(async move {
                     let ok = match connection {
                         Some(connection) => {
@@ -604,7 +605,7 @@ impl Track {
                                 &rendition,
                                 sequence,
                                 range.start..range.end,
-                                &limits,
+                                (&limits, &link),
                                 transfer,
                                 &tx,
                             )
@@ -726,23 +727,26 @@ impl Track {
 }
 
 /// A peer transfer: `range` in pieces of [`PEER_PIECE`], each reported as it
-/// arrives. True when every piece arrived.
+/// arrives. True when every piece arrived. The session's emulated link (if
+/// any) delays each piece request and paces each piece's bytes.
 async fn peer_transfer(
     connection: &quinn::Connection,
     rendition: &str,
     sequence: u64,
     range: Range<u64>,
-    limits: &Limits,
+    (limits, link): (&Limits, &crate::cdn::Link),
     transfer: crate::scheduler::TransferId,
     tx: &mpsc::Sender<TrackMsg>,
 ) -> bool {
     let mut at = range.start;
     while at < range.end {
         let end = (at + PEER_PIECE).min(range.end);
+        link.request_delay().await;
         match peerwire::request_segment(connection, rendition, sequence, Some(at..end), limits)
             .await
         {
             Ok(bytes) if bytes.len() as u64 == end - at => {
+                link.pace(bytes.len()).await;
                 if tx.send(TrackMsg::Piece { transfer, bytes }).await.is_err() {
                     return false;
                 }
