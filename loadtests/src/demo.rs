@@ -209,9 +209,18 @@ pub async fn run(config: &DemoConfig) -> anyhow::Result<(Report, Vec<ViewerOutco
 
 impl ViewerOutcome {
     fn failed(index: usize, config: &DemoConfig, error: String) -> Self {
+        Self::failed_as(
+            account(index),
+            config.isps[index % config.isps.len()].clone(),
+            error,
+        )
+    }
+
+    /// The outcome of a viewer that failed with `error`.
+    pub fn failed_as(account: String, isp: String, error: String) -> Self {
         Self {
-            account: account(index),
-            isp: config.isps[index % config.isps.len()].clone(),
+            account,
+            isp,
             stats: Stats::default(),
             bytes_peer: 0,
             bytes_seed: 0,
@@ -229,7 +238,8 @@ impl ViewerOutcome {
 }
 
 impl ViewerOutcome {
-    fn with_stats(mut self, stats: Stats) -> Self {
+    /// The same outcome with the session's final counters.
+    pub fn with_stats(mut self, stats: Stats) -> Self {
         self.bytes_peer = stats.bytes_from_peers;
         self.bytes_seed = stats.bytes_from_seeds;
         self.bytes_cdn = stats.bytes_from_cdn;
@@ -307,10 +317,16 @@ async fn open(
     options: loaves_client_sdk::Options,
     account: &str,
 ) -> anyhow::Result<Session> {
+    open_session(options, platform.entitlement(account)).await
+}
+
+/// Opens a viewer's session on the platform's title.
+pub async fn open_session(
+    options: loaves_client_sdk::Options,
+    entitlement: Vec<u8>,
+) -> anyhow::Result<Session> {
     let loaves = Loaves::builder().options(options).build()?;
-    Ok(loaves
-        .open(crate::platform::TITLE, platform.entitlement(account))
-        .await?)
+    Ok(loaves.open(crate::platform::TITLE, entitlement).await?)
 }
 
 /// Compares what the player got with the packaged files.
@@ -323,11 +339,31 @@ fn outcome_of(
     opening: Duration,
     report: &PlaybackReport,
 ) -> ViewerOutcome {
+    let corrupt = corrupt_bytes(&platform.packaged, &config.rendition, report);
+    ViewerOutcome::played(
+        account(index),
+        isp,
+        opening,
+        report,
+        watch_of(config, index),
+        corrupt,
+    )
+    .with_stats(stats)
+}
+
+/// Bytes a player received that differ from the packaged files under
+/// `packaged` (the packager's output root): every object that differs
+/// counts its packaged size (1 when the packaged file is missing).
+pub fn corrupt_bytes(packaged: &std::path::Path, rendition: &str, report: &PlaybackReport) -> u64 {
     let mut corrupt = 0u64;
     let mut expected = Vec::with_capacity(report.sha256.len());
-    expected.push(platform.packaged_init(&config.rendition));
+    expected.push(crate::platform::packaged_init(packaged, rendition));
     for i in 0..report.sha256.len().saturating_sub(1) as u64 {
-        expected.push(platform.packaged_segment(&config.rendition, report.first_sequence + i));
+        expected.push(crate::platform::packaged_segment(
+            packaged,
+            rendition,
+            report.first_sequence + i,
+        ));
     }
     for (got, want) in report.sha256.iter().zip(&expected) {
         match want {
@@ -338,24 +374,39 @@ fn outcome_of(
             None => corrupt += 1,
         }
     }
-    let segments = report.sha256.len().saturating_sub(1) as u64;
-    ViewerOutcome {
-        account: account(index),
-        isp: isp.to_owned(),
-        stats: Stats::default(),
-        bytes_peer: 0,
-        bytes_seed: 0,
-        bytes_cdn: 0,
-        first_sequence: report.first_sequence,
-        segments,
-        startup_ms: (opening + report.startup).as_millis() as u64,
-        rebuffers: report.rebuffers,
-        rebuffer_ms: report.rebuffer_time.as_millis() as u64,
-        played_ms: watch_of(config, index).as_millis() as u64,
-        corrupt_bytes: corrupt,
-        error: None,
+    corrupt
+}
+
+impl ViewerOutcome {
+    /// The outcome of a viewer whose player finished with `report` after
+    /// opening its session in `opening` and watching `watched`; add the
+    /// counters with [`ViewerOutcome::with_stats`].
+    pub fn played(
+        account: String,
+        isp: &str,
+        opening: Duration,
+        report: &PlaybackReport,
+        watched: Duration,
+        corrupt: u64,
+    ) -> Self {
+        let segments = report.sha256.len().saturating_sub(1) as u64;
+        Self {
+            account,
+            isp: isp.to_owned(),
+            stats: Stats::default(),
+            bytes_peer: 0,
+            bytes_seed: 0,
+            bytes_cdn: 0,
+            first_sequence: report.first_sequence,
+            segments,
+            startup_ms: (opening + report.startup).as_millis() as u64,
+            rebuffers: report.rebuffers,
+            rebuffer_ms: report.rebuffer_time.as_millis() as u64,
+            played_ms: watched.as_millis() as u64,
+            corrupt_bytes: corrupt,
+            error: None,
+        }
     }
-    .with_stats(stats)
 }
 
 /// The report of a finished crowd.
@@ -365,6 +416,24 @@ fn summarize(
     duration: Duration,
     platform: &Platform,
 ) -> anyhow::Result<Report> {
+    let limit = offload_limit(
+        outcomes,
+        &platform.packaged,
+        &config.rendition,
+        VIEWER_UPLOAD_BYTES_PER_SECOND,
+    )?;
+    Ok(report_of("demo", config.p2p, outcomes, duration, limit))
+}
+
+/// The report of a finished crowd of `outcomes` over `duration`, with its
+/// offload limit (see [`offload_limit`]).
+pub fn report_of(
+    kind: &str,
+    p2p: bool,
+    outcomes: &[ViewerOutcome],
+    duration: Duration,
+    offload_limit: f64,
+) -> Report {
     let sum = |f: &dyn Fn(&ViewerOutcome) -> u64| outcomes.iter().map(f).sum::<u64>();
     let bytes_peer = sum(&|o| o.stats.bytes_from_peers);
     let bytes_seed = sum(&|o| o.stats.bytes_from_seeds);
@@ -376,9 +445,9 @@ fn summarize(
         .filter(|o| o.error.is_none())
         .map(|o| o.startup_ms)
         .collect();
-    Ok(Report {
-        kind: "demo".into(),
-        policy: if config.p2p {
+    Report {
+        kind: kind.into(),
+        policy: if p2p {
             "deadline-first".into()
         } else {
             "cdn-only".into()
@@ -389,7 +458,7 @@ fn summarize(
         bytes_seed,
         bytes_cdn,
         offload_peer: Report::peer_share(bytes_peer, bytes_seed, bytes_cdn),
-        offload_limit: offload_limit(config, outcomes, platform)?,
+        offload_limit,
         rebuffer_ratio: if played_ms + rebuffer_ms == 0 {
             0.0
         } else {
@@ -400,16 +469,19 @@ fn summarize(
         startup_ms_p95: quantile(&mut startups, 0.95),
         cross_isp_bytes: sum(&|o| o.stats.bytes_cross_isp),
         corrupt_bytes_to_player: sum(&|o| o.corrupt_bytes),
-    })
+    }
 }
 
 /// DESIGN.md's limit, `min(1 − 1/N, U / (N·r))`, applied per segment: with
 /// staggered joins and leaves the number of viewers N differs from segment
-/// to segment, and each segment must leave the infrastructure once.
-fn offload_limit(
-    config: &DemoConfig,
+/// to segment, and each segment must leave the infrastructure once. Sizes
+/// come from the packaged files under `packaged`; every viewer uploads at
+/// most `upload_bytes_per_second`.
+pub fn offload_limit(
     outcomes: &[ViewerOutcome],
-    platform: &Platform,
+    packaged: &std::path::Path,
+    rendition: &str,
+    upload_bytes_per_second: u64,
 ) -> anyhow::Result<f64> {
     let mut watchers: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     for outcome in outcomes.iter().filter(|o| o.segments > 0) {
@@ -419,8 +491,7 @@ fn offload_limit(
     }
     let (mut reachable, mut all) = (0u64, 0u64);
     for (sequence, n) in &watchers {
-        let size = platform
-            .packaged_segment(&config.rendition, *sequence)
+        let size = crate::platform::packaged_segment(packaged, rendition, *sequence)
             .with_context(|| format!("packaged segment {sequence} missing"))?
             .len() as u64;
         reachable += (n - 1) * size;
@@ -436,7 +507,7 @@ fn offload_limit(
     let by_upload = Report::offload_limit(
         viewers,
         bitrate_bps.max(1),
-        viewers * VIEWER_UPLOAD_BYTES_PER_SECOND * 8,
+        viewers * upload_bytes_per_second * 8,
     );
     Ok(by_copies.min(by_upload.max(0.0)).min(1.0))
 }
@@ -533,6 +604,30 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
+}
+
+/// The JSON report: the run's fields at the top level with its viewers'
+/// outcomes, the baseline's (when there is one) under "baseline".
+pub fn report_json(
+    report: &Report,
+    outcomes: &[ViewerOutcome],
+    baseline: Option<(&Report, &[ViewerOutcome])>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut json = serde_json::to_value(report)?;
+    if let Some(fields) = json.as_object_mut() {
+        fields.insert("viewer_outcomes".into(), serde_json::to_value(outcomes)?);
+        if let Some((base, base_outcomes)) = baseline {
+            let mut base = serde_json::to_value(base)?;
+            if let Some(base_fields) = base.as_object_mut() {
+                base_fields.insert(
+                    "viewer_outcomes".into(),
+                    serde_json::to_value(base_outcomes)?,
+                );
+            }
+            fields.insert("baseline".into(), base);
+        }
+    }
+    Ok(json)
 }
 
 /// The summary table, with the baseline beside when there is one.

@@ -1,9 +1,11 @@
 //! Load tests of Loaves: the demo (the whole platform and a crowd of
-//! viewers in one process), the report format, and the discrete-event
-//! simulator (the real-process swarm scenarios come next).
+//! viewers in one process), the swarm scenarios (the platform's binaries
+//! as processes, a crowd of SDK viewers, faults), the report format, and
+//! the discrete-event simulator.
 
 pub mod demo;
 pub mod encoder;
 pub mod platform;
 pub mod report;
 pub mod sim;
+pub mod swarm;

@@ -1,4 +1,4 @@
-//! `loadtests`: the demo and the simulator (swarm scenarios next).
+//! `loadtests`: the demo, the swarm scenarios and the simulator.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loaves_loadtests::demo::{self, DemoConfig};
 use loaves_loadtests::sim::{SimConfig, Simulation};
+use loaves_loadtests::swarm;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Loaves load tests and simulator")]
@@ -46,6 +47,24 @@ enum Command {
         /// No progress display.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Run a scenario (loadtests/scenarios/*.toml) on real processes over
+    /// loopback: the license server, tracker and edge seeds as their own
+    /// binaries, a crowd of SDK viewers with emulated links, and the
+    /// scenario's faults. Prints the report; writes JSON and HTML.
+    Swarm {
+        /// The scenario file.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Write the HTML report (plots) here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Also run the same scenario with P2P off and report both.
+        #[arg(long)]
+        with_baseline: bool,
     },
     /// Simulate a live event in virtual time with the real scheduler and the
     /// real tracker swarm book, and print the report (JSON).
@@ -94,6 +113,12 @@ fn main() -> anyhow::Result<()> {
             };
             run_demo(&config, with_baseline, report.as_deref())
         }
+        Command::Swarm {
+            scenario,
+            report,
+            html,
+            with_baseline,
+        } => run_swarm(&scenario, report.as_deref(), html.as_deref(), with_baseline),
         Command::Sim {
             config,
             viewers,
@@ -184,21 +209,11 @@ fn run_demo(
         demo::table(&report, baseline.as_ref().map(|(r, _)| r))
     );
     if let Some(path) = report_path {
-        // The run's fields at the top level, the baseline's under "baseline".
-        let mut json = serde_json::to_value(&report)?;
-        if let Some(fields) = json.as_object_mut() {
-            fields.insert("viewer_outcomes".into(), serde_json::to_value(&outcomes)?);
-            if let Some((base, base_outcomes)) = &baseline {
-                let mut base = serde_json::to_value(base)?;
-                if let Some(base_fields) = base.as_object_mut() {
-                    base_fields.insert(
-                        "viewer_outcomes".into(),
-                        serde_json::to_value(base_outcomes)?,
-                    );
-                }
-                fields.insert("baseline".into(), base);
-            }
-        }
+        let json = demo::report_json(
+            &report,
+            &outcomes,
+            baseline.as_ref().map(|(r, o)| (r, o.as_slice())),
+        )?;
         std::fs::write(path, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("report written to {}", path.display());
@@ -207,6 +222,62 @@ fn run_demo(
     anyhow::ensure!(failed == 0, "{failed} viewer(s) failed");
     anyhow::ensure!(
         report.corrupt_bytes_to_player == 0,
+        "corrupt bytes reached a player"
+    );
+    Ok(())
+}
+
+fn run_swarm(
+    scenario: &std::path::Path,
+    report_path: Option<&std::path::Path>,
+    html_path: Option<&std::path::Path>,
+    with_baseline: bool,
+) -> anyhow::Result<()> {
+    let scenario = swarm::Scenario::load(scenario)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let run = runtime.block_on(swarm::run(&scenario, true))?;
+    let baseline = if with_baseline {
+        eprintln!("\nthe same scenario with P2P off (baseline):");
+        Some(runtime.block_on(swarm::run(&scenario, false))?)
+    } else {
+        None
+    };
+    for outcome in run
+        .outcomes
+        .iter()
+        .chain(baseline.iter().flat_map(|b| b.outcomes.iter()))
+    {
+        if let Some(error) = &outcome.error {
+            eprintln!("{}: {error}", outcome.account);
+        }
+    }
+    println!();
+    print!(
+        "{}",
+        demo::table(&run.report, baseline.as_ref().map(|b| &b.report))
+    );
+    println!(
+        "peers banned by honest viewers: {}; segments they rejected: {}",
+        run.peers_banned, run.segments_rejected
+    );
+    if let Some(path) = report_path {
+        let json = swarm::report_json(&run, baseline.as_ref())?;
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    if let Some(path) = html_path {
+        std::fs::write(path, swarm::html::page(&scenario, &run, baseline.as_ref()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("HTML report written to {}", path.display());
+    }
+    let failed = run.outcomes.iter().filter(|o| o.error.is_some()).count();
+    anyhow::ensure!(failed == 0, "{failed} viewer(s) failed");
+    anyhow::ensure!(
+        run.report.corrupt_bytes_to_player == 0,
         "corrupt bytes reached a player"
     );
     Ok(())

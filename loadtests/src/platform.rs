@@ -37,7 +37,7 @@ use crate::encoder::LoopedRendition;
 pub const TITLE: &str = "demo";
 /// The packager's credential on the license server's key service (a
 /// development secret of this throwaway platform).
-const ADMIN_TOKEN: &str = "loaves-demo-packager";
+pub const ADMIN_TOKEN: &str = "loaves-demo-packager";
 
 /// The committed sample presentation.
 pub fn sample_dir() -> PathBuf {
@@ -70,7 +70,7 @@ impl Default for PlatformConfig {
 
 /// Live packaging on its own thread (the key service client blocks).
 #[derive(Debug)]
-struct LivePipeline {
+pub struct LivePipeline {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -124,7 +124,10 @@ impl Platform {
             dir.path(),
             &packaged,
             config,
-            &license,
+            &KeyService {
+                url: format!("https://{}", license.grpc_addr),
+                ca_pem: license.tls_cert_pem.clone(),
+            },
             &origin_key,
             published.clone(),
         )?;
@@ -189,71 +192,44 @@ impl Platform {
     /// An entitlement for `account` to watch everything, one stream at a
     /// time, for a day.
     pub fn entitlement(&self, account: &str) -> Vec<u8> {
-        let now = UnixSeconds::now().0;
-        Entitlement {
-            account: account.into(),
-            titles: vec!["*".into()],
-            max_concurrent_streams: 1,
-            renditions: vec![],
-            max_height: 0,
-            issued_at: UnixSeconds(now.saturating_sub(10)),
-            expires_at: UnixSeconds(now + 86_400),
-        }
-        .sign(&self.signin)
+        entitlement(&self.signin, account)
     }
 
-    /// SDK options for a viewer of this platform.
-    pub fn viewer_options(&self, p2p: bool, region: &str, isp: &str) -> Options {
-        Options {
-            license: LicenseServerConfig {
-                url: format!("https://{}", self.license.grpc_addr),
-                ca_pem: Some(self.license.tls_cert_pem.clone()),
-                tls_server_name: Some("localhost".into()),
-                trusted_keys: [
-                    self.license.core.license_public_key(),
-                    self.operator.verifying_key(),
-                ]
-                .into_iter()
-                .collect(),
-                request_timeout: Duration::from_secs(10),
-            },
+    /// How viewers reach this platform.
+    pub fn endpoints(&self) -> ViewerEndpoints {
+        ViewerEndpoints {
+            license_url: format!("https://{}", self.license.grpc_addr),
+            license_ca_pem: self.license.tls_cert_pem.clone(),
             clearkey_url: self
                 .license
                 .clearkey_addr
                 .map(|a| format!("http://{a}/clearkey")),
+            trusted_keys: [
+                self.license.core.license_public_key(),
+                self.operator.verifying_key(),
+            ]
+            .into_iter()
+            .collect(),
             manifest_keys: [self.origin_key.verifying_key()].into_iter().collect(),
-            cdn: loaves_client_sdk::cdn::CdnConfig {
-                base_urls: vec![format!("http://{}/", self.seed.http_address)],
-                ..Default::default()
-            },
-            tracker: p2p.then_some(self.tracker.quic_addr),
-            p2p,
-            upload: Upload::Capped {
-                bytes_per_second: VIEWER_UPLOAD_BYTES_PER_SECOND,
-            },
-            peer_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            region: region.into(),
-            isp: isp.into(),
-            max_announce_interval: Duration::from_secs(1),
-            ..Options::default()
+            cdn_urls: vec![format!("http://{}/", self.seed.http_address)],
+            tracker: self.tracker.quic_addr,
         }
+    }
+
+    /// SDK options for a viewer of this platform.
+    pub fn viewer_options(&self, p2p: bool, region: &str, isp: &str) -> Options {
+        self.endpoints().viewer_options(p2p, region, isp)
     }
 
     /// The packaged bytes of `rendition`'s segment `sequence` (what every
     /// player must receive), if the packager wrote it.
     pub fn packaged_segment(&self, rendition: &str, sequence: u64) -> Option<Vec<u8>> {
-        std::fs::read(
-            self.packaged
-                .join(TITLE)
-                .join(rendition)
-                .join(format!("seg_{sequence:05}.m4s")),
-        )
-        .ok()
+        packaged_segment(&self.packaged, rendition, sequence)
     }
 
     /// The packaged init segment of `rendition`.
     pub fn packaged_init(&self, rendition: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.packaged.join(TITLE).join(rendition).join("init.mp4")).ok()
+        packaged_init(&self.packaged, rendition)
     }
 
     /// Stops the stream and every component.
@@ -270,11 +246,94 @@ impl Platform {
     }
 }
 
+/// An entitlement signed by `signin` for `account` to watch everything, one
+/// stream at a time, for a day.
+pub fn entitlement(signin: &SigningKeyPair, account: &str) -> Vec<u8> {
+    let now = UnixSeconds::now().0;
+    Entitlement {
+        account: account.into(),
+        titles: vec!["*".into()],
+        max_concurrent_streams: 1,
+        renditions: vec![],
+        max_height: 0,
+        issued_at: UnixSeconds(now.saturating_sub(10)),
+        expires_at: UnixSeconds(now + 86_400),
+    }
+    .sign(signin)
+}
+
+/// Where viewers find a platform's services and which keys they trust.
+#[derive(Debug, Clone)]
+pub struct ViewerEndpoints {
+    /// The license server's gRPC URL.
+    pub license_url: String,
+    /// Its TLS certificate (PEM).
+    pub license_ca_pem: String,
+    /// Its ClearKey endpoint, if any.
+    pub clearkey_url: Option<String>,
+    /// Keys trusted for session tokens and seed credentials.
+    pub trusted_keys: Keyring,
+    /// The origin's manifest keys.
+    pub manifest_keys: Keyring,
+    /// CDN base URLs.
+    pub cdn_urls: Vec<String>,
+    /// The tracker's QUIC address.
+    pub tracker: SocketAddr,
+}
+
+impl ViewerEndpoints {
+    /// SDK options for a viewer (P2P on or off, at a location).
+    pub fn viewer_options(&self, p2p: bool, region: &str, isp: &str) -> Options {
+        Options {
+            license: LicenseServerConfig {
+                url: self.license_url.clone(),
+                ca_pem: Some(self.license_ca_pem.clone()),
+                tls_server_name: Some("localhost".into()),
+                trusted_keys: self.trusted_keys.clone(),
+                request_timeout: Duration::from_secs(10),
+            },
+            clearkey_url: self.clearkey_url.clone(),
+            manifest_keys: self.manifest_keys.clone(),
+            cdn: loaves_client_sdk::cdn::CdnConfig {
+                base_urls: self.cdn_urls.clone(),
+                ..Default::default()
+            },
+            tracker: p2p.then_some(self.tracker),
+            p2p,
+            upload: Upload::Capped {
+                bytes_per_second: VIEWER_UPLOAD_BYTES_PER_SECOND,
+            },
+            peer_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            region: region.into(),
+            isp: isp.into(),
+            max_announce_interval: Duration::from_secs(1),
+            ..Options::default()
+        }
+    }
+}
+
+/// The packaged bytes of `rendition`'s segment `sequence` under the
+/// packager's output `root` (what every player must receive), if written.
+pub fn packaged_segment(root: &Path, rendition: &str, sequence: u64) -> Option<Vec<u8>> {
+    std::fs::read(
+        root.join(TITLE)
+            .join(rendition)
+            .join(format!("seg_{sequence:05}.m4s")),
+    )
+    .ok()
+}
+
+/// The packaged init segment of `rendition` under `root`.
+pub fn packaged_init(root: &Path, rendition: &str) -> Option<Vec<u8>> {
+    std::fs::read(root.join(TITLE).join(rendition).join("init.mp4")).ok()
+}
+
 /// Each viewer's upload cap (the SDK's default is lower; loopback has room).
 pub const VIEWER_UPLOAD_BYTES_PER_SECOND: u64 = 4_000_000;
 
 impl LivePipeline {
-    fn stop_and_join(mut self) -> anyhow::Result<()> {
+    /// Stops packaging and waits for the thread's outcome.
+    pub fn stop_and_join(mut self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take() {
             Some(thread) => thread
@@ -307,6 +366,14 @@ async fn start_license_server(
     };
     license.keys.admin_token_file = Some(dir.join("admin-token"));
     license.keys.entitlement_public_keys = vec![signin_public.to_owned()];
+    license.titles = vec![title_config(&config.renditions)];
+    license_server::start(license, Arc::new(SystemClock))
+        .await
+        .context("starting the license server")
+}
+
+/// The license server's title entry for the streamed renditions.
+pub fn title_config(renditions: &[String]) -> TitleConfig {
     let track_type = |name: &str| {
         if name.contains("audio") {
             ("audio", 0)
@@ -316,12 +383,11 @@ async fn start_license_server(
             ("hd", 720)
         }
     };
-    license.titles = vec![TitleConfig {
+    TitleConfig {
         id: TITLE.into(),
         key_period_s: 0,
         period_epoch: 0,
-        renditions: config
-            .renditions
+        renditions: renditions
             .iter()
             .map(|name| {
                 let (track_type, height) = track_type(name);
@@ -332,10 +398,7 @@ async fn start_license_server(
                 }
             })
             .collect(),
-    }];
-    license_server::start(license, Arc::new(SystemClock))
-        .await
-        .context("starting the license server")
+    }
 }
 
 async fn start_tracker(
@@ -371,14 +434,24 @@ async fn start_tracker(
     Ok((tracker, http, task))
 }
 
+/// The license server's key service, as the packager reaches it (with
+/// [`ADMIN_TOKEN`]).
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    /// gRPC URL.
+    pub url: String,
+    /// The server's TLS certificate (PEM).
+    pub ca_pem: String,
+}
+
 /// Starts the encoder stand-in and the live packager on one thread: every
 /// segment duration a new segment of each rendition is published, and the
 /// packager polls its input in between.
-fn start_live(
+pub fn start_live(
     dir: &Path,
     packaged: &Path,
     config: &PlatformConfig,
-    license: &RunningServer,
+    key_service: &KeyService,
     origin_key: &SigningKeyPair,
     published: Arc<AtomicU64>,
 ) -> anyhow::Result<LivePipeline> {
@@ -392,9 +465,9 @@ fn start_live(
         rendition.publish_init(&input)?;
     }
     let keys = GrpcKeySource::new(
-        format!("https://{}", license.grpc_addr),
+        key_service.url.clone(),
         Some(ADMIN_TOKEN.to_owned()),
-        Some(license.tls_cert_pem.clone().into_bytes()),
+        Some(key_service.ca_pem.clone().into_bytes()),
     );
     let origin_seed = *origin_key.seed();
     let output = packaged.join(TITLE);

@@ -1,0 +1,340 @@
+//! The platform as separate processes on loopback: the license server, the
+//! tracker and the edge seeds run as their own binaries with files this
+//! module writes into a scratch directory; the live packager (fed by the
+//! sample [`encoder`](crate::encoder)) stays in this process and gets its
+//! keys from the license server process over gRPC, as `edge-seed live`
+//! would.
+//!
+//! Edge seeds play two roles here, in separate processes so that a seed can
+//! fail without the CDN: one `cdn` process is the HTTP origin (no tracker
+//! registration), and each `seed-N` process is a swarm seed (QUIC,
+//! registered with the tracker, with a credential minted by
+//! `edge-seed credential`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use license_server::config::Config as LicenseConfig;
+use loaves_proto::keygen;
+use loaves_proto::keys::SigningKeyPair;
+
+use super::procs::{Proc, binary, free_addr};
+use crate::platform::{
+    ADMIN_TOKEN, KeyService, LivePipeline, PlatformConfig, TITLE, ViewerEndpoints, start_live,
+    title_config,
+};
+
+/// Where a seed sits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct Location {
+    /// Region name.
+    pub region: String,
+    /// ISP name.
+    pub isp: String,
+}
+
+/// A running deployment.
+#[derive(Debug)]
+pub struct Deployment {
+    /// Scratch space: config files, keys, logs, packaged output.
+    pub dir: tempfile::TempDir,
+    license: Proc,
+    /// The tracker process (killed and restarted by the tracker scenario).
+    pub tracker: Proc,
+    /// The tracker's HTTP address (`/healthz`, `/dashboard`).
+    pub tracker_http: SocketAddr,
+    /// The CDN (an edge seed serving HTTP only).
+    cdn: Proc,
+    /// The swarm seeds and their HTTP addresses.
+    pub seeds: Vec<(Proc, SocketAddr)>,
+    live: Option<LivePipeline>,
+    published: Arc<AtomicU64>,
+    /// The packager's output root.
+    pub packaged: PathBuf,
+    signin: SigningKeyPair,
+    /// How viewers reach it.
+    pub endpoints: ViewerEndpoints,
+}
+
+/// Live playlists and seeds follow the packager this often.
+const SEED_CONFIG: &str = "\
+[live]
+poll_interval_ms = 250
+
+[tracker]
+announce_interval_s = 1
+";
+
+impl Deployment {
+    /// Starts every process and the live stream of `renditions`, with one
+    /// swarm seed per entry of `seeds`; returns once all answer `/healthz`
+    /// and the first segments are packaged.
+    pub async fn start(renditions: &[String], seeds: &[Location]) -> anyhow::Result<Self> {
+        let license_bin = binary("license-server", "license-server")?;
+        let tracker_bin = binary("loaves-tracker", "tracker")?;
+        let seed_bin = binary("edge-seed", "edge-seed")?;
+        let dir = tempfile::tempdir().context("creating a scratch directory")?;
+        let root = dir.path().to_owned();
+        let logs = root.join("logs");
+        std::fs::create_dir_all(&logs)?;
+
+        // Keys: the sign-in system's, the license server's (it also signs
+        // seed credentials, the operator key trackers and viewers trust),
+        // the origin's (manifests), the tracker's identity.
+        let keys = root.join("keys");
+        std::fs::create_dir_all(&keys)?;
+        let signin_files = keygen::write_key_pair(&keys, "signin", false)?;
+        let signin = keygen::read_signing_key(&signin_files.private_key)?;
+        let license_files = keygen::write_key_pair(&keys, "license", false)?;
+        let origin_files = keygen::write_key_pair(&keys, "origin", false)?;
+        let origin_key = keygen::read_signing_key(&origin_files.private_key)?;
+        let tracker_files = keygen::write_key_pair(&keys, "tracker", false)?;
+
+        // The license server.
+        let admin_token = root.join("admin-token");
+        std::fs::write(&admin_token, ADMIN_TOKEN)?;
+        let cert = root.join("license-cert.pem");
+        let mut config = LicenseConfig {
+            listen: free_addr()?,
+            metrics_listen: free_addr()?,
+            clearkey_listen: Some(free_addr()?),
+            data_dir: root.join("license-server"),
+            titles: vec![title_config(renditions)],
+            ..LicenseConfig::default()
+        };
+        config.tls.dev_cert_out = Some(cert.clone());
+        config.keys.signing_key_file = Some(license_files.private_key.clone());
+        config.keys.admin_token_file = Some(admin_token);
+        config.keys.entitlement_public_keys = vec![signin_files.public_key.clone()];
+        let license_toml = root.join("license-server.toml");
+        std::fs::write(&license_toml, toml::to_string(&config)?)?;
+        let mut license = Proc::spawn(
+            "license-server",
+            &license_bin,
+            &["--config".into(), license_toml.display().to_string()],
+            &logs,
+        )?;
+        license.wait_ready(config.metrics_listen).await?;
+        let ca_pem = std::fs::read_to_string(&cert)
+            .with_context(|| format!("reading {}", cert.display()))?;
+
+        // The tracker.
+        let tracker_quic = free_addr()?;
+        let tracker_http = free_addr()?;
+        let mut tracker = Proc::spawn(
+            "tracker",
+            &tracker_bin,
+            &[
+                "--quic-listen".into(),
+                tracker_quic.to_string(),
+                "--http-listen".into(),
+                tracker_http.to_string(),
+                "--trusted-key".into(),
+                license_files.public_key.display().to_string(),
+                "--identity-key".into(),
+                tracker_files.private_key.display().to_string(),
+                "--log".into(),
+                "warn".into(),
+            ],
+            &logs,
+        )?;
+        tracker.wait_ready(tracker_http).await?;
+
+        // The live stream.
+        let packaged = root.join("origin");
+        let published = Arc::new(AtomicU64::new(0));
+        let platform_config = PlatformConfig {
+            renditions: renditions.to_vec(),
+            ..PlatformConfig::default()
+        };
+        let live = start_live(
+            &root,
+            &packaged,
+            &platform_config,
+            &KeyService {
+                url: format!("https://{}", config.listen),
+                ca_pem: ca_pem.clone(),
+            },
+            &origin_key,
+            published.clone(),
+        )?;
+        wait_first_segments(&packaged, renditions).await?;
+
+        // The CDN and the seeds.
+        let seed_toml = root.join("edge-seed.toml");
+        std::fs::write(&seed_toml, SEED_CONFIG)?;
+        let common = |quic: SocketAddr, http: SocketAddr| -> Vec<String> {
+            vec![
+                "serve".into(),
+                "--config".into(),
+                seed_toml.display().to_string(),
+                "--quic-listen".into(),
+                quic.to_string(),
+                "--http-listen".into(),
+                http.to_string(),
+                "--origin".into(),
+                packaged.display().to_string(),
+                "--title".into(),
+                TITLE.into(),
+                "--license-key".into(),
+                license_files.public_key.display().to_string(),
+                "--origin-key".into(),
+                origin_files.public_key.display().to_string(),
+                "--log".into(),
+                "warn".into(),
+            ]
+        };
+        let cdn_http = free_addr()?;
+        let mut cdn = Proc::spawn("cdn", &seed_bin, &common(free_addr()?, cdn_http), &logs)?;
+        cdn.wait_ready(cdn_http).await?;
+        let mut running_seeds = Vec::new();
+        for (index, location) in seeds.iter().enumerate() {
+            let name = format!("seed-{index}");
+            let files = keygen::write_key_pair(&keys, &name, false)?;
+            let credential = root.join(format!("{name}.credential"));
+            mint_credential(
+                &seed_bin,
+                &license_files.private_key,
+                &files.public_key,
+                &name,
+                location,
+                &credential,
+            )?;
+            let http = free_addr()?;
+            let mut args = common(free_addr()?, http);
+            args.extend([
+                "--identity-key".into(),
+                files.private_key.display().to_string(),
+                "--credential".into(),
+                credential.display().to_string(),
+                "--tracker".into(),
+                tracker_quic.to_string(),
+            ]);
+            let mut seed = Proc::spawn(&name, &seed_bin, &args, &logs)?;
+            seed.wait_ready(http).await?;
+            running_seeds.push((seed, http));
+        }
+
+        let endpoints = ViewerEndpoints {
+            license_url: format!("https://{}", config.listen),
+            license_ca_pem: ca_pem,
+            clearkey_url: config
+                .clearkey_listen
+                .map(|a| format!("http://{a}/clearkey")),
+            trusted_keys: [keygen::read_public_key(&license_files.public_key)?]
+                .into_iter()
+                .collect(),
+            manifest_keys: [origin_key.verifying_key()].into_iter().collect(),
+            cdn_urls: vec![format!("http://{cdn_http}/")],
+            tracker: tracker_quic,
+        };
+        Ok(Self {
+            dir,
+            license,
+            tracker,
+            tracker_http,
+            cdn,
+            seeds: running_seeds,
+            live: Some(live),
+            published,
+            packaged,
+            signin,
+            endpoints,
+        })
+    }
+
+    /// Live segments published so far.
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// An entitlement for `account`.
+    pub fn entitlement(&self, account: &str) -> Vec<u8> {
+        crate::platform::entitlement(&self.signin, account)
+    }
+
+    /// The tracker's dashboard.
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}/dashboard", self.tracker_http)
+    }
+
+    /// Kills the tracker (SIGKILL), waits `down`, starts it again on the
+    /// same addresses and waits for it to be ready.
+    pub async fn restart_tracker(&mut self, down: Duration) -> anyhow::Result<()> {
+        self.tracker.kill();
+        tokio::time::sleep(down).await;
+        self.tracker.restart()?;
+        self.tracker.wait_ready(self.tracker_http).await
+    }
+
+    /// Stops the stream and every process (SIGTERM, then SIGKILL).
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        let live = self.live.take().map(LivePipeline::stop_and_join);
+        for (seed, _) in &mut self.seeds {
+            seed.stop();
+        }
+        self.cdn.stop();
+        self.tracker.stop();
+        self.license.stop();
+        live.unwrap_or(Ok(()))
+    }
+}
+
+async fn wait_first_segments(packaged: &Path, renditions: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = renditions
+            .iter()
+            .all(|r| packaged.join(TITLE).join(r).join("seg_00000.m4s").is_file());
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the live packager produced no segment within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `edge-seed credential`, as the operator would run it.
+fn mint_credential(
+    seed_bin: &Path,
+    operator_key: &Path,
+    seed_public: &Path,
+    name: &str,
+    location: &Location,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let output = std::process::Command::new(seed_bin)
+        .args(["credential", "--operator-key"])
+        .arg(operator_key)
+        .arg("--seed-key")
+        .arg(seed_public)
+        .args([
+            "--name",
+            name,
+            "--region",
+            &location.region,
+            "--isp",
+            &location.isp,
+            "--title",
+            TITLE,
+            "--valid-days",
+            "2",
+            "--out",
+        ])
+        .arg(out)
+        .output()
+        .context("running edge-seed credential")?;
+    if !output.status.success() {
+        bail!(
+            "edge-seed credential failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
