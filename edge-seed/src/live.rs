@@ -2,7 +2,17 @@
 //! file, then numbered segments); each [`LivePackager::poll`] packages the
 //! segments that appeared since the last poll, appends one signed chunk per
 //! segment to `OUT/NAME/manifest.lvm`, and rewrites the sliding-window
-//! media playlists. Every file is written under a temporary name and renamed.
+//! media playlists and the dynamic MPD (`OUT/manifest.mpd`). Every file is
+//! written under a temporary name and renamed.
+//!
+//! DASH timing (DASH-IF IOP 4.3 §4.3): one period from presentation time 0;
+//! the earliest decode time packaged in the first poll that packaged
+//! anything is presentation time 0 (each representation's
+//! `presentationTimeOffset`), and `availabilityStartTime` is fixed then so
+//! that the newest segment of that poll became available at that poll: the
+//! encoder is taken to produce in real time from then on. [`LivePackager::finish`]
+//! turns the MPD static, listing every segment of the event (all stay on
+//! disk), so the whole event plays as VOD afterwards.
 //!
 //! Rules: segments of a rendition are taken in file-number order; a file
 //! whose number is not above the last one packaged (a duplicate, or a late
@@ -11,7 +21,7 @@
 //! encoder may still be writing it, and refused once its length stopped
 //! changing between two polls.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use loaves_proto::UnixSeconds;
@@ -69,8 +79,39 @@ struct LiveRendition {
     /// duplicate, not one of these).
     done: std::collections::HashSet<PathBuf>,
     keys: BTreeMap<u32, TrackKey>,
-    window: VecDeque<PackagedSegment>,
+    /// Every segment packaged so far, in order: the playlists list the last
+    /// `window` of them, the MPD after the event all of them.
+    segments: Vec<LiveSegment>,
+    /// Longest segment of the event, ms (`MPD@maxSegmentDuration`).
+    max_duration_ms: u64,
     kids: Vec<(u32, [u8; 16])>,
+}
+
+#[derive(Debug, Clone)]
+struct LiveSegment {
+    segment: PackagedSegment,
+    /// `tfdt` of the segment's first fragment, track timescale: the MPD's
+    /// `SegmentTimeline` states real decode times, so a gap in the
+    /// encoder's timeline is not papered over.
+    decode_time: u64,
+}
+
+/// The fixed wall-clock anchor of the live MPD, set by the first poll that
+/// packaged a segment.
+#[derive(Debug, Clone, Copy)]
+struct LiveClock {
+    availability_start_ms: i64,
+    /// Presentation time 0 as a decode time: (ticks, timescale).
+    origin: (u64, u32),
+}
+
+impl LiveClock {
+    /// `presentationTimeOffset` of a track with `timescale`.
+    fn offset(&self, timescale: u32) -> u64 {
+        let (ticks, scale) = self.origin;
+        let scaled = u128::from(ticks) * u128::from(timescale) / u128::from(scale.max(1));
+        u64::try_from(scaled).unwrap_or(u64::MAX)
+    }
 }
 
 /// The live packager of one title.
@@ -84,6 +125,8 @@ pub struct LivePackager<'a> {
     renditions: BTreeMap<String, LiveRendition>,
     /// Init segments that did not parse at the last poll, with their length.
     init_pending: std::collections::HashMap<PathBuf, usize>,
+    /// Set once the first segment is packaged; fixed for the event.
+    clock: Option<LiveClock>,
 }
 
 impl std::fmt::Debug for LivePackager<'_> {
@@ -133,6 +176,7 @@ impl<'a> LivePackager<'a> {
             origin_key,
             renditions: BTreeMap::new(),
             init_pending: std::collections::HashMap::new(),
+            clock: None,
         })
     }
 
@@ -222,6 +266,12 @@ impl<'a> LivePackager<'a> {
                     Err(other) => return Err(other),
                 }
             }
+        }
+        if events
+            .iter()
+            .any(|e| matches!(e, LiveEvent::Packaged { .. }))
+        {
+            self.write_mpd(now, false)?;
         }
         if started {
             let renditions = self.snapshot();
@@ -335,7 +385,8 @@ impl<'a> LivePackager<'a> {
             pending: std::collections::HashMap::new(),
             done: std::collections::HashSet::new(),
             keys: BTreeMap::from([(0, k0)]),
-            window: VecDeque::new(),
+            segments: Vec::new(),
+            max_duration_ms: 0,
             kids: vec![(0, kid0)],
         }))
     }
@@ -416,21 +467,22 @@ impl<'a> LivePackager<'a> {
         })?;
         r.manifest.extend(frame);
         write_atomic(&manifest_path, &r.manifest)?;
-        r.window.push_back(PackagedSegment {
-            sequence,
-            file_name,
-            duration_ticks: summary.duration,
-            duration_ms,
-            key_period: period,
-            size: out.len() as u64,
+        r.segments.push(LiveSegment {
+            segment: PackagedSegment {
+                sequence,
+                file_name,
+                duration_ticks: summary.duration,
+                duration_ms,
+                key_period: period,
+                size: out.len() as u64,
+            },
+            decode_time: summary.base_decode_time,
         });
-        while r.window.len() > window {
-            r.window.pop_front();
-        }
+        r.max_duration_ms = r.max_duration_ms.max(u64::from(duration_ms));
         r.next_sequence += 1;
         r.last_number = Some(number);
         r.done.insert(path.to_owned());
-        let rendition = snapshot_one(name, r);
+        let rendition = snapshot_one(name, r, window_of(&r.segments, window));
         write_atomic(
             &dir.join("media.m3u8"),
             playlist::hls_media_playlist(&rendition, scheme, &url, false).as_bytes(),
@@ -438,11 +490,13 @@ impl<'a> LivePackager<'a> {
         Ok(Some(sequence))
     }
 
-    /// Ends the event: appends a final (empty) chunk to every manifest and
-    /// closes the playlists with `EXT-X-ENDLIST`.
+    /// Ends the event: appends a final (empty) chunk to every manifest,
+    /// closes the playlists with `EXT-X-ENDLIST` and makes the MPD static,
+    /// with every segment of the event.
     pub fn finish(&mut self, now: UnixSeconds) -> Result<(), PackageError> {
         let scheme = self.options.scheme;
         let url = self.options.clearkey_license_url.clone();
+        let window = self.window;
         for (name, r) in &mut self.renditions {
             let dir = self.output.join(name);
             let manifest_path = dir.join(MANIFEST_FILE);
@@ -459,19 +513,161 @@ impl<'a> LivePackager<'a> {
             })?;
             r.manifest.extend(frame);
             write_atomic(&manifest_path, &r.manifest)?;
-            let rendition = snapshot_one(name, r);
+            let rendition = snapshot_one(name, r, window_of(&r.segments, window));
             write_atomic(
                 &dir.join("media.m3u8"),
                 playlist::hls_media_playlist(&rendition, scheme, &url, true).as_bytes(),
             )?;
         }
+        if self.clock.is_some() {
+            self.write_mpd(now, true)?;
+        }
         Ok(())
+    }
+
+    /// Rewrites `OUT/manifest.mpd`: dynamic with the window's segments
+    /// while the event runs, static with all of them once it `ended`.
+    /// Renditions without a segment yet are left out (an empty
+    /// `SegmentTimeline` is not a representation a player can use).
+    fn write_mpd(&mut self, now: UnixSeconds, ended: bool) -> Result<(), PackageError> {
+        let now_ms = i64::try_from(now.0)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        let clock = match self.clock {
+            Some(clock) => clock,
+            None => {
+                let Some(clock) = self.start_clock(now_ms) else {
+                    return Ok(()); // nothing packaged yet
+                };
+                self.clock = Some(clock);
+                clock
+            }
+        };
+        let window = if ended { usize::MAX } else { self.window };
+        let listed: Vec<(PackagedRendition, Vec<u64>, u64)> = self
+            .renditions
+            .iter()
+            .filter(|(_, r)| !r.segments.is_empty())
+            .map(|(name, r)| {
+                let segments = window_of(&r.segments, window);
+                (
+                    snapshot_one(name, r, segments),
+                    segments.iter().map(|s| s.decode_time).collect(),
+                    clock.offset(r.track.timescale),
+                )
+            })
+            .collect();
+        let tracks: Vec<playlist::MpdTrack<'_>> = listed
+            .iter()
+            .map(|(rendition, decode_times, offset)| playlist::MpdTrack {
+                rendition,
+                decode_times,
+                presentation_time_offset: *offset,
+            })
+            .collect();
+        let mpd_type = if ended {
+            // The presentation ends where the longest track's last segment
+            // ends, in period time.
+            let duration_ms = tracks
+                .iter()
+                .filter_map(|t| {
+                    let last = t.rendition.segments.last()?;
+                    let end = t.decode_times.last()? + last.duration_ticks;
+                    Some(ticks_to_ms(
+                        end.saturating_sub(t.presentation_time_offset),
+                        t.rendition.timescale,
+                    ))
+                })
+                .max()
+                .unwrap_or(0);
+            playlist::MpdType::Static { duration_ms }
+        } else {
+            let longest_ms = |segments: &[PackagedSegment]| {
+                segments
+                    .iter()
+                    .map(|s| u64::from(s.duration_ms))
+                    .max()
+                    .unwrap_or(0)
+            };
+            let target_ms = listed
+                .iter()
+                .map(|(r, _, _)| longest_ms(&r.segments))
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            let max_segment_duration_ms = self
+                .renditions
+                .values()
+                .map(|r| r.max_duration_ms)
+                .max()
+                .unwrap_or(0)
+                .max(target_ms);
+            // The window the HLS playlists hold, as a duration.
+            let depth_ms = listed
+                .iter()
+                .map(|(r, _, _)| r.segments.iter().map(|s| u64::from(s.duration_ms)).sum())
+                .max()
+                .unwrap_or(0);
+            playlist::MpdType::Dynamic(playlist::LiveMpd {
+                availability_start_ms: clock.availability_start_ms,
+                publish_ms: now_ms,
+                // A new segment every target duration: checking more often
+                // finds nothing new.
+                minimum_update_period_ms: target_ms,
+                time_shift_buffer_depth_ms: depth_ms,
+                // Three segments behind the live edge, as HLS players hold
+                // back three target durations; never more than the window.
+                suggested_presentation_delay_ms: (3 * target_ms).min(depth_ms),
+                max_segment_duration_ms,
+            })
+        };
+        let text = playlist::mpd(
+            &tracks,
+            &mpd_type,
+            self.options.scheme,
+            &self.options.clearkey_license_url,
+        );
+        write_atomic(&self.output.join("manifest.mpd"), text.as_bytes())
+    }
+
+    /// The event's clock: presentation time 0 at the earliest packaged
+    /// decode time, and the newest packaged segment available at `now_ms`.
+    fn start_clock(&self, now_ms: i64) -> Option<LiveClock> {
+        let firsts = self.renditions.values().filter_map(|r| {
+            let first = r.segments.first()?;
+            Some((first.decode_time, r.track.timescale.max(1)))
+        });
+        // Earliest as a rational: a/b < c/d ⇔ a·d < c·b.
+        let origin = firsts.min_by(|(a, b), (c, d)| {
+            (u128::from(*a) * u128::from(*d)).cmp(&(u128::from(*c) * u128::from(*b)))
+        })?;
+        let provisional = LiveClock {
+            availability_start_ms: 0,
+            origin,
+        };
+        let newest_end_ms = self
+            .renditions
+            .values()
+            .filter_map(|r| {
+                let last = r.segments.last()?;
+                let end = last.decode_time + last.segment.duration_ticks;
+                Some(ticks_to_ms(
+                    end.saturating_sub(provisional.offset(r.track.timescale)),
+                    r.track.timescale,
+                ))
+            })
+            .max()?;
+        Some(LiveClock {
+            availability_start_ms: now_ms
+                .saturating_sub(i64::try_from(newest_end_ms).unwrap_or(i64::MAX)),
+            origin,
+        })
     }
 
     fn snapshot(&self) -> Vec<PackagedRendition> {
         self.renditions
             .iter()
-            .map(|(n, r)| snapshot_one(n, r))
+            .map(|(n, r)| snapshot_one(n, r, window_of(&r.segments, self.window)))
             .collect()
     }
 
@@ -479,15 +675,31 @@ impl<'a> LivePackager<'a> {
     pub fn window(&self, rendition: &str) -> Vec<u64> {
         self.renditions
             .get(rendition)
-            .map(|r| r.window.iter().map(|s| s.sequence).collect())
+            .map(|r| {
+                window_of(&r.segments, self.window)
+                    .iter()
+                    .map(|s| s.segment.sequence)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
 
-fn snapshot_one(name: &str, r: &LiveRendition) -> PackagedRendition {
-    let peak = r
-        .window
+/// The last `window` segments.
+fn window_of(segments: &[LiveSegment], window: usize) -> &[LiveSegment] {
+    &segments[segments.len().saturating_sub(window)..]
+}
+
+fn ticks_to_ms(ticks: u64, timescale: u32) -> u64 {
+    let ms = u128::from(ticks) * 1000 / u128::from(timescale.max(1));
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// The rendition as the playlists and the MPD see it, listing `segments`.
+fn snapshot_one(name: &str, r: &LiveRendition, segments: &[LiveSegment]) -> PackagedRendition {
+    let peak = segments
         .iter()
+        .map(|s| &s.segment)
         .filter(|s| s.duration_ms > 0)
         .map(|s| s.size * 8 * 1000 / u64::from(s.duration_ms))
         .max()
@@ -503,7 +715,7 @@ fn snapshot_one(name: &str, r: &LiveRendition) -> PackagedRendition {
         peak_bandwidth: peak,
         average_bandwidth: peak,
         kids: r.kids.clone(),
-        segments: r.window.iter().cloned().collect(),
+        segments: segments.iter().map(|s| s.segment.clone()).collect(),
         bytes_in: 0,
         bytes_out: r.init_out.len() as u64,
     }

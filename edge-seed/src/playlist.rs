@@ -185,10 +185,77 @@ fn iso_duration(ms: u64) -> String {
     format!("PT{}.{:03}S", ms / 1000, ms % 1000)
 }
 
-/// A static MPD: one adaptation set per track type (renditions sharing a
-/// key, as DASH-IF requires one `default_KID` per adaptation set), each
-/// with `ContentProtection` for the scheme (`mp4protection`, default KID),
-/// the common system and ClearKey.
+/// Milliseconds since the Unix epoch as an `xs:dateTime` in UTC
+/// (`2030-03-17T17:46:40.000Z`), for the MPD's wall-clock attributes.
+fn xs_date_time(unix_ms: i64) -> String {
+    let days = unix_ms.div_euclid(86_400_000);
+    let ms_of_day = unix_ms.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm):
+    // no date crate needed for the one format the MPD uses.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    )
+}
+
+/// The wall-clock side of a dynamic (live) MPD, DASH-IF IOP 4.3 §4.3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveMpd {
+    /// `MPD@availabilityStartTime`, ms since the Unix epoch: the wall-clock
+    /// time of presentation time 0 (fixed for the whole event).
+    pub availability_start_ms: i64,
+    /// `MPD@publishTime`, ms since the Unix epoch: when this version was
+    /// written (advances with every rewrite).
+    pub publish_ms: i64,
+    /// `MPD@minimumUpdatePeriod`.
+    pub minimum_update_period_ms: u64,
+    /// `MPD@timeShiftBufferDepth`: the duration the window holds.
+    pub time_shift_buffer_depth_ms: u64,
+    /// `MPD@suggestedPresentationDelay`.
+    pub suggested_presentation_delay_ms: u64,
+    /// `MPD@maxSegmentDuration`.
+    pub max_segment_duration_ms: u64,
+}
+
+/// Static (VOD, or a live event after its end) or dynamic (live window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MpdType {
+    /// `type="static"` with this `mediaPresentationDuration`.
+    Static {
+        /// Presentation duration, ms.
+        duration_ms: u64,
+    },
+    /// `type="dynamic"`.
+    Dynamic(LiveMpd),
+}
+
+/// One Representation of an MPD: the rendition (its segments in order),
+/// the decode time (`tfdt`) of each segment, and the
+/// `presentationTimeOffset` that maps them to period time.
+#[derive(Debug, Clone, Copy)]
+pub struct MpdTrack<'a> {
+    /// The rendition; `segments` are the ones listed.
+    pub rendition: &'a PackagedRendition,
+    /// Decode time of each of `rendition.segments`, track timescale.
+    pub decode_times: &'a [u64],
+    /// `SegmentTemplate@presentationTimeOffset`, track timescale.
+    pub presentation_time_offset: u64,
+}
+
+/// A static MPD of a packaged presentation (see [`mpd`]); segment times
+/// follow each other from the rendition's base decode time.
 pub fn dash_mpd(renditions: &[PackagedRendition], scheme: Scheme, clearkey_url: &str) -> String {
     let duration_ms = renditions
         .iter()
@@ -200,24 +267,82 @@ pub fn dash_mpd(renditions: &[PackagedRendition], scheme: Scheme, clearkey_url: 
         })
         .max()
         .unwrap_or(0);
+    let times: Vec<Vec<u64>> = renditions
+        .iter()
+        .map(|r| {
+            r.segments
+                .iter()
+                .scan(r.base_decode_time, |t, s| {
+                    let start = *t;
+                    *t += s.duration_ticks;
+                    Some(start)
+                })
+                .collect()
+        })
+        .collect();
+    let tracks: Vec<MpdTrack<'_>> = renditions
+        .iter()
+        .zip(&times)
+        .map(|(rendition, decode_times)| MpdTrack {
+            rendition,
+            decode_times,
+            presentation_time_offset: 0,
+        })
+        .collect();
+    mpd(
+        &tracks,
+        &MpdType::Static { duration_ms },
+        scheme,
+        clearkey_url,
+    )
+}
+
+/// An MPD, static or dynamic: one period, one adaptation set per track
+/// type (renditions sharing a key, as DASH-IF requires one `default_KID`
+/// per adaptation set), each with `ContentProtection` for the scheme
+/// (`mp4protection`, default KID), the common system and ClearKey, and a
+/// `SegmentTemplate` (`$Number$` from the first listed segment's sequence)
+/// with a `SegmentTimeline` of the listed segments.
+pub fn mpd(
+    tracks: &[MpdTrack<'_>],
+    mpd_type: &MpdType,
+    scheme: Scheme,
+    clearkey_url: &str,
+) -> String {
     let mut out = String::new();
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let timing = match mpd_type {
+        MpdType::Static { duration_ms } => format!(
+            "type=\"static\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" minBufferTime=\"PT2S\" mediaPresentationDuration=\"{}\"",
+            iso_duration(*duration_ms)
+        ),
+        MpdType::Dynamic(live) => format!(
+            "type=\"dynamic\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" minBufferTime=\"PT2S\" \
+             availabilityStartTime=\"{}\" publishTime=\"{}\" minimumUpdatePeriod=\"{}\" timeShiftBufferDepth=\"{}\" \
+             suggestedPresentationDelay=\"{}\" maxSegmentDuration=\"{}\"",
+            xs_date_time(live.availability_start_ms),
+            xs_date_time(live.publish_ms),
+            iso_duration(live.minimum_update_period_ms),
+            iso_duration(live.time_shift_buffer_depth_ms),
+            iso_duration(live.suggested_presentation_delay_ms),
+            iso_duration(live.max_segment_duration_ms),
+        ),
+    };
     let _ = writeln!(
         out,
-        "<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" xmlns:cenc=\"urn:mpeg:cenc:2013\" xmlns:dashif=\"https://dashif.org/\" \
-         type=\"static\" profiles=\"urn:mpeg:dash:profile:isoff-live:2011\" minBufferTime=\"PT2S\" mediaPresentationDuration=\"{}\">",
-        iso_duration(duration_ms)
+        "<MPD xmlns=\"urn:mpeg:dash:schema:mpd:2011\" xmlns:cenc=\"urn:mpeg:cenc:2013\" xmlns:dashif=\"https://dashif.org/\" {timing}>",
     );
     out.push_str("  <Period id=\"0\" start=\"PT0S\">\n");
-    let mut groups: Vec<(&str, Vec<&PackagedRendition>)> = Vec::new();
-    for r in renditions {
-        match groups.iter_mut().find(|g| g.0 == r.track_type) {
-            Some(g) => g.1.push(r),
-            None => groups.push((&r.track_type, vec![r])),
+    let mut groups: Vec<(&str, Vec<&MpdTrack<'_>>)> = Vec::new();
+    for t in tracks {
+        match groups.iter_mut().find(|g| g.0 == t.rendition.track_type) {
+            Some(g) => g.1.push(t),
+            None => groups.push((&t.rendition.track_type, vec![t])),
         }
     }
     for (id, (track_type, members)) in groups.iter().enumerate() {
-        let video = members[0].is_video;
+        let first = members[0].rendition;
+        let video = first.is_video;
         let _ = writeln!(
             out,
             "    <AdaptationSet id=\"{id}\" contentType=\"{}\" mimeType=\"{}\" segmentAlignment=\"true\" startWithSAP=\"1\"><!-- {track_type} -->",
@@ -225,9 +350,9 @@ pub fn dash_mpd(renditions: &[PackagedRendition], scheme: Scheme, clearkey_url: 
             if video { "video/mp4" } else { "audio/mp4" },
         );
         if scheme != Scheme::Passthrough
-            && let Some(kid) = members[0].kid_of(0)
+            && let Some(kid) = first.kid_of(0)
         {
-            let all: Vec<[u8; 16]> = members[0].kids.iter().map(|k| k.1).collect();
+            let all: Vec<[u8; 16]> = first.kids.iter().map(|k| k.1).collect();
             let _ = writeln!(
                 out,
                 "      <ContentProtection schemeIdUri=\"urn:mpeg:dash:mp4protection:2011\" value=\"{}\" cenc:default_KID=\"{}\"/>",
@@ -251,46 +376,70 @@ pub fn dash_mpd(renditions: &[PackagedRendition], scheme: Scheme, clearkey_url: 
                 xml_escape(clearkey_url),
             );
         }
-        for r in members {
-            let mut attrs = format!(
-                "id=\"{}\" bandwidth=\"{}\" codecs=\"{}\"",
-                r.name, r.peak_bandwidth, r.codec_string
-            );
-            if let Some((w, h)) = r.dimensions {
-                let _ = write!(attrs, " width=\"{w}\" height=\"{h}\"");
-            }
-            let _ = writeln!(out, "      <Representation {attrs}>");
-            let start = r.segments.first().map(|s| s.sequence).unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "        <SegmentTemplate timescale=\"{}\" initialization=\"{}/init.mp4\" media=\"{}/seg_$Number%05d$.m4s\" startNumber=\"{start}\">",
-                r.timescale, r.name, r.name
-            );
-            out.push_str("          <SegmentTimeline>\n");
-            let mut t = r.base_decode_time;
-            let mut i = 0;
-            while i < r.segments.len() {
-                let d = r.segments[i].duration_ticks;
-                let mut repeat = 0;
-                while i + repeat + 1 < r.segments.len()
-                    && r.segments[i + repeat + 1].duration_ticks == d
-                {
-                    repeat += 1;
-                }
-                if repeat > 0 {
-                    let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\" r=\"{repeat}\"/>");
-                } else {
-                    let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\"/>");
-                }
-                t += d * (repeat as u64 + 1);
-                i += repeat + 1;
-            }
-            out.push_str("          </SegmentTimeline>\n        </SegmentTemplate>\n      </Representation>\n");
+        for t in members {
+            representation(&mut out, t);
         }
         out.push_str("    </AdaptationSet>\n");
     }
     out.push_str("  </Period>\n</MPD>\n");
     out
+}
+
+/// One `Representation` with its `SegmentTemplate` and `SegmentTimeline`:
+/// segments of equal duration that follow each other fold into one `S`
+/// with `r`; every `S` states its `t`, so a gap in the decode times (an
+/// encoder restart) starts a new one at the right time.
+fn representation(out: &mut String, track: &MpdTrack<'_>) {
+    let r = track.rendition;
+    let mut attrs = format!(
+        "id=\"{}\" bandwidth=\"{}\" codecs=\"{}\"",
+        r.name, r.peak_bandwidth, r.codec_string
+    );
+    if let Some((w, h)) = r.dimensions {
+        let _ = write!(attrs, " width=\"{w}\" height=\"{h}\"");
+    }
+    let _ = writeln!(out, "      <Representation {attrs}>");
+    let start = r.segments.first().map(|s| s.sequence).unwrap_or(0);
+    let offset = if track.presentation_time_offset > 0 {
+        format!(
+            " presentationTimeOffset=\"{}\"",
+            track.presentation_time_offset
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        out,
+        "        <SegmentTemplate timescale=\"{}\"{offset} initialization=\"{}/init.mp4\" media=\"{}/seg_$Number%05d$.m4s\" startNumber=\"{start}\">",
+        r.timescale, r.name, r.name
+    );
+    out.push_str("          <SegmentTimeline>\n");
+    let segments: Vec<(u64, u64)> = r
+        .segments
+        .iter()
+        .zip(track.decode_times)
+        .map(|(s, t)| (*t, s.duration_ticks))
+        .collect();
+    let mut i = 0;
+    while i < segments.len() {
+        let (t, d) = segments[i];
+        let mut repeat = 0;
+        while let Some(&(t2, d2)) = segments.get(i + repeat + 1)
+            && d2 == d
+            && t2 == t + d * (repeat as u64 + 1)
+        {
+            repeat += 1;
+        }
+        if repeat > 0 {
+            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\" r=\"{repeat}\"/>");
+        } else {
+            let _ = writeln!(out, "            <S t=\"{t}\" d=\"{d}\"/>");
+        }
+        i += repeat + 1;
+    }
+    out.push_str(
+        "          </SegmentTimeline>\n        </SegmentTemplate>\n      </Representation>\n",
+    );
 }
 
 fn xml_escape(s: &str) -> String {
