@@ -100,16 +100,43 @@ pub struct ViewerOutcome {
 /// The sessions being watched, for the progress display.
 type Live = Arc<Mutex<Crowd>>;
 
-/// The crowd as the progress display sees it.
+/// The crowd as the progress display (and the swarm's sampler) sees it.
 #[derive(Default)]
-struct Crowd {
+pub(crate) struct Crowd {
     /// Sessions playing now.
-    watching: Vec<Arc<Session>>,
+    pub(crate) watching: Vec<Arc<Session>>,
     /// Final counters of the viewers who left.
-    left: Vec<Stats>,
+    pub(crate) left: Vec<Stats>,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+impl Crowd {
+    /// The counters of everyone so far: those watching now and those who
+    /// left.
+    pub(crate) fn stats(&self) -> Vec<Stats> {
+        let mut stats: Vec<Stats> = self.watching.iter().map(|s| s.stats()).collect();
+        stats.extend(self.left.iter().copied());
+        stats
+    }
+}
+
+/// Closes a viewer's session once its player is done, noting a failure to
+/// close in `outcome`.
+pub(crate) async fn close_session(session: Arc<Session>, outcome: &mut ViewerOutcome) {
+    match Arc::try_unwrap(session) {
+        Ok(session) => {
+            if let Err(e) = session.close().await {
+                outcome.error.get_or_insert(format!("close: {e}"));
+            }
+        }
+        Err(_) => {
+            outcome
+                .error
+                .get_or_insert("session still shared at close".into());
+        }
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -297,18 +324,7 @@ async fn viewer(
         Ok(report) => outcome_of(platform, config, index, &isp, stats, opening, &report),
         Err(e) => ViewerOutcome::failed(index, config, e.to_string()).with_stats(stats),
     };
-    match Arc::try_unwrap(session) {
-        Ok(session) => {
-            if let Err(e) = session.close().await {
-                outcome.error.get_or_insert(format!("close: {e}"));
-            }
-        }
-        Err(_) => {
-            outcome
-                .error
-                .get_or_insert("session still shared at close".into());
-        }
-    }
+    close_session(session, &mut outcome).await;
     outcome
 }
 
@@ -569,9 +585,7 @@ impl Progress {
         // Everyone so far: those watching now and those who left.
         let (watching, stats) = {
             let crowd = lock(&self.live);
-            let mut stats: Vec<Stats> = crowd.watching.iter().map(|s| s.stats()).collect();
-            stats.extend(crowd.left.iter().copied());
-            (crowd.watching.len(), stats)
+            (crowd.watching.len(), crowd.stats())
         };
         let peer: u64 = stats.iter().map(|s| s.bytes_from_peers).sum();
         let seed: u64 = stats.iter().map(|s| s.bytes_from_seeds).sum();

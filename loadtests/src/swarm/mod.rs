@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use loaves_client_sdk::cdn::LinkLimits;
 use loaves_client_sdk::player;
-use loaves_client_sdk::{Event, Session, Stats, Upload};
+use loaves_client_sdk::{Event, Upload};
 use serde::{Deserialize, Serialize};
 
-use crate::demo::{self, ViewerOutcome};
+use crate::demo::{self, Crowd, ViewerOutcome, lock};
 use crate::encoder::LoopedRendition;
 use crate::report::Report;
 use deploy::{Deployment, Location};
@@ -326,19 +326,6 @@ pub struct SwarmRun {
     pub segments_rejected: u64,
 }
 
-/// Sessions open now and final counters of those closed.
-#[derive(Default)]
-struct Crowd {
-    watching: Vec<Arc<Session>>,
-    left: Vec<Stats>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// How often the crowd's counters are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// A viewer's run may overrun its plan by this much before it is aborted
@@ -539,12 +526,7 @@ fn sample(crowd: &Mutex<Crowd>, at: Duration) -> Sample {
         watching: crowd.watching.len(),
         ..Sample::default()
     };
-    for stats in crowd
-        .watching
-        .iter()
-        .map(|s| s.stats())
-        .chain(crowd.left.iter().copied())
-    {
+    for stats in crowd.stats() {
         sample.peer += stats.bytes_from_peers;
         sample.seed += stats.bytes_from_seeds;
         sample.cdn += stats.bytes_from_cdn;
@@ -653,18 +635,7 @@ async fn viewer(
         .with_stats(stats),
         Err(e) => failed(e.to_string()).with_stats(stats),
     };
-    match Arc::try_unwrap(session) {
-        Ok(session) => {
-            if let Err(e) = session.close().await {
-                outcome.error.get_or_insert(format!("close: {e}"));
-            }
-        }
-        Err(_) => {
-            outcome
-                .error
-                .get_or_insert("session still shared at close".into());
-        }
-    }
+    demo::close_session(session, &mut outcome).await;
     // The event stream ends with the session; the recorder stops then.
     let _ = tokio::time::timeout(Duration::from_secs(2), recorder).await;
     let mut trace = lock(&log).clone();
