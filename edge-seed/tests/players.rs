@@ -17,6 +17,11 @@
 //! requests from each EXT-X-KEY's KEYID: see tests/browser/player.html for
 //! why. shaka-player cannot do ClearKey over HLS (see below).
 //!
+//! Live: dash.js and shaka-player play the live packager's dynamic MPD
+//! while a thread feeds it the sample in real time (looped, decode times
+//! restamped), and must play 10 s, past the segments that existed when the
+//! page loaded.
+//!
 //! Skips with a notice when Chromium or npm is missing, unless
 //! `LOAVES_REQUIRE_BROWSER=1` or `CI=true` (then it fails).
 
@@ -27,7 +32,7 @@ mod common;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -323,10 +328,57 @@ async fn play(player: &str, manifest: &str) -> Option<(Value, usize, Vec<String>
     let packaged = tokio::task::spawn_blocking(|| package_sample(&options(Scheme::Cenc)))
         .await
         .unwrap();
+    let page = Page {
+        player,
+        manifest,
+        target: TARGET_SECONDS,
+        query: "",
+        give_up: PAGE_GIVE_UP,
+        deadline: TEST_DEADLINE,
+    };
+    Some(
+        run_page(
+            &browser,
+            &page,
+            &packaged.out,
+            clear_keys(&packaged.summary),
+        )
+        .await,
+    )
+}
+
+/// What the page is asked to play, and for how long.
+struct Page<'a> {
+    player: &'a str,
+    manifest: &'a str,
+    /// Seconds the page must play.
+    target: u32,
+    /// Extra query parameters for player.html (`&name=value...`).
+    query: &'a str,
+    give_up: Duration,
+    deadline: Duration,
+}
+
+/// Serves `out` (and the license endpoint with `keys`), runs Chromium on
+/// the page, and returns its verdict and the license requests.
+async fn run_page(
+    browser: &Path,
+    page: &Page<'_>,
+    out: &Path,
+    keys: Vec<(String, String)>,
+) -> (Value, usize, Vec<String>) {
+    let Page {
+        player,
+        manifest,
+        target,
+        query,
+        give_up,
+        deadline,
+    } = *page;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let server = Arc::new(Server {
-        out: packaged.out.clone(),
-        keys: clear_keys(&packaged.summary),
+        out: out.to_owned(),
+        keys,
         license_requests: AtomicUsize::new(0),
         license_kids: std::sync::Mutex::new(Vec::new()),
         verdict: tx,
@@ -341,12 +393,12 @@ async fn play(player: &str, manifest: &str) -> Option<(Value, usize, Vec<String>
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });
 
     let url = format!(
-        "http://{addr}/player.html?player={player}&src=/out/{manifest}&target={TARGET_SECONDS}&give_up_ms={}",
-        PAGE_GIVE_UP.as_millis()
+        "http://{addr}/player.html?player={player}&src=/out/{manifest}&target={target}&give_up_ms={}{query}",
+        give_up.as_millis()
     );
     let run_dir = tempfile::tempdir().unwrap();
-    let chromium = start_chromium(&browser, &url, run_dir.path());
-    let verdict = tokio::time::timeout(TEST_DEADLINE, rx.recv()).await;
+    let chromium = start_chromium(browser, &url, run_dir.path());
+    let verdict = tokio::time::timeout(deadline, rx.recv()).await;
     drop(chromium);
     serving.abort();
     let log = std::fs::read_to_string(run_dir.path().join("chromium.log")).unwrap_or_default();
@@ -355,27 +407,29 @@ async fn play(player: &str, manifest: &str) -> Option<(Value, usize, Vec<String>
         _ => {
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             panic!(
-                "{player}: no verdict from the page in {TEST_DEADLINE:?}; chromium log (last lines, newest first):\n{}",
+                "{player}: no verdict from the page in {deadline:?}; chromium log (last lines, newest first):\n{}",
                 tail.join("\n")
             );
         }
     };
     let kids = server.license_kids.lock().unwrap().clone();
-    Some((
+    (
         verdict,
         server.license_requests.load(Ordering::SeqCst),
         kids,
-    ))
+    )
 }
 
 /// Asserts the verdict and prints what the browser showed.
 fn assert_played(player: &str, manifest: &str, result: (Value, usize, Vec<String>)) {
     let (v, license_requests, kids) = result;
     eprintln!(
-        "{player} {} {manifest}: ok={} currentTime={} frames={} dropped={} size={}x{} mediaKeys={} license requests={license_requests} ({} kids)",
+        "{player} {} {manifest}: ok={} currentTime={} (playing from {}, {} s played) frames={} dropped={} size={}x{} mediaKeys={} license requests={license_requests} ({} kids)",
         v["version"],
         v["ok"],
         v["currentTime"],
+        v["playingAt"],
+        v["playedSeconds"],
         v["totalVideoFrames"],
         v["droppedVideoFrames"],
         v["videoWidth"],
@@ -389,8 +443,15 @@ fn assert_played(player: &str, manifest: &str, result: (Value, usize, Vec<String
         json!(true),
         "{player} did not play {manifest}: {pretty}"
     );
+    // Live: seconds actually played, as the page judged (a live player
+    // starts near the live edge, anywhere on the timeline).
+    let progress = if v["live"] == json!(true) {
+        &v["playedSeconds"]
+    } else {
+        &v["currentTime"]
+    };
     assert!(
-        v["currentTime"].as_f64().unwrap() >= f64::from(TARGET_SECONDS),
+        progress.as_f64().unwrap() >= f64::from(TARGET_SECONDS),
         "{pretty}"
     );
     assert!(v["totalVideoFrames"].as_u64().unwrap() > 0, "{pretty}");
@@ -433,3 +494,275 @@ async fn hlsjs_plays_hls_cenc_with_clearkey() {
 // Widevine, PlayReady and WisePlay only, so it refuses the ClearKey
 // (`org.w3.clearkey`) and common-system keys with HLS_KEYFORMATS_NOT_SUPPORTED
 // (4026) before loading a segment. It plays the same content from the MPD.
+
+// ---- Live DASH ------------------------------------------------------------
+
+/// The live test's page gives up after this, the test a little later: the
+/// whole test stays under a minute.
+const LIVE_PAGE_GIVE_UP: Duration = Duration::from_secs(45);
+const LIVE_DEADLINE: Duration = Duration::from_secs(50);
+/// Seconds the live page must play: more than the burst holds past the
+/// presentation delay, so the player must refresh the MPD and play
+/// segments packaged after it started.
+const LIVE_TARGET_SECONDS: u32 = 10;
+/// Segments in the live window (the MPD's timeShiftBufferDepth): 20 s.
+const LIVE_WINDOW: usize = 10;
+/// Segments written at once before the stream goes real time, as if the
+/// encoder had been running: a player joining at once finds a window that
+/// covers its presentation delay.
+const LIVE_BURST: u64 = 4;
+/// The first sample segment fed: mid-sample, so that the event's
+/// presentation time 0 is a decode time of 12 s (a
+/// `presentationTimeOffset`) and playback crosses the loop (restamped
+/// decode times) at segment 10.
+const LIVE_FIRST: u64 = 6;
+/// The sample's segment duration; segments are fed at this pace.
+const LIVE_SEGMENT: Duration = Duration::from_secs(2);
+
+/// One rendition of the sample, looped with restamped `tfdt` (and `mfhd`)
+/// so the live timeline keeps going forward as a real encoder's would.
+struct Looped {
+    name: &'static str,
+    init: Vec<u8>,
+    segments: Vec<Vec<u8>>,
+    decode_times: Vec<u64>,
+    /// One pass through `segments`, track timescale.
+    span: u64,
+}
+
+/// Offsets of the `mfhd` sequence number and of the `tfdt` decode time
+/// (with its width) in a media segment.
+fn stamps(segment: &[u8]) -> (usize, usize, usize) {
+    use edge_seed::boxes::{find, parse_boxes};
+    let boxes = parse_boxes(segment, 0).unwrap();
+    let moof = find(&boxes, b"moof").unwrap();
+    let children = kids(moof);
+    let mfhd = find(&children, b"mfhd").unwrap();
+    let traf = find(&children, b"traf").unwrap();
+    let traf_children = kids(traf);
+    let tfdt = find(&traf_children, b"tfdt").unwrap();
+    let width = if tfdt.body()[0] == 1 { 8 } else { 4 };
+    (
+        mfhd.body_offset() as usize + 4,
+        tfdt.body_offset() as usize + 4,
+        width,
+    )
+}
+
+impl Looped {
+    /// The first `count` segments of the sample's `name`; one pass lasts
+    /// until the decode time of segment `count` (or, past the last
+    /// segment, one more duration of the last gap).
+    fn load(name: &'static str, count: usize) -> Self {
+        let dir = sample_dir().join(name);
+        let init = std::fs::read(dir.join("init.mp4")).unwrap();
+        let read = |i: usize| std::fs::read(dir.join(format!("seg_{i:05}.m4s"))).ok();
+        let segments: Vec<Vec<u8>> = (0..count).map(|i| read(i).unwrap()).collect();
+        let decode_time = |bytes: &[u8]| {
+            let (_, at, width) = stamps(bytes);
+            bytes[at..at + width]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+        };
+        let decode_times: Vec<u64> = segments.iter().map(|s| decode_time(s)).collect();
+        let span = match read(count) {
+            Some(next) => decode_time(&next) - decode_times[0],
+            None => {
+                let gap = decode_times[count - 1] - decode_times[count - 2];
+                decode_times[count - 1] + gap - decode_times[0]
+            }
+        };
+        Self {
+            name,
+            init,
+            segments,
+            decode_times,
+            span,
+        }
+    }
+
+    /// Live segment `n` (0, 1, 2, ...).
+    fn segment(&self, n: u64) -> Vec<u8> {
+        let count = self.segments.len() as u64;
+        let index = (n % count) as usize;
+        let mut bytes = self.segments[index].clone();
+        let (sequence_at, at, width) = stamps(&bytes);
+        let t = self.decode_times[index] + (n / count) * self.span;
+        if width == 8 {
+            bytes[at..at + 8].copy_from_slice(&t.to_be_bytes());
+        } else {
+            bytes[at..at + 4].copy_from_slice(&u32::try_from(t).unwrap().to_be_bytes());
+        }
+        bytes[sequence_at..sequence_at + 4]
+            .copy_from_slice(&u32::try_from(n + 1).unwrap().to_be_bytes());
+        bytes
+    }
+}
+
+/// Writes under a name the packager ignores, then renames: it never sees
+/// half a segment.
+fn publish(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.partial"));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// The encoder and the live packager: writes the looped sample into
+/// `input` from segment `LIVE_FIRST` on — `LIVE_BURST` segments at once,
+/// then one per segment duration of wall time — and polls a `LivePackager` into `out` after each, until
+/// `stop` or `limit`. Sends `()` once the first MPD is written. Returns how
+/// many segments per rendition were packaged.
+fn feed_live(
+    input: &Path,
+    out: &Path,
+    stop: &AtomicBool,
+    ready: std::sync::mpsc::Sender<()>,
+    limit: Duration,
+) -> u64 {
+    use edge_seed::keysource::LocalKeySource;
+    use edge_seed::live::{LiveEvent, LivePackager};
+    use loaves_proto::UnixSeconds;
+    use loaves_proto::keys::SigningKeyPair;
+
+    // The audio rendition's 11th segment is a 21 ms tail: loop ten of each.
+    let renditions = [Looped::load("video_360p", 10), Looped::load("audio", 10)];
+    for r in &renditions {
+        let dir = input.join(r.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        publish(&dir, "init.mp4", &r.init);
+    }
+    let keys = LocalKeySource::new(SECRET);
+    let origin = SigningKeyPair::generate().unwrap();
+    let mut live = LivePackager::new(
+        input,
+        out,
+        options(Scheme::Cenc),
+        LIVE_WINDOW,
+        &keys,
+        &origin,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut next = LIVE_FIRST;
+    while !stop.load(Ordering::SeqCst) && started.elapsed() < limit {
+        // Past the burst, a segment is due once its end has passed on the
+        // wall clock, counting from the burst.
+        let fed = next - LIVE_FIRST;
+        let due =
+            started + LIVE_SEGMENT * u32::try_from((fed + 1).saturating_sub(LIVE_BURST)).unwrap();
+        if std::time::Instant::now() < due {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        for r in &renditions {
+            publish(
+                &input.join(r.name),
+                &format!("seg_{next:05}.m4s"),
+                &r.segment(next),
+            );
+        }
+        next += 1;
+        if next - LIVE_FIRST < LIVE_BURST {
+            continue;
+        }
+        let events = live.poll(UnixSeconds::now()).unwrap();
+        for e in &events {
+            if let LiveEvent::Refused { path, reason } = e {
+                panic!("live packager refused {}: {reason}", path.display());
+            }
+        }
+        if next - LIVE_FIRST == LIVE_BURST {
+            assert!(
+                out.join("manifest.mpd").is_file(),
+                "no MPD after {events:?}"
+            );
+            let _ = ready.send(());
+        }
+    }
+    next - LIVE_FIRST
+}
+
+/// Plays the live MPD with `player` while a thread feeds the looped sample
+/// to the live packager in real time.
+async fn play_live(player: &str) -> Option<(Value, usize, Vec<String>)> {
+    let browser = tokio::task::spawn_blocking(setup).await.unwrap()?;
+    let _one = BROWSER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&input).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let feeder = {
+        let (input, out, stop) = (input.clone(), out.clone(), stop.clone());
+        // Bounded on its own too, should the test die before stopping it.
+        std::thread::spawn(move || feed_live(&input, &out, &stop, ready_tx, LIVE_DEADLINE))
+    };
+    let ready = tokio::task::spawn_blocking(move || ready_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    if ready.is_err() {
+        // The feeder failed (its panic says why) or never wrote an MPD.
+        stop.store(true, Ordering::SeqCst);
+        match feeder.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(n) => panic!("no live MPD after {n} segments"),
+        }
+    }
+    // Only period 0: the default options do not rotate keys.
+    let keys = ["sd", "audio"]
+        .iter()
+        .map(|t| {
+            let k = key(t, 0);
+            (base64url(&k.kid.0), base64url(k.key.as_bytes()))
+        })
+        .collect();
+    let page = Page {
+        player,
+        manifest: "manifest.mpd",
+        target: LIVE_TARGET_SECONDS,
+        query: "&live=1",
+        give_up: LIVE_PAGE_GIVE_UP,
+        deadline: LIVE_DEADLINE,
+    };
+    let result = run_page(&browser, &page, &out, keys).await;
+    stop.store(true, Ordering::SeqCst);
+    let fed = tokio::task::spawn_blocking(move || feeder.join())
+        .await
+        .unwrap()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    eprintln!("{player} live: {fed} segments per rendition fed");
+    let mpd = std::fs::read_to_string(out.join("manifest.mpd")).unwrap();
+    assert!(mpd.contains("type=\"dynamic\""), "{mpd}");
+    assert!(mpd.contains("presentationTimeOffset=\"153600\""), "{mpd}");
+    Some(result)
+}
+
+/// The stock-player checks, plus: playback went past the burst, into
+/// segments the packager wrote while the page played.
+fn assert_played_live(player: &str, result: (Value, usize, Vec<String>)) {
+    let v = result.0.clone();
+    assert_played(player, "live manifest.mpd", result);
+    let burst_end = (LIVE_BURST * LIVE_SEGMENT.as_secs()) as f64;
+    assert!(
+        v["playedSeconds"].as_f64().unwrap() >= f64::from(LIVE_TARGET_SECONDS)
+            && v["currentTime"].as_f64().unwrap() > burst_end,
+        "{player} did not play past the first {burst_end} s: {}",
+        serde_json::to_string_pretty(&v).unwrap()
+    );
+    eprintln!("{player} live warnings: {}", v["warnings"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashjs_plays_live_dash_while_it_is_packaged() {
+    if let Some(result) = play_live("dashjs").await {
+        assert_played_live("dashjs", result);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shaka_plays_live_dash_while_it_is_packaged() {
+    if let Some(result) = play_live("shaka").await {
+        assert_played_live("shaka", result);
+    }
+}
