@@ -2,6 +2,8 @@
 //! presentation to any stock HLS or DASH player.
 //!
 //! - `GET /master.m3u8`, `GET /manifest.mpd`: as the CDN published them
+//!   (a live MPD is fetched again at each request: it changes with every
+//!   segment)
 //!   (fetched once at `open`).
 //! - `GET /NAME/media.m3u8`: VOD, as the CDN published it; live, rebuilt at
 //!   each request from the verified manifest (a sliding window of the
@@ -110,7 +112,31 @@ async fn master(State(state): State<AppState>) -> Response {
 }
 
 async fn dash(State(state): State<AppState>) -> Response {
-    match &state.shared.dash_manifest {
+    let shared = &state.shared;
+    // A live MPD changes with every segment, so the copy fetched at open is
+    // stale at once: pass the current one through (the segments it lists
+    // are still verified one by one against the signed manifest).
+    // After the event the copy from the start is stale too (a dynamic MPD
+    // of the first segments), so a title that was live keeps passing through.
+    let live = shared.renditions.values().any(|r| !r.manifest().is_final())
+        || shared
+            .dash_manifest
+            .as_ref()
+            .is_some_and(|mpd| is_dynamic_mpd(mpd));
+    if live
+        && let Ok(mpd) = shared
+            .cdn
+            .fetch(&format!("{}/manifest.mpd", shared.title), None)
+            .await
+    {
+        let mpd = if shared.options.decrypt {
+            without_content_protection(&mpd)
+        } else {
+            mpd
+        };
+        return body("application/dash+xml", mpd);
+    }
+    match &shared.dash_manifest {
         Some(mpd) => body("application/dash+xml", mpd.clone()),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -280,6 +306,18 @@ pub(crate) fn without_hls_keys(playlist: &[u8]) -> Bytes {
         out.push('\n');
     }
     Bytes::from(out)
+}
+
+/// Whether `mpd` is a dynamic (live) presentation.
+fn is_dynamic_mpd(mpd: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(mpd) else {
+        return false;
+    };
+    // The attribute of the root element, before its first child.
+    text.find("<MPD")
+        .map(|start| &text[start..])
+        .and_then(|root| root.find('>').map(|end| &root[..end]))
+        .is_some_and(|root| root.contains("type=\"dynamic\""))
 }
 
 /// A DASH MPD without `ContentProtection` elements (self-closing or with

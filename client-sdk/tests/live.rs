@@ -244,6 +244,25 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
         sessions.push((session, events));
     }
 
+    // DASH players follow the live MPD through the endpoint: the
+    // packager's current dynamic one, not the copy of the session's start.
+    let mpd_url = format!("http://{}/manifest.mpd", sessions[0].0.player_addr());
+    let (status, before) = http_get(&mpd_url).await;
+    assert_eq!(status, 200);
+    assert!(before.contains("type=\"dynamic\""), "{before}");
+    let mut after = before.clone();
+    for _ in 0..8 {
+        tokio::time::sleep(CADENCE / 2).await;
+        after = http_get(&mpd_url).await.1;
+        if after != before {
+            break;
+        }
+    }
+    assert_ne!(
+        after, before,
+        "the endpoint's live MPD did not follow the event"
+    );
+
     // While live: a sliding window of verified segments, no end.
     let playlist_url = format!("http://{}/{VIDEO}/media.m3u8", sessions[0].0.player_addr());
     let (status, playlist) = http_get(&playlist_url).await;
@@ -331,6 +350,9 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
     let (_, playlist) = http_get(&playlist_url).await;
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
     assert_eq!(listed(&playlist).last(), Some(&(TOTAL - 1)), "{playlist}");
+    // And the MPD is the packager's final, static one.
+    let (_, mpd) = http_get(&mpd_url).await;
+    assert!(mpd.contains("type=\"static\""), "{mpd}");
 
     for (session, _) in sessions {
         Arc::try_unwrap(session).unwrap().close().await.unwrap();
