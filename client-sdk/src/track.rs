@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use loaves_proto::UnixSeconds;
 use loaves_proto::keys::SigningKeyPair;
+use loaves_proto::pb::segment_response_header::Status;
 use loaves_proto::peerwire::{self, Limits};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -130,6 +131,13 @@ impl Policy for AnyPolicy {
             Self::CdnOnly(p) => p.max_late_strikes(),
         }
     }
+
+    fn max_false_claims(&self) -> u32 {
+        match self {
+            Self::DeadlineFirst(p) => p.max_false_claims(),
+            Self::CdnOnly(p) => p.max_false_claims(),
+        }
+    }
 }
 
 /// Why a player request for a segment failed.
@@ -189,7 +197,7 @@ pub(crate) enum TrackMsg {
     },
     Done {
         transfer: crate::scheduler::TransferId,
-        ok: bool,
+        end: TransferEnd,
     },
     /// The live manifest grew (a nudge: the track also looks on every tick).
     ManifestGrew,
@@ -413,7 +421,7 @@ impl Track {
                     }
                 }
             }
-            TrackMsg::Done { transfer, ok } => self.finish(transfer, ok),
+            TrackMsg::Done { transfer, end } => self.finish(transfer, end),
             TrackMsg::Tick | TrackMsg::ManifestGrew => self.sync_live(),
             TrackMsg::Stop => {}
         }
@@ -585,11 +593,14 @@ impl Track {
                     .map_or(0, |s| s.size);
                 let asked = (range.start > 0 || range.end < size).then_some(range);
                 tokio::spawn(async move {
-                    let ok = match shared.cdn.fetch(&path, asked).await {
-                        Ok(bytes) => tx.send(TrackMsg::Piece { transfer, bytes }).await.is_ok(),
-                        Err(_) => false,
+                    let end = match shared.cdn.fetch(&path, asked).await {
+                        Ok(bytes) => match tx.send(TrackMsg::Piece { transfer, bytes }).await {
+                            Ok(()) => TransferEnd::Complete,
+                            Err(_) => TransferEnd::Failed,
+                        },
+                        Err(_) => TransferEnd::Failed,
                     };
-                    let _ = tx.send(TrackMsg::Done { transfer, ok }).await;
+                    let _ = tx.send(TrackMsg::Done { transfer, end }).await;
                 })
             }
             Source::Peer(peer) | Source::Seed(peer) => {
@@ -598,7 +609,7 @@ impl Track {
                 let limits = self.limits.clone();
                 let link = self.shared.cdn.link().clone();
                 tokio::spawn(async move {
-                    let ok = match connection {
+                    let end = match connection {
                         Some(connection) => {
                             peer_transfer(
                                 &connection,
@@ -611,9 +622,9 @@ impl Track {
                             )
                             .await
                         }
-                        None => false,
+                        None => TransferEnd::Failed,
                     };
-                    let _ = tx.send(TrackMsg::Done { transfer, ok }).await;
+                    let _ = tx.send(TrackMsg::Done { transfer, end }).await;
                 })
             }
         };
@@ -630,13 +641,19 @@ impl Track {
         );
     }
 
-    fn finish(&mut self, id: crate::scheduler::TransferId, ok: bool) {
+    fn finish(&mut self, id: crate::scheduler::TransferId, end: TransferEnd) {
         let Some(transfer) = self.transfers.remove(&id) else {
             return;
         };
         let now = self.now();
-        if !ok || transfer.buffer.len() as u64 != transfer.range.len() {
-            let actions = self.scheduler.on_complete(now, id, Outcome::Failed);
+        let failure = match end {
+            TransferEnd::Complete if transfer.buffer.len() as u64 == transfer.range.len() => None,
+            TransferEnd::Complete | TransferEnd::Failed => Some(Outcome::Failed),
+            TransferEnd::Busy => Some(Outcome::Busy),
+            TransferEnd::NotHeld => Some(Outcome::NotHeld),
+        };
+        if let Some(outcome) = failure {
+            let actions = self.scheduler.on_complete(now, id, outcome);
             self.execute(actions);
             return;
         }
@@ -737,7 +754,7 @@ async fn peer_transfer(
     (limits, link): (&Limits, &crate::cdn::Link),
     transfer: crate::scheduler::TransferId,
     tx: &mpsc::Sender<TrackMsg>,
-) -> bool {
+) -> TransferEnd {
     let mut at = range.start;
     while at < range.end {
         let end = (at + PEER_PIECE).min(range.end);
@@ -748,14 +765,34 @@ async fn peer_transfer(
             Ok(bytes) if bytes.len() as u64 == end - at => {
                 link.pace(bytes.len()).await;
                 if tx.send(TrackMsg::Piece { transfer, bytes }).await.is_err() {
-                    return false;
+                    return TransferEnd::Failed;
                 }
             }
-            _ => return false,
+            Err(peerwire::PeerWireError::Refused { status, .. }) => {
+                return match status {
+                    Status::Busy => TransferEnd::Busy,
+                    Status::NotFound => TransferEnd::NotHeld,
+                    _ => TransferEnd::Failed,
+                };
+            }
+            _ => return TransferEnd::Failed,
         }
         at = end;
     }
-    true
+    TransferEnd::Complete
+}
+
+/// How a transfer task ended, as its source answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TransferEnd {
+    /// Every byte asked for arrived (verification comes next).
+    Complete,
+    /// Connection, timeout, protocol or HTTP failure.
+    Failed,
+    /// The peer is at capacity.
+    Busy,
+    /// The peer does not hold the segment.
+    NotHeld,
 }
 
 /// A media duration in scheduler milliseconds (wall time at the playback

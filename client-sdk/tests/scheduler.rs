@@ -359,6 +359,74 @@ fn a_viewer_that_does_not_know_its_swarm_yet_injects_nothing() {
 }
 
 #[test]
+fn a_peer_that_keeps_denying_what_it_announced_is_dropped() {
+    let mut s = Scheduler::new(config(Mode::Vod), DeadlineFirst::default());
+    for seq in 0..20 {
+        s.add_segment(seq, SEGMENT, DURATION);
+    }
+    s.set_playhead(Millis(0), 0, 0, true);
+    let liar = PeerId(7);
+    s.add_peer(liar, viewer(Locality::SameIsp, 50_000_000));
+    for seq in 0..20 {
+        s.peer_has(liar, seq);
+    }
+    let limit = DeadlineFirst::default().thresholds.max_false_claims;
+    let mut denials = 0;
+    let mut dropped = None;
+    for round in 0..20u64 {
+        // The player moves on, so new segments keep entering the window.
+        let now = Millis(round * u64::from(DURATION));
+        s.set_playhead(now, round, 0, true);
+        for (transfer, sequence, source, _) in fetches(&s.poll(now)) {
+            if source != Source::Peer(liar) {
+                s.on_complete(now, transfer, Outcome::Verified);
+                continue;
+            }
+            denials += 1;
+            for action in s.on_complete(now, transfer, Outcome::NotHeld) {
+                if let Action::DropPeer { peer, reason } = action {
+                    dropped = Some((peer, reason, sequence));
+                }
+            }
+            if dropped.is_some() {
+                break;
+            }
+        }
+        if dropped.is_some() {
+            break;
+        }
+    }
+    let (peer, reason, _) = dropped.expect("the liar was never dropped");
+    assert_eq!((peer, reason), (liar, DropReason::FalseClaims));
+    assert_eq!(denials, limit, "dropped at the limit, not before");
+    // A denial is forgotten as a claim: an honest peer that evicted one
+    // segment is simply not asked for it again.
+    let mut honest = Scheduler::new(config(Mode::Vod), DeadlineFirst::default());
+    for seq in 0..4 {
+        honest.add_segment(seq, SEGMENT, DURATION);
+    }
+    honest.set_playhead(Millis(0), 0, 0, true);
+    honest.add_peer(PeerId(1), viewer(Locality::SameIsp, 50_000_000));
+    honest.peer_has(PeerId(1), 3);
+    let asked = fetches(&honest.poll(Millis(0)));
+    let (transfer, _, _, _) = *asked
+        .iter()
+        .find(|f| f.1 == 3 && f.2 == Source::Peer(PeerId(1)))
+        .expect("segment 3 has slack: asked of the peer");
+    let actions = honest.on_complete(Millis(1), transfer, Outcome::NotHeld);
+    assert!(
+        actions
+            .iter()
+            .all(|a| !matches!(a, Action::DropPeer { .. }))
+    );
+    let again = fetches(&honest.poll(Millis(2)));
+    assert!(
+        again.iter().all(|f| f.2 != Source::Peer(PeerId(1))),
+        "{again:?}"
+    );
+}
+
+#[test]
 fn cdn_only_policy_never_uses_peers() {
     let mut s = Scheduler::new(config(Mode::Vod), CdnOnly);
     for seq in 0..10 {

@@ -146,10 +146,21 @@ fn malicious_peers_are_banned_and_players_get_no_corrupt_byte() {
     let mut scenario = small("malicious-peers", 6);
     scenario.faults.tamper_viewers = 1;
     scenario.faults.lying_viewers = 1;
+    // Long enough that honest viewers surely turn to both liars: whom they
+    // ask for each segment depends on who got it first.
+    scenario.watch_s = 20.0;
     let run = run(&scenario);
     all_finished(&run);
     assert!(run.segments_rejected > 0, "no corrupt segment was offered");
     assert!(run.peers_banned > 0, "the tampering viewer was not banned");
+    // Both kinds of liar were caught, each for what it did.
+    let reasons: Vec<&str> = run
+        .traces
+        .iter()
+        .flat_map(|t| t.banned.iter().map(String::as_str))
+        .collect();
+    assert!(reasons.contains(&"Corrupt"), "{reasons:?}");
+    assert!(reasons.contains(&"FalseClaims"), "{reasons:?}");
     for outcome in &run.outcomes {
         assert_eq!(outcome.corrupt_bytes, 0, "{outcome:?}");
     }

@@ -191,6 +191,8 @@ pub enum DropReason {
     Stalled,
     /// It sent bytes that failed manifest verification.
     Corrupt,
+    /// It kept announcing segments it then said it did not hold.
+    FalseClaims,
 }
 
 /// What the driver must do.
@@ -235,6 +237,9 @@ pub enum Outcome {
     Failed,
     /// The source refused at once because it is at capacity.
     Busy,
+    /// The peer answered that it does not hold the segment, which it had
+    /// announced (a HAVE notice or its tracker holdings).
+    NotHeld,
 }
 
 /// Bytes delivered (verified) by each kind of source, and other counters.
@@ -277,6 +282,8 @@ struct Peer {
     /// Measured throughput (EWMA), bytes per second.
     throughput: f64,
     late_strikes: u32,
+    /// Announced segments it then said it did not hold.
+    false_claims: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -470,6 +477,7 @@ impl<P: Policy> Scheduler<P> {
                 inflight: 0,
                 throughput: info.throughput_bytes_per_s.max(1) as f64,
                 late_strikes: 0,
+                false_claims: 0,
             },
         );
     }
@@ -575,7 +583,7 @@ impl<P: Policy> Scheduler<P> {
                     self.ban(peer, DropReason::Corrupt, &mut actions);
                 }
             }
-            Outcome::Failed | Outcome::Busy => {
+            Outcome::Failed | Outcome::Busy | Outcome::NotHeld => {
                 // Ask somebody else next time: forget that this peer offers
                 // the segment (it may have evicted it, or be at capacity).
                 if let Some(peer) = state.source.peer()
@@ -585,6 +593,19 @@ impl<P: Policy> Scheduler<P> {
                     && let Some(segment) = self.segments.get_mut(&state.sequence)
                 {
                     segment.holders = segment.holders.saturating_sub(1);
+                }
+                // A peer that keeps denying what it announced lies in its
+                // HAVE notices: each lie costs its neighbours a request.
+                if outcome == Outcome::NotHeld
+                    && let Some(peer) = state.source.peer()
+                {
+                    let claims = self.peers.get_mut(&peer).map(|p| {
+                        p.false_claims += 1;
+                        p.false_claims
+                    });
+                    if claims.is_some_and(|c| c >= self.policy.max_false_claims()) {
+                        self.ban(peer, DropReason::FalseClaims, &mut actions);
+                    }
                 }
             }
         }

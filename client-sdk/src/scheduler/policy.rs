@@ -50,7 +50,18 @@ pub trait Policy {
 
     /// Late completions after which a peer is dropped as slow.
     fn max_late_strikes(&self) -> u32;
+
+    /// Segments a peer announced (HAVE or tracker holdings) and then said it
+    /// does not hold, after which it is dropped as lying. Honest peers can
+    /// do it now and then (a segment evicted between the announce and the
+    /// request), so this is not 1.
+    fn max_false_claims(&self) -> u32 {
+        DEFAULT_MAX_FALSE_CLAIMS
+    }
 }
+
+/// See [`Policy::max_false_claims`].
+pub const DEFAULT_MAX_FALSE_CLAIMS: u32 = 4;
 
 /// Thresholds of [`DeadlineFirst`]. Every number that shapes the trade-off
 /// between offload and stalls has a name here.
@@ -76,6 +87,8 @@ pub struct DeadlineFirstThresholds {
     pub min_injection_share: f64,
     /// Late completions after which a peer is dropped as slow.
     pub max_late_strikes: u32,
+    /// See [`Policy::max_false_claims`].
+    pub max_false_claims: u32,
     /// See [`Policy::urgent_window_ms`].
     pub urgent_window_ms: u64,
 }
@@ -90,6 +103,7 @@ impl Default for DeadlineFirstThresholds {
             injection_copies: 2.0,
             min_injection_share: 0.02,
             max_late_strikes: 3,
+            max_false_claims: DEFAULT_MAX_FALSE_CLAIMS,
             urgent_window_ms: 4_000,
         }
     }
@@ -191,6 +205,10 @@ impl Policy for DeadlineFirst {
 
     fn max_late_strikes(&self) -> u32 {
         self.thresholds.max_late_strikes
+    }
+
+    fn max_false_claims(&self) -> u32 {
+        self.thresholds.max_false_claims
     }
 }
 

@@ -277,6 +277,8 @@ pub struct ViewerTrace {
     pub stalls: Vec<(f64, f64)>,
     /// Segments delivered: (seconds, sequence).
     pub delivered: Vec<(f64, u64)>,
+    /// Why it dropped each peer it banned (`Corrupt`, `FalseClaims`...).
+    pub banned: Vec<String>,
     /// First segment played.
     pub first_sequence: u64,
     /// Buffer level samples: (seconds, media seconds buffered).
@@ -604,6 +606,7 @@ async fn viewer(
                     Event::SegmentDelivered { sequence, .. } => {
                         trace.delivered.push((now, sequence))
                     }
+                    Event::PeerBanned { reason, .. } => trace.banned.push(format!("{reason:?}")),
                     _ => {}
                 }
             }
