@@ -553,8 +553,14 @@ impl Track {
                 }
                 Action::DropPeer { peer, reason } => {
                     if let Some(link) = self.peers.remove(&peer) {
-                        link.connection
-                            .close(peerwire::close_code::FORBIDDEN.into(), b"dropped");
+                        // A slow peer may be offered again by the tracker
+                        // and reconnect; a misbehaving one is refused.
+                        let code = if reason.is_misbehaviour() {
+                            peerwire::close_code::FORBIDDEN
+                        } else {
+                            peerwire::close_code::DONE
+                        };
+                        link.connection.close(code.into(), b"dropped");
                         self.shared.counters.banned.fetch_add(1, Ordering::Relaxed);
                         self.shared.emit(Event::PeerBanned {
                             rendition: self.rendition.name.clone(),

@@ -199,6 +199,18 @@ fn stalled_transfer_is_abandoned_and_its_peer_dropped() {
         peer: PeerId(4),
         reason: DropReason::Stalled
     }));
+    // Stalling is not misbehaviour (the peer may have been busy or on a
+    // bad link): when it connects again it is asked again, unlike a peer
+    // that sent corrupt bytes (`corrupt_peer_is_banned_and_never_asked_again`).
+    assert!(!DropReason::Stalled.is_misbehaviour());
+    s.add_peer(PeerId(4), viewer(Locality::SameIsp, 5_000_000));
+    s.peer_has(PeerId(4), 5);
+    s.set_playhead(Millis(2_100), 2, 0, true);
+    let asked = fetches(&s.poll(Millis(2_100)));
+    assert!(
+        asked.iter().any(|f| f.2 == Source::Peer(PeerId(4))),
+        "{asked:?}"
+    );
 }
 
 #[test]

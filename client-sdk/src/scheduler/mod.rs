@@ -22,7 +22,10 @@
 //!   CDN (the cancel is emitted first, in the same batch).
 //! - A cancelled transfer's bytes stay valid as the prefix of the range fetch
 //!   that completes it: the driver keeps them and appends the range.
-//! - A banned peer is never asked again in this session.
+//! - A peer banned for misbehaving (corrupt bytes, false claims) is never
+//!   asked again in this session; one dropped for being slow or stalled may
+//!   come back when it connects again (it was busy, not dishonest), with
+//!   its strikes reset.
 //! - Nothing is fetched beyond the look-ahead window, and the number of
 //!   transfers in flight is bounded (per peer and in total).
 
@@ -193,6 +196,14 @@ pub enum DropReason {
     Corrupt,
     /// It kept announcing segments it then said it did not hold.
     FalseClaims,
+}
+
+impl DropReason {
+    /// Whether the peer misbehaved (banned for the session) rather than
+    /// being slow (dropped; it may connect again later).
+    pub fn is_misbehaviour(self) -> bool {
+        matches!(self, Self::Corrupt | Self::FalseClaims)
+    }
 }
 
 /// What the driver must do.
@@ -885,7 +896,13 @@ impl<P: Policy> Scheduler<P> {
     }
 
     fn ban(&mut self, peer: PeerId, reason: DropReason, actions: &mut Vec<Action>) {
-        if !self.banned.insert(peer) {
+        if self.banned.contains(&peer) {
+            return;
+        }
+        if reason.is_misbehaviour() {
+            // Even when it is gone already: it must not come back.
+            self.banned.insert(peer);
+        } else if !self.peers.contains_key(&peer) {
             return;
         }
         let in_flight: Vec<TransferId> = self

@@ -721,6 +721,13 @@ pub fn report_json(
     )?;
     if let Some(fields) = json.as_object_mut() {
         fields.insert("peers_banned".into(), run.peers_banned.into());
+        // Why peers were dropped, over all viewers (a dead seed's transfers
+        // stall; a liar is caught; a slow link finishes late).
+        let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
+        for reason in run.traces.iter().flat_map(|t| t.banned.iter()) {
+            *reasons.entry(reason.as_str()).or_default() += 1;
+        }
+        fields.insert("drops_by_reason".into(), serde_json::to_value(reasons)?);
         fields.insert("segments_rejected".into(), run.segments_rejected.into());
         fields.insert("faults".into(), serde_json::to_value(&run.faults)?);
         fields.insert("samples".into(), serde_json::to_value(&run.samples)?);
