@@ -44,8 +44,8 @@ use tokio::task::AbortHandle;
 
 use crate::license::{LicenseClient, LicensedSession};
 use crate::scheduler::{
-    Action, ByteRange, Candidate, CdnOnly, Choice, DeadlineFirst, Millis, Mode, Outcome, PeerId,
-    PeerInfo, Policy, Scheduler, SchedulerConfig, SegmentDecision, Source,
+    Action, AnyPolicy, ByteRange, CdnOnly, DeadlineFirst, Millis, Mode, Outcome, PeerId, PeerInfo,
+    Scheduler, SchedulerConfig, Source,
 };
 use crate::session::{Event, Rendition, Shared, lock};
 use crate::store::SegmentKey;
@@ -75,70 +75,6 @@ const POLL_MIN: Duration = Duration::from_millis(100);
 const POLL_MAX: Duration = Duration::from_secs(5);
 /// Live manifest polling: longest delay after repeated failures.
 const POLL_BACKOFF_MAX: Duration = Duration::from_secs(15);
-
-/// The policy chosen at run time (P2P on: deadline-first; off: CDN only).
-#[derive(Debug, Clone)]
-pub(crate) enum AnyPolicy {
-    DeadlineFirst(DeadlineFirst),
-    CdnOnly(CdnOnly),
-}
-
-impl Policy for AnyPolicy {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::DeadlineFirst(p) => p.name(),
-            Self::CdnOnly(p) => p.name(),
-        }
-    }
-
-    fn choose(&mut self, decision: &SegmentDecision<'_>, injection_point: bool) -> Choice {
-        match self {
-            Self::DeadlineFirst(p) => p.choose(decision, injection_point),
-            Self::CdnOnly(p) => p.choose(decision, injection_point),
-        }
-    }
-
-    fn complete_from_cdn(
-        &self,
-        now: Millis,
-        deadline: Millis,
-        projected: Millis,
-        cdn_finish: Millis,
-    ) -> bool {
-        match self {
-            Self::DeadlineFirst(p) => p.complete_from_cdn(now, deadline, projected, cdn_finish),
-            Self::CdnOnly(p) => p.complete_from_cdn(now, deadline, projected, cdn_finish),
-        }
-    }
-
-    fn rank(&self, candidate: &Candidate) -> u64 {
-        match self {
-            Self::DeadlineFirst(p) => p.rank(candidate),
-            Self::CdnOnly(p) => p.rank(candidate),
-        }
-    }
-
-    fn urgent_window_ms(&self) -> u64 {
-        match self {
-            Self::DeadlineFirst(p) => p.urgent_window_ms(),
-            Self::CdnOnly(p) => p.urgent_window_ms(),
-        }
-    }
-
-    fn max_late_strikes(&self) -> u32 {
-        match self {
-            Self::DeadlineFirst(p) => p.max_late_strikes(),
-            Self::CdnOnly(p) => p.max_late_strikes(),
-        }
-    }
-
-    fn max_false_claims(&self) -> u32 {
-        match self {
-            Self::DeadlineFirst(p) => p.max_false_claims(),
-            Self::CdnOnly(p) => p.max_false_claims(),
-        }
-    }
-}
 
 /// Why a player request for a segment failed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -33,7 +33,7 @@ pub mod policy;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use policy::{CdnOnly, Choice, DeadlineFirst, DeadlineFirstThresholds, Policy};
+pub use policy::{AnyPolicy, CdnOnly, Choice, DeadlineFirst, DeadlineFirstThresholds, Policy};
 
 /// Milliseconds on the caller's clock (virtual time in the simulator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

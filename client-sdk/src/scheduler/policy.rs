@@ -242,3 +242,71 @@ impl Policy for CdnOnly {
         u32::MAX
     }
 }
+
+/// A policy chosen at run time: the SDK's P2P switch (deadline-first or CDN
+/// only) and the simulator's `policy` setting, one type for both.
+#[derive(Debug, Clone)]
+pub enum AnyPolicy {
+    /// The default policy.
+    DeadlineFirst(DeadlineFirst),
+    /// P2P off: the baseline.
+    CdnOnly(CdnOnly),
+}
+
+impl AnyPolicy {
+    /// Parses a policy's [`Policy::name`]: "deadline-first" or "cdn-only".
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "deadline-first" => Some(Self::DeadlineFirst(DeadlineFirst::default())),
+            "cdn-only" => Some(Self::CdnOnly(CdnOnly)),
+            _ => None,
+        }
+    }
+
+    fn inner(&self) -> &dyn Policy {
+        match self {
+            Self::DeadlineFirst(p) => p,
+            Self::CdnOnly(p) => p,
+        }
+    }
+}
+
+impl Policy for AnyPolicy {
+    fn name(&self) -> &'static str {
+        self.inner().name()
+    }
+
+    fn choose(&mut self, decision: &SegmentDecision<'_>, injection_point: bool) -> Choice {
+        match self {
+            Self::DeadlineFirst(p) => p.choose(decision, injection_point),
+            Self::CdnOnly(p) => p.choose(decision, injection_point),
+        }
+    }
+
+    fn complete_from_cdn(
+        &self,
+        now: Millis,
+        deadline: Millis,
+        projected: Millis,
+        cdn_finish: Millis,
+    ) -> bool {
+        self.inner()
+            .complete_from_cdn(now, deadline, projected, cdn_finish)
+    }
+
+    fn rank(&self, candidate: &Candidate) -> u64 {
+        self.inner().rank(candidate)
+    }
+
+    fn urgent_window_ms(&self) -> u64 {
+        self.inner().urgent_window_ms()
+    }
+
+    fn max_late_strikes(&self) -> u32 {
+        self.inner().max_late_strikes()
+    }
+
+    fn max_false_claims(&self) -> u32 {
+        self.inner().max_false_claims()
+    }
+}

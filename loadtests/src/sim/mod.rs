@@ -17,8 +17,6 @@
 //! real-process tests, not here), so `corrupt_bytes_to_player` is 0 by
 //! construction; viewers do not leave before the end.
 
-pub mod policy;
-
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
@@ -30,7 +28,7 @@ use loaves_proto::{UnixSeconds, pb};
 use tracker::swarm::{PeerKey, Requester, SwarmBook, SwarmConfig};
 
 use crate::report::{Report, quantile};
-pub use policy::AnyPolicy;
+pub use loaves_client_sdk::scheduler::AnyPolicy;
 
 /// What to simulate.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
