@@ -25,16 +25,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use loaves_proto::UnixSeconds;
-use loaves_proto::framing::encode_frame;
 use loaves_proto::keys::SigningKeyPair;
-use loaves_proto::manifest::{MAX_CHUNK_LEN, ManifestWriter, Scheme, SegmentInfo};
+use loaves_proto::manifest::{ManifestWriter, Scheme, SegmentInfo};
 
 use crate::error::{Mp4Error, PackageError};
 use crate::init::{InitProtection, TrackInfo, inspect_init, protect_init};
 use crate::input::segment_number;
 use crate::keysource::{KeyRequest, KeySource, TrackKey};
 use crate::package::{
-    MANIFEST_FILE, PackageOptions, PackagedRendition, PackagedSegment, key_period, track_type,
+    MANIFEST_FILE, PackageOptions, PackagedRendition, PackagedSegment, append_manifest_chunk,
+    key_period, track_type,
 };
 use crate::playlist;
 use crate::segment::{SegmentProtection, inspect_segment, protect_segment};
@@ -454,18 +454,15 @@ impl<'a> LivePackager<'a> {
         write_atomic(&dir.join(&file_name), &out)?;
         let info = SegmentInfo::describe(sequence, duration_ms, period, &out);
         let manifest_path = dir.join(MANIFEST_FILE);
-        let chunk = r
-            .writer
-            .append(origin_key, &[info], false, now)
-            .map_err(|source| PackageError::Manifest {
-                path: manifest_path.clone(),
-                source,
-            })?;
-        let frame = encode_frame(&chunk, MAX_CHUNK_LEN).map_err(|e| PackageError::Input {
-            path: manifest_path.clone(),
-            message: e.to_string(),
-        })?;
-        r.manifest.extend(frame);
+        append_manifest_chunk(
+            &mut r.writer,
+            origin_key,
+            &[info],
+            false,
+            now,
+            &manifest_path,
+            &mut r.manifest,
+        )?;
         write_atomic(&manifest_path, &r.manifest)?;
         r.segments.push(LiveSegment {
             segment: PackagedSegment {
@@ -500,18 +497,15 @@ impl<'a> LivePackager<'a> {
         for (name, r) in &mut self.renditions {
             let dir = self.output.join(name);
             let manifest_path = dir.join(MANIFEST_FILE);
-            let chunk = r
-                .writer
-                .append(self.origin_key, &[], true, now)
-                .map_err(|source| PackageError::Manifest {
-                    path: manifest_path.clone(),
-                    source,
-                })?;
-            let frame = encode_frame(&chunk, MAX_CHUNK_LEN).map_err(|e| PackageError::Input {
-                path: manifest_path.clone(),
-                message: e.to_string(),
-            })?;
-            r.manifest.extend(frame);
+            append_manifest_chunk(
+                &mut r.writer,
+                self.origin_key,
+                &[],
+                true,
+                now,
+                &manifest_path,
+                &mut r.manifest,
+            )?;
             write_atomic(&manifest_path, &r.manifest)?;
             let rendition = snapshot_one(name, r, window_of(&r.segments, window));
             write_atomic(

@@ -444,17 +444,15 @@ fn package_rendition(
     };
     let count = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let signed = writer
-            .append(origin_key, chunk, i + 1 == count, UnixSeconds::now())
-            .map_err(|source| PackageError::Manifest {
-                path: manifest_path.clone(),
-                source,
-            })?;
-        let frame = encode_frame(&signed, MAX_CHUNK_LEN).map_err(|e| PackageError::Input {
-            path: manifest_path.clone(),
-            message: e.to_string(),
-        })?;
-        frames.extend(frame);
+        append_manifest_chunk(
+            &mut writer,
+            origin_key,
+            chunk,
+            i + 1 == count,
+            UnixSeconds::now(),
+            &manifest_path,
+            &mut frames,
+        )?;
     }
     write(&manifest_path, &frames)?;
 
@@ -520,4 +518,30 @@ pub fn read_manifest_frames(
         }
     }
     Ok(out)
+}
+
+/// Signs the next chunk of a rendition's manifest (`segments`, `last` for
+/// the final one) and appends it, framed as `manifest.lvm` stores it, to
+/// `frames`; errors name the manifest file.
+pub(crate) fn append_manifest_chunk(
+    writer: &mut ManifestWriter,
+    origin_key: &SigningKeyPair,
+    segments: &[SegmentInfo],
+    last: bool,
+    now: UnixSeconds,
+    manifest_path: &Path,
+    frames: &mut Vec<u8>,
+) -> Result<(), PackageError> {
+    let signed = writer
+        .append(origin_key, segments, last, now)
+        .map_err(|source| PackageError::Manifest {
+            path: manifest_path.to_owned(),
+            source,
+        })?;
+    let frame = encode_frame(&signed, MAX_CHUNK_LEN).map_err(|e| PackageError::Input {
+        path: manifest_path.to_owned(),
+        message: e.to_string(),
+    })?;
+    frames.extend(frame);
+    Ok(())
 }
