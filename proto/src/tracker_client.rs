@@ -72,15 +72,19 @@ impl ClientEndpoint {
         identity: &PeerIdentity,
         hello: pb::TrackerHello,
     ) -> Result<TrackerConnection, ClientError> {
-        let tls = identity
-            .client_config(crate::ALPN_TRACKER)
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let crypto =
-            QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(20)));
-        config.transport_config(Arc::new(transport));
+        self.connect_with(client_config(identity)?, tracker, hello)
+            .await
+    }
+
+    /// [`Self::connect`] with a configuration from [`client_config`] built
+    /// once (a client that reconnects keeps it, and its setup errors show
+    /// at start rather than at the first connect).
+    pub async fn connect_with(
+        &self,
+        config: quinn::ClientConfig,
+        tracker: SocketAddr,
+        hello: pb::TrackerHello,
+    ) -> Result<TrackerConnection, ClientError> {
         let connecting = self
             .endpoint
             .connect_with(config, tracker, identity::SERVER_NAME)
@@ -104,6 +108,20 @@ impl ClientEndpoint {
     pub fn close(&self) {
         self.endpoint.close(0u8.into(), b"bye");
     }
+}
+
+/// The QUIC client configuration for talking to trackers as `identity`
+/// (tracker ALPN, keep-alive).
+pub fn client_config(identity: &PeerIdentity) -> Result<quinn::ClientConfig, ClientError> {
+    let tls = identity
+        .client_config(crate::ALPN_TRACKER)
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(20)));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
 
 /// One authenticated connection to a tracker.

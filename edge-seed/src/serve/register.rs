@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use loaves_proto::framing;
-use loaves_proto::identity::{self, PeerIdentity};
+use loaves_proto::identity::PeerIdentity;
 use loaves_proto::pb;
 use loaves_proto::shard::ShardMap;
-use quinn::crypto::rustls::QuicClientConfig;
+use loaves_proto::tracker_client::{self, ClientEndpoint, ClientError, TrackerConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::metrics::Metrics;
@@ -128,18 +128,18 @@ pub trait Registrar: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<u32>, RegisterError>> + Send;
 }
 
-/// Registration over QUIC to one tracker.
+/// Registration over QUIC to one tracker, with the tracker client of
+/// `loaves_proto::tracker_client` (one connection, kept while it lives).
 #[derive(Debug)]
 pub struct QuicRegistrar {
-    endpoint: quinn::Endpoint,
+    client: ClientEndpoint,
+    /// The endpoint's own address: names resolve to the same IP family.
+    local: Option<SocketAddr>,
     tracker: String,
-    client: quinn::ClientConfig,
+    config: quinn::ClientConfig,
     credential: Vec<u8>,
-    connection: Mutex<Option<quinn::Connection>>,
-    timeout: Duration,
+    connection: Mutex<Option<TrackerConnection>>,
 }
-
-const MAX_RESPONSE_LEN: usize = 256 * 1024;
 
 impl QuicRegistrar {
     /// A registrar for `tracker` (`host:port`, resolved at each connect),
@@ -155,81 +155,56 @@ impl QuicRegistrar {
             address: tracker.clone(),
             reason,
         })?;
-        let tls = identity
-            .client_config(loaves_proto::ALPN_TRACKER)
-            .map_err(|e| RegisterError::Setup(e.to_string()))?;
-        let crypto =
-            QuicClientConfig::try_from(tls).map_err(|e| RegisterError::Setup(e.to_string()))?;
         Ok(Self {
-            endpoint,
+            local: endpoint.local_addr().ok(),
+            client: ClientEndpoint::from_endpoint(endpoint),
             tracker,
-            client: quinn::ClientConfig::new(Arc::new(crypto)),
+            config: tracker_client::client_config(identity)?,
             credential,
             connection: Mutex::new(None),
-            timeout: Duration::from_secs(10),
         })
     }
 
-    async fn request(
-        &self,
-        connection: &quinn::Connection,
-        request: &pb::TrackerRequest,
-    ) -> Result<pb::TrackerResponse, RegisterError> {
-        let (mut send, mut recv) = connection
-            .open_bi()
-            .await
-            .map_err(|e| RegisterError::Connection(e.to_string()))?;
-        framing::write_message(
-            &mut send,
-            request,
-            framing::DEFAULT_MAX_FRAME_LEN,
-            self.timeout,
-        )
-        .await?;
-        let _ = send.finish();
-        let response: pb::TrackerResponse =
-            framing::read_message(&mut recv, MAX_RESPONSE_LEN, self.timeout)
-                .await?
-                .ok_or(RegisterError::Unexpected)?;
-        if let Some(pb::tracker_response::Kind::Error(error)) = &response.kind {
-            let mut message = error.message.clone();
-            message.truncate(256);
-            return Err(RegisterError::Refused(message));
-        }
-        Ok(response)
-    }
-
-    async fn connection(&self) -> Result<quinn::Connection, RegisterError> {
+    async fn connection(&self) -> Result<TrackerConnection, RegisterError> {
         let mut guard = self.connection.lock().await;
         if let Some(connection) = guard.as_ref()
-            && connection.close_reason().is_none()
+            && connection.quic().close_reason().is_none()
         {
             return Ok(connection.clone());
         }
         let address = resolve(
             &self.tracker,
-            self.endpoint.local_addr().ok(),
-            RESOLVE_TIMEOUT.min(self.timeout),
+            self.local,
+            RESOLVE_TIMEOUT.min(tracker_client::HANDSHAKE_TIMEOUT),
         )
         .await?;
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), address, identity::SERVER_NAME)
-            .map_err(|e| RegisterError::Connection(e.to_string()))?;
-        let connection = tokio::time::timeout(self.timeout, connecting)
-            .await
-            .map_err(|_| RegisterError::Connection("handshake timed out".into()))?
-            .map_err(|e| RegisterError::Connection(e.to_string()))?;
-        let hello = pb::TrackerRequest {
-            kind: Some(pb::tracker_request::Kind::Hello(pb::TrackerHello {
-                credential: Some(pb::tracker_hello::Credential::SeedCredential(
-                    self.credential.clone(),
-                )),
-            })),
+        let hello = pb::TrackerHello {
+            credential: Some(pb::tracker_hello::Credential::SeedCredential(
+                self.credential.clone(),
+            )),
         };
-        self.request(&connection, &hello).await?;
+        let connection = self
+            .client
+            .connect_with(self.config.clone(), address, hello)
+            .await?;
         *guard = Some(connection.clone());
         Ok(connection)
+    }
+}
+
+impl From<ClientError> for RegisterError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Setup(e) => Self::Setup(e),
+            ClientError::Connect(e) => Self::Connection(e),
+            ClientError::Connection(e) => Self::Connection(e.to_string()),
+            ClientError::Frame(e) => Self::Frame(e),
+            ClientError::Refused { mut message, .. } => {
+                message.truncate(256);
+                Self::Refused(message)
+            }
+            ClientError::NoResponse => Self::Unexpected,
+        }
     }
 }
 
@@ -244,7 +219,11 @@ impl Registrar for QuicRegistrar {
                 registration.clone(),
             )),
         };
-        match self.request(&connection, &request).await {
+        match connection
+            .request(&request)
+            .await
+            .map_err(RegisterError::from)
+        {
             Ok(pb::TrackerResponse {
                 kind: Some(pb::tracker_response::Kind::Ack(ack)),
             }) => Ok(Some(ack.interval_s).filter(|&s| s > 0)),
