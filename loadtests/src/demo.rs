@@ -371,12 +371,25 @@ fn outcome_of(
 /// `packaged` (the packager's output root): every object that differs
 /// counts its packaged size (1 when the packaged file is missing).
 pub fn corrupt_bytes(packaged: &std::path::Path, rendition: &str, report: &PlaybackReport) -> u64 {
+    corrupt_bytes_of_title(packaged, crate::platform::TITLE, rendition, report)
+}
+
+/// [`corrupt_bytes`] for a player of `title`.
+pub fn corrupt_bytes_of_title(
+    packaged: &std::path::Path,
+    title: &str,
+    rendition: &str,
+    report: &PlaybackReport,
+) -> u64 {
     let mut corrupt = 0u64;
     let mut expected = Vec::with_capacity(report.sha256.len());
-    expected.push(crate::platform::packaged_init(packaged, rendition));
+    expected.push(crate::platform::packaged_title_init(
+        packaged, title, rendition,
+    ));
     for i in 0..report.sha256.len().saturating_sub(1) as u64 {
-        expected.push(crate::platform::packaged_segment(
+        expected.push(crate::platform::packaged_title_segment(
             packaged,
+            title,
             rendition,
             report.first_sequence + i,
         ));
@@ -499,6 +512,37 @@ pub fn offload_limit(
     rendition: &str,
     upload_bytes_per_second: u64,
 ) -> anyhow::Result<f64> {
+    Ok(swarm_offload_limit(
+        outcomes,
+        packaged,
+        crate::platform::TITLE,
+        rendition,
+        upload_bytes_per_second,
+    )?
+    .limit)
+}
+
+/// The offload limit of one swarm and the bytes its viewers watched, which
+/// weigh it when limits of several swarms are aggregated
+/// ([`Report::offload_limit_over_swarms`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SwarmLimit {
+    /// The limit.
+    pub limit: f64,
+    /// Bytes of the segments played, summed over the viewers.
+    pub bytes: u64,
+}
+
+/// [`offload_limit`] of the swarm of `title` and `rendition`: `outcomes`
+/// are its viewers only (a viewer of another title holds nothing this
+/// swarm wants).
+pub fn swarm_offload_limit(
+    outcomes: &[ViewerOutcome],
+    packaged: &std::path::Path,
+    title: &str,
+    rendition: &str,
+    upload_bytes_per_second: u64,
+) -> anyhow::Result<SwarmLimit> {
     let mut watchers: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
     for outcome in outcomes.iter().filter(|o| o.segments > 0) {
         for sequence in outcome.first_sequence..outcome.first_sequence + outcome.segments {
@@ -507,14 +551,17 @@ pub fn offload_limit(
     }
     let (mut reachable, mut all) = (0u64, 0u64);
     for (sequence, n) in &watchers {
-        let size = crate::platform::packaged_segment(packaged, rendition, *sequence)
-            .with_context(|| format!("packaged segment {sequence} missing"))?
+        let size = crate::platform::packaged_title_segment(packaged, title, rendition, *sequence)
+            .with_context(|| format!("{title}: packaged segment {sequence} missing"))?
             .len() as u64;
         reachable += (n - 1) * size;
         all += n * size;
     }
     if all == 0 {
-        return Ok(0.0);
+        return Ok(SwarmLimit {
+            limit: 0.0,
+            bytes: 0,
+        });
     }
     let by_copies = reachable as f64 / all as f64;
     // The upload bound: all viewers' upload caps against what they watch.
@@ -525,7 +572,10 @@ pub fn offload_limit(
         bitrate_bps.max(1),
         viewers * upload_bytes_per_second * 8,
     );
-    Ok(by_copies.min(by_upload.max(0.0)).min(1.0))
+    Ok(SwarmLimit {
+        limit: by_copies.min(by_upload.max(0.0)).min(1.0),
+        bytes: all,
+    })
 }
 
 fn sum_played_s(outcomes: &[ViewerOutcome]) -> f64 {

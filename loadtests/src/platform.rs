@@ -315,17 +315,33 @@ impl ViewerEndpoints {
 /// The packaged bytes of `rendition`'s segment `sequence` under the
 /// packager's output `root` (what every player must receive), if written.
 pub fn packaged_segment(root: &Path, rendition: &str, sequence: u64) -> Option<Vec<u8>> {
+    packaged_title_segment(root, TITLE, rendition, sequence)
+}
+
+/// The packaged init segment of `rendition` under `root`.
+pub fn packaged_init(root: &Path, rendition: &str) -> Option<Vec<u8>> {
+    packaged_title_init(root, TITLE, rendition)
+}
+
+/// [`packaged_segment`] of another title than [`TITLE`] (the swarm
+/// scenarios' VOD titles share the origin root).
+pub fn packaged_title_segment(
+    root: &Path,
+    title: &str,
+    rendition: &str,
+    sequence: u64,
+) -> Option<Vec<u8>> {
     std::fs::read(
-        root.join(TITLE)
+        root.join(title)
             .join(rendition)
             .join(format!("seg_{sequence:05}.m4s")),
     )
     .ok()
 }
 
-/// The packaged init segment of `rendition` under `root`.
-pub fn packaged_init(root: &Path, rendition: &str) -> Option<Vec<u8>> {
-    std::fs::read(root.join(TITLE).join(rendition).join("init.mp4")).ok()
+/// [`packaged_init`] of another title than [`TITLE`].
+pub fn packaged_title_init(root: &Path, title: &str, rendition: &str) -> Option<Vec<u8>> {
+    std::fs::read(root.join(title).join(rendition).join("init.mp4")).ok()
 }
 
 /// Each viewer's upload cap (the SDK's default is lower; loopback has room).
@@ -374,6 +390,12 @@ async fn start_license_server(
 
 /// The license server's title entry for the streamed renditions.
 pub fn title_config(renditions: &[String]) -> TitleConfig {
+    named_title_config(TITLE, renditions)
+}
+
+/// The license server's entry for title `id` of `renditions` (its own
+/// content keys).
+pub fn named_title_config(id: &str, renditions: &[String]) -> TitleConfig {
     let track_type = |name: &str| {
         if name.contains("audio") {
             ("audio", 0)
@@ -384,7 +406,7 @@ pub fn title_config(renditions: &[String]) -> TitleConfig {
         }
     };
     TitleConfig {
-        id: TITLE.into(),
+        id: id.into(),
         key_period_s: 0,
         period_epoch: 0,
         renditions: renditions

@@ -62,6 +62,20 @@ impl Report {
         let by_upload = total_upload_bps as f64 / (n * bitrate_bps as f64);
         by_copies.min(by_upload)
     }
+
+    /// The offload limit of a run over several swarms (one per title and
+    /// rendition): each swarm's `(limit, bytes)`, weighted by the bytes its
+    /// viewers watched. Peer bytes are at most each swarm's limit times its
+    /// bytes, so the run's share is at most this; swarms do not share
+    /// segments, so a single N over all viewers would overstate it.
+    pub fn offload_limit_over_swarms(swarms: &[(f64, u64)]) -> f64 {
+        let bytes: u64 = swarms.iter().map(|(_, b)| b).sum();
+        if bytes == 0 {
+            return 0.0;
+        }
+        let reachable: f64 = swarms.iter().map(|(l, b)| l * *b as f64).sum();
+        reachable / bytes as f64
+    }
 }
 
 /// The `q`-quantile (0..=1) of `values` (sorted in place), 0 when empty.
@@ -85,6 +99,17 @@ mod tests {
         // Upload-bound: viewers upload half of what they watch.
         assert!((Report::offload_limit(1_000, 4_000_000, 2_000_000_000) - 0.5).abs() < 1e-12);
         assert_eq!(Report::offload_limit(0, 1, 1), 0.0);
+    }
+
+    #[test]
+    fn offload_limit_over_swarms_weighs_by_bytes() {
+        // A popular swarm near its limit and a lone viewer (limit 0).
+        let limit = Report::offload_limit_over_swarms(&[(0.9, 900), (0.0, 100)]);
+        assert!((limit - 0.81).abs() < 1e-12);
+        // One swarm: its own limit.
+        assert!((Report::offload_limit_over_swarms(&[(0.75, 10)]) - 0.75).abs() < 1e-12);
+        assert_eq!(Report::offload_limit_over_swarms(&[]), 0.0);
+        assert_eq!(Report::offload_limit_over_swarms(&[(0.5, 0)]), 0.0);
     }
 
     #[test]
