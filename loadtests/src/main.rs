@@ -259,6 +259,7 @@ fn run_swarm(
         "{}",
         demo::table(&run.report, baseline.as_ref().map(|b| &b.report))
     );
+    print!("{}", swarm::titles_table(&run, baseline.as_ref()));
     println!(
         "peers banned by honest viewers: {}; segments they rejected: {}",
         run.peers_banned, run.segments_rejected

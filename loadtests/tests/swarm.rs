@@ -47,6 +47,7 @@ fn run(scenario: &Scenario) -> SwarmRun {
         .unwrap();
     let run = runtime.block_on(swarm::run(scenario, true)).unwrap();
     eprintln!("{}", loaves_loadtests::demo::table(&run.report, None));
+    eprint!("{}", swarm::titles_table(&run, None));
     run
 }
 
@@ -164,4 +165,105 @@ fn malicious_peers_are_banned_and_players_get_no_corrupt_byte() {
     for outcome in &run.outcomes {
         assert_eq!(outcome.corrupt_bytes, 0, "{outcome:?}");
     }
+}
+
+/// VOD over three titles with Zipf popularity: every viewer plays its
+/// title to the end, players get only packaged bytes (each title has its
+/// own keys, so a segment of another title would count as corrupt), every
+/// title watched got bytes, the per-title rows add up to the totals, and
+/// the most popular title's viewers shared some segments.
+#[test]
+fn vod_over_zipf_titles_reports_every_title() {
+    let mut scenario = small("vod-zipf", 6);
+    scenario.join_window_s = 4.0;
+    let vod = scenario.vod.as_mut().unwrap();
+    vod.titles = 3;
+    vod.segments = 6;
+    // The draw is seeded: the same titles every run.
+    let plans = scenario.plan().unwrap();
+    let titles: Vec<&str> = plans.iter().map(|p| p.title.as_str()).collect();
+    let on_first = titles.iter().filter(|t| **t == "vod-1").count();
+    assert!(on_first >= 2, "{titles:?}");
+    let run = run(&scenario);
+    all_finished(&run);
+    for outcome in &run.outcomes {
+        // Played to the end: every segment and the title's whole length.
+        assert_eq!(outcome.segments, 6, "{outcome:?}");
+    }
+    assert_eq!(run.titles.len(), 3);
+    let mut viewers = 0;
+    let (mut peer, mut seed, mut cdn, mut corrupt) = (0, 0, 0, 0);
+    for row in &run.titles {
+        let r = &row.report;
+        let watching = titles.iter().filter(|t| **t == row.title).count() as u64;
+        assert_eq!(r.viewers, watching, "{row:?}");
+        if watching > 0 {
+            assert!(r.bytes_peer + r.bytes_seed + r.bytes_cdn > 0, "{row:?}");
+        }
+        viewers += r.viewers;
+        peer += r.bytes_peer;
+        seed += r.bytes_seed;
+        cdn += r.bytes_cdn;
+        corrupt += r.corrupt_bytes_to_player;
+    }
+    let total = &run.report;
+    assert_eq!(viewers, total.viewers);
+    assert_eq!(
+        (peer, seed, cdn, corrupt),
+        (
+            total.bytes_peer,
+            total.bytes_seed,
+            total.bytes_cdn,
+            total.corrupt_bytes_to_player
+        )
+    );
+    let first = &run.titles[0];
+    assert_eq!(first.title, "vod-1");
+    assert!(first.report.bytes_peer > 0, "{first:?}");
+    // The run's limit lies within its titles' limits (their weighted mean).
+    let limits = run.titles.iter().filter(|t| t.report.viewers > 0);
+    let low = limits
+        .clone()
+        .map(|t| t.report.offload_limit)
+        .fold(1.0, f64::min);
+    let high = limits.map(|t| t.report.offload_limit).fold(0.0, f64::max);
+    assert!(
+        (low - 1e-9..=high + 1e-9).contains(&total.offload_limit),
+        "{low} {high} {total:?}"
+    );
+    let table = swarm::titles_table(&run, None);
+    assert_eq!(table.lines().count(), 4, "{table}");
+    let html = swarm::html::page(&scenario, &run, None);
+    assert!(html.contains("id=\"titles\""));
+    let json = swarm::report_json(&run, None).unwrap();
+    assert_eq!(json["titles"].as_array().map(Vec::len), Some(3));
+}
+
+/// A `[vod]` table with bad values is refused with a message naming it.
+#[test]
+fn vod_config_errors_are_clear() {
+    let load = |text: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(&path, text).unwrap();
+        Scenario::load(&path).map_err(|e| format!("{e:#}"))
+    };
+    let err = load("[vod]\ntitles = 0\n").unwrap_err();
+    assert!(err.contains("vod.titles"), "{err}");
+    let err = load("[vod]\nzipf_exponent = -1.0\n").unwrap_err();
+    assert!(err.contains("vod.zipf_exponent"), "{err}");
+    let err = load("[vod]\nsegments = 0\n").unwrap_err();
+    assert!(err.contains("vod.segments"), "{err}");
+    let err = load("[vod]\ntitle = 3\n").unwrap_err();
+    assert!(err.contains("unknown field"), "{err}");
+    let err = load("[vod]\n[churn]\nleavers = 1\n").unwrap_err();
+    assert!(err.contains("churn.leavers"), "{err}");
+    // The full scenario loads, and its draw follows the popularity.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/vod-zipf.toml");
+    let scenario = Scenario::load(&path).unwrap();
+    let vod = scenario.vod.as_ref().unwrap();
+    let shares = vod.popularity();
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(shares.windows(2).all(|w| w[0] > w[1]), "{shares:?}");
+    assert_eq!(vod.draw(40), vod.draw(40));
 }

@@ -5,6 +5,10 @@
 //! keys from the license server process over gRPC, as `edge-seed live`
 //! would.
 //!
+//! VOD titles are packaged before the seeds start, each by `edge-seed
+//! package` with its own content keys from the license server, from the
+//! sample looped to the title's length.
+//!
 //! Edge seeds play two roles here, in separate processes so that a seed can
 //! fail without the CDN: one `cdn` process is the HTTP origin (no tracker
 //! registration), and each `seed-N` process is a swarm seed (QUIC,
@@ -22,11 +26,54 @@ use license_server::config::Config as LicenseConfig;
 use loaves_proto::keygen;
 use loaves_proto::keys::SigningKeyPair;
 
-use super::procs::{Proc, binary, free_addr};
+use super::procs::{Proc, binary, free_addr, run_to_end};
+use crate::encoder::LoopedRendition;
 use crate::platform::{
-    ADMIN_TOKEN, KeyService, LivePipeline, PlatformConfig, TITLE, ViewerEndpoints, start_live,
-    title_config,
+    ADMIN_TOKEN, KeyService, LivePipeline, PlatformConfig, TITLE, ViewerEndpoints,
+    named_title_config, sample_dir, start_live,
 };
+
+/// What a deployment serves.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// The live title [`TITLE`] of these renditions, packaged as the
+    /// sample encoder publishes it.
+    Live {
+        /// Renditions of the sample.
+        renditions: Vec<String>,
+    },
+    /// VOD titles of one rendition each: the sample's `rendition` looped to
+    /// `segments` segments (the same clear media, protected with each
+    /// title's own keys).
+    Vod {
+        /// Title ids.
+        titles: Vec<String>,
+        /// Rendition of the sample.
+        rendition: String,
+        /// Segments per title.
+        segments: u64,
+    },
+}
+
+impl Content {
+    /// The titles served.
+    pub fn titles(&self) -> Vec<String> {
+        match self {
+            Self::Live { .. } => vec![TITLE.to_owned()],
+            Self::Vod { titles, .. } => titles.clone(),
+        }
+    }
+
+    fn renditions(&self) -> Vec<String> {
+        match self {
+            Self::Live { renditions } => renditions.clone(),
+            Self::Vod { rendition, .. } => vec![rendition.clone()],
+        }
+    }
+}
+
+/// Longest an `edge-seed package` run of one VOD title may take.
+const PACKAGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a seed sits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -70,10 +117,13 @@ announce_interval_s = 1
 ";
 
 impl Deployment {
-    /// Starts every process and the live stream of `renditions`, with one
-    /// swarm seed per entry of `seeds`; returns once all answer `/healthz`
-    /// and the first segments are packaged.
-    pub async fn start(renditions: &[String], seeds: &[Location]) -> anyhow::Result<Self> {
+    /// Starts every process and the live stream or VOD titles of
+    /// `content`, with one swarm seed per entry of `seeds` (each seeding
+    /// every title); returns once all answer `/healthz` and the first live
+    /// segments (or every VOD title) are packaged.
+    pub async fn start(content: &Content, seeds: &[Location]) -> anyhow::Result<Self> {
+        let titles = content.titles();
+        let renditions = content.renditions();
         let license_bin = binary("license-server", "license-server")?;
         let tracker_bin = binary("loaves-tracker", "tracker")?;
         let seed_bin = binary("edge-seed", "edge-seed")?;
@@ -103,7 +153,10 @@ impl Deployment {
             metrics_listen: free_addr()?,
             clearkey_listen: Some(free_addr()?),
             data_dir: root.join("license-server"),
-            titles: vec![title_config(renditions)],
+            titles: titles
+                .iter()
+                .map(|t| named_title_config(t, &renditions))
+                .collect(),
             ..LicenseConfig::default()
         };
         config.tls.dev_cert_out = Some(cert.clone());
@@ -144,25 +197,50 @@ impl Deployment {
         )?;
         tracker.wait_ready(tracker_http).await?;
 
-        // The live stream.
+        // The live stream, or the VOD titles.
         let packaged = root.join("origin");
         let published = Arc::new(AtomicU64::new(0));
-        let platform_config = PlatformConfig {
-            renditions: renditions.to_vec(),
-            ..PlatformConfig::default()
+        let key_service = KeyService {
+            url: format!("https://{}", config.listen),
+            ca_pem: ca_pem.clone(),
         };
-        let live = start_live(
-            &root,
-            &packaged,
-            &platform_config,
-            &KeyService {
-                url: format!("https://{}", config.listen),
-                ca_pem: ca_pem.clone(),
-            },
-            &origin_key,
-            published.clone(),
-        )?;
-        wait_first_segments(&packaged, renditions).await?;
+        let live = match content {
+            Content::Live { renditions } => {
+                let platform_config = PlatformConfig {
+                    renditions: renditions.clone(),
+                    ..PlatformConfig::default()
+                };
+                let live = start_live(
+                    &root,
+                    &packaged,
+                    &platform_config,
+                    &key_service,
+                    &origin_key,
+                    published.clone(),
+                )?;
+                wait_first_segments(&packaged, renditions).await?;
+                Some(live)
+            }
+            Content::Vod {
+                titles,
+                rendition,
+                segments,
+            } => {
+                package_vod(
+                    &seed_bin,
+                    &root,
+                    &packaged,
+                    titles,
+                    rendition,
+                    *segments,
+                    &key_service.url,
+                    &cert,
+                    &origin_files.private_key,
+                )
+                .await?;
+                None
+            }
+        };
 
         // The CDN and the seeds.
         let seed_toml = root.join("edge-seed.toml");
@@ -179,7 +257,7 @@ impl Deployment {
                 "--origin".into(),
                 packaged.display().to_string(),
                 "--title".into(),
-                TITLE.into(),
+                titles.join(","),
                 "--license-key".into(),
                 license_files.public_key.display().to_string(),
                 "--origin-key".into(),
@@ -202,6 +280,7 @@ impl Deployment {
                 &files.public_key,
                 &name,
                 location,
+                &titles,
                 &credential,
             )?;
             let http = free_addr()?;
@@ -239,7 +318,7 @@ impl Deployment {
             tracker_http,
             cdn,
             seeds: running_seeds,
-            live: Some(live),
+            live,
             published,
             packaged,
             signin,
@@ -247,7 +326,7 @@ impl Deployment {
         })
     }
 
-    /// Live segments published so far.
+    /// Live segments published so far (0 for VOD).
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
     }
@@ -307,6 +386,7 @@ fn mint_credential(
     seed_public: &Path,
     name: &str,
     location: &Location,
+    titles: &[String],
     out: &Path,
 ) -> anyhow::Result<()> {
     let output = std::process::Command::new(seed_bin)
@@ -322,7 +402,7 @@ fn mint_credential(
             "--isp",
             &location.isp,
             "--title",
-            TITLE,
+            &titles.join(","),
             "--valid-days",
             "2",
             "--out",
@@ -335,6 +415,62 @@ fn mint_credential(
             "edge-seed credential failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+    Ok(())
+}
+
+/// Packages each VOD title with `edge-seed package`, as the operator would:
+/// the sample's `rendition` looped to `segments` segments (written once as
+/// clear CMAF), protected with keys the license server derives for the
+/// title, signed with the origin key, into `packaged/TITLE`.
+#[allow(clippy::too_many_arguments)] // one call site; the values are unrelated
+async fn package_vod(
+    seed_bin: &Path,
+    root: &Path,
+    packaged: &Path,
+    titles: &[String],
+    rendition: &str,
+    segments: u64,
+    key_service: &str,
+    ca_cert: &Path,
+    origin_key: &Path,
+) -> anyhow::Result<()> {
+    let input = root.join("vod-input");
+    let sample = LoopedRendition::load(&sample_dir().join(rendition))?;
+    sample.publish_init(&input)?;
+    for n in 0..segments {
+        sample.publish(&input, n)?;
+    }
+    std::fs::create_dir_all(packaged)?;
+    let logs = root.join("logs");
+    for title in titles {
+        let args: Vec<String> = vec![
+            "package".into(),
+            input.display().to_string(),
+            "--output".into(),
+            packaged.join(title).display().to_string(),
+            "--title".into(),
+            title.clone(),
+            "--origin-key".into(),
+            origin_key.display().to_string(),
+            "--key-source".into(),
+            "grpc".into(),
+            "--key-service".into(),
+            key_service.into(),
+            "--ca-cert".into(),
+            ca_cert.display().to_string(),
+            "--quiet".into(),
+        ];
+        run_to_end(
+            &format!("package-{title}"),
+            seed_bin,
+            &args,
+            // The token through the environment, not the command line.
+            &[("LOAVES_ADMIN_TOKEN", ADMIN_TOKEN)],
+            &logs,
+            PACKAGE_TIMEOUT,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -39,6 +39,9 @@ svg{{background:#fafafa;border:1px solid #ddd}}.legend span{{display:inline-bloc
         run.peers_banned,
         run.segments_rejected
     );
+    if !run.titles.is_empty() {
+        out.push_str(&titles_section(run, baseline));
+    }
     if !run.faults.is_empty() {
         out.push_str("<p>Faults: ");
         for (i, f) in run.faults.iter().enumerate() {
@@ -68,6 +71,47 @@ svg{{background:#fafafa;border:1px solid #ddd}}.legend span{{display:inline-bloc
     out.push_str("<h2 id=\"stalls\">Stall timeline</h2>\n<p>One row per viewer: watching (grey), stalled (red); faults as vertical lines.</p>\n");
     out.push_str(&stall_plot(run, end));
     out.push_str("</body></html>\n");
+    out
+}
+
+/// The VOD run's rows, one per title's swarm.
+fn titles_section(run: &SwarmRun, baseline: Option<&SwarmRun>) -> String {
+    let mut out = String::from(
+        "<h2 id=\"titles\">Per title</h2>\n<p>Each title is its own swarm; its offload limit counts its viewers only, and the run's limit is the titles' weighted by the bytes watched.</p>\n<table><tr><th>title</th><th>expected share</th><th>viewers</th><th>MB received</th><th>peer offload</th><th>offload limit</th><th>rebuffer ratio (events)</th>",
+    );
+    if baseline.is_some() {
+        out.push_str("<th>cdn-only rebuffer ratio (events)</th>");
+    }
+    out.push_str("</tr>\n");
+    for row in &run.titles {
+        let r = &row.report;
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{:.3}</td><td>{}</td><td>{:.1}</td><td>{:.3}</td><td>{:.3}</td><td>{:.4} ({})</td>",
+            escape(&row.title),
+            row.popularity,
+            r.viewers,
+            (r.bytes_peer + r.bytes_seed + r.bytes_cdn) as f64 / 1e6,
+            r.offload_peer,
+            r.offload_limit,
+            r.rebuffer_ratio,
+            r.rebuffer_events
+        );
+        if let Some(baseline) = baseline {
+            match baseline.titles.iter().find(|t| t.title == row.title) {
+                Some(b) => {
+                    let _ = write!(
+                        out,
+                        "<td>{:.4} ({})</td>",
+                        b.report.rebuffer_ratio, b.report.rebuffer_events
+                    );
+                }
+                None => out.push_str("<td>-</td>"),
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
     out
 }
 

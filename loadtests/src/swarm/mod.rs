@@ -4,9 +4,15 @@
 //! happen: seeds killed, the tracker killed and restarted, viewers that
 //! tamper with what they upload or lie about what they hold.
 //!
+//! A scenario is live (one title, `player::play_live`) unless it has a
+//! `[vod]` table: then it serves several VOD titles, each viewer picks one
+//! by Zipf popularity (a seeded draw, so runs repeat) and plays it from the
+//! start to the end with `player::play`, and the report adds a row per
+//! title.
+//!
 //! The license server, tracker and edge seeds are their own binaries
 //! ([`deploy`]); viewers are SDK sessions in this process (an app embeds
-//! the SDK; a load generator hosts many), each with `player::play_live`.
+//! the SDK; a load generator hosts many).
 //! The report is the demo's, computed by the same functions; the HTML
 //! report ([`html`]) plots offload by source over time (sampled from the
 //! sessions' counters), buffer levels and stalls (from the sessions'
@@ -27,8 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::demo::{self, Crowd, ViewerOutcome, lock};
 use crate::encoder::LoopedRendition;
+use crate::platform::TITLE;
 use crate::report::Report;
-use deploy::{Deployment, Location};
+use deploy::{Content, Deployment, Location};
 
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -43,11 +50,14 @@ pub struct Scenario {
     /// Those joins are spread evenly over this many seconds.
     pub join_window_s: f64,
     /// Seconds each viewer watches (unless it leaves early, see `churn`).
+    /// Live only: VOD viewers watch their title to the end.
     pub watch_s: f64,
     /// The rendition watched.
     pub rendition: String,
-    /// How far behind the live edge players start, in segments.
+    /// How far behind the live edge players start, in segments (live only).
     pub latency_segments: u64,
+    /// VOD titles instead of the live stream.
+    pub vod: Option<Vod>,
     /// Viewers' locations, assigned round robin.
     pub locations: Vec<Location>,
     /// One swarm seed per entry.
@@ -58,6 +68,113 @@ pub struct Scenario {
     pub churn: Churn,
     /// Faults injected.
     pub faults: Faults,
+}
+
+/// VOD over several titles. Title `vod-k` (k = 1..=`titles`) is picked by
+/// each viewer with probability proportional to 1/k^`zipf_exponent`; every
+/// viewer plays its title from the first segment to the last.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Vod {
+    /// Number of titles.
+    pub titles: usize,
+    /// Zipf exponent (0: uniform; larger: more viewers on the first titles).
+    pub zipf_exponent: f64,
+    /// Length of every title in segments (the sample looped).
+    pub segments: u64,
+    /// Seed of the viewers' title draws.
+    pub seed: u64,
+}
+
+impl Default for Vod {
+    fn default() -> Self {
+        Self {
+            titles: 5,
+            zipf_exponent: 1.0,
+            segments: 30,
+            seed: 1,
+        }
+    }
+}
+
+impl Vod {
+    /// The id of the title of popularity rank `rank` (1 = most popular).
+    pub fn title(rank: usize) -> String {
+        format!("vod-{rank}")
+    }
+
+    /// Every title's expected share of the viewers, by rank.
+    pub fn popularity(&self) -> Vec<f64> {
+        let weights: Vec<f64> = (1..=self.titles)
+            .map(|k| (k as f64).powf(-self.zipf_exponent))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        weights.iter().map(|w| w / total).collect()
+    }
+
+    /// The titles of `viewers` viewers, drawn in join order from the Zipf
+    /// popularity with a generator seeded by `seed` (the same every run).
+    pub fn draw(&self, viewers: usize) -> Vec<String> {
+        let popularity = self.popularity();
+        let mut rng = SplitMix64(self.seed);
+        (0..viewers)
+            .map(|_| {
+                let u = rng.unit();
+                let mut cumulative = 0.0;
+                let rank = popularity
+                    .iter()
+                    .position(|p| {
+                        cumulative += p;
+                        u < cumulative
+                    })
+                    // Rounding can leave u just above the last sum.
+                    .unwrap_or(popularity.len().saturating_sub(1));
+                Self::title(rank + 1)
+            })
+            .collect()
+    }
+
+    fn check(&self, scenario: &Scenario) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (1..=100).contains(&self.titles),
+            "vod.titles is 1 to 100 (got {})",
+            self.titles
+        );
+        anyhow::ensure!(
+            self.zipf_exponent.is_finite() && (0.0..=10.0).contains(&self.zipf_exponent),
+            "vod.zipf_exponent is 0 to 10 (got {})",
+            self.zipf_exponent
+        );
+        anyhow::ensure!(
+            (1..=1800).contains(&self.segments),
+            "vod.segments is 1 to 1800 (got {})",
+            self.segments
+        );
+        anyhow::ensure!(
+            scenario.churn.leavers == 0,
+            "churn.leavers is not supported with [vod]: VOD viewers watch their title to the end"
+        );
+        Ok(())
+    }
+}
+
+/// SplitMix64: a small generator whose sequence is fixed by its seed (the
+/// title draws must not change with a dependency's version).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// A viewer's emulated access link.
@@ -130,6 +247,7 @@ impl Default for Scenario {
             watch_s: 30.0,
             rendition: "video_720p".into(),
             latency_segments: 3,
+            vod: None,
             locations: vec![
                 location("eu-west", "as64500"),
                 location("eu-west", "as64501"),
@@ -181,11 +299,36 @@ impl Scenario {
                 "times are 0 to 3600 s"
             );
         }
+        if let Some(vod) = &self.vod {
+            vod.check(self)?;
+        }
         Ok(())
     }
 
-    /// Who joins when, watches how long, from where, behaving how.
-    pub fn plan(&self) -> Vec<ViewerPlan> {
+    /// The content the deployment serves.
+    pub fn content(&self) -> Content {
+        match &self.vod {
+            None => Content::Live {
+                renditions: vec![self.rendition.clone()],
+            },
+            Some(vod) => Content::Vod {
+                titles: (1..=vod.titles).map(Vod::title).collect(),
+                rendition: self.rendition.clone(),
+                segments: vod.segments,
+            },
+        }
+    }
+
+    /// Media length of a VOD title (from the sample's segment durations).
+    fn title_length(&self, vod: &Vod) -> anyhow::Result<Duration> {
+        let sample = LoopedRendition::load(&crate::platform::sample_dir().join(&self.rendition))?;
+        let ms: u64 = (0..vod.segments).map(|n| sample.duration_ms(n)).sum();
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// Who joins when, watches what and how long, from where, behaving
+    /// how.
+    pub fn plan(&self) -> anyhow::Result<Vec<ViewerPlan>> {
         let spread = |i: usize, n: usize, window: f64| {
             if n <= 1 {
                 0.0
@@ -195,7 +338,11 @@ impl Scenario {
         };
         let mut plans = Vec::new();
         let total = self.viewers + self.churn.joiners;
-        for index in 0..total {
+        let (titles, title_length) = match &self.vod {
+            Some(vod) => (vod.draw(total), Some(self.title_length(vod)?)),
+            None => (vec![TITLE.to_owned(); total], None),
+        };
+        for (index, title) in titles.into_iter().enumerate() {
             let (join_at, watch) = if index < self.viewers {
                 let leaves = index >= self.viewers - self.churn.leavers;
                 (
@@ -223,13 +370,14 @@ impl Scenario {
             };
             plans.push(ViewerPlan {
                 account: format!("viewer-{index:03}"),
+                title,
                 join_at: Duration::from_secs_f64(join_at),
-                watch: Duration::from_secs_f64(watch),
+                watch: title_length.unwrap_or(Duration::from_secs_f64(watch)),
                 location: self.locations[index % self.locations.len()].clone(),
                 role,
             });
         }
-        plans
+        Ok(plans)
     }
 }
 
@@ -250,6 +398,8 @@ pub enum Role {
 pub struct ViewerPlan {
     /// Its account.
     pub account: String,
+    /// The title it watches.
+    pub title: String,
     /// When it joins, after the crowd started.
     pub join_at: Duration,
     /// How long it watches.
@@ -326,6 +476,20 @@ pub struct SwarmRun {
     pub peers_banned: u64,
     /// Segments honest viewers rejected (failed verification).
     pub segments_rejected: u64,
+    /// VOD: one row per title, by popularity rank (empty for live).
+    pub titles: Vec<TitleReport>,
+}
+
+/// One title's swarm in a VOD run: the report's fields over its viewers
+/// only, with the swarm's own offload limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct TitleReport {
+    /// The title.
+    pub title: String,
+    /// Its expected share of the viewers (Zipf popularity).
+    pub popularity: f64,
+    /// Its viewers' report (`kind` is the title).
+    pub report: Report,
 }
 
 /// How often the crowd's counters are sampled.
@@ -338,8 +502,7 @@ const VIEWER_SLACK: Duration = Duration::from_secs(90);
 pub async fn run(scenario: &Scenario, p2p: bool) -> anyhow::Result<SwarmRun> {
     scenario.check()?;
     let started = Instant::now();
-    let mut deployment =
-        Deployment::start(std::slice::from_ref(&scenario.rendition), &scenario.seeds).await?;
+    let mut deployment = Deployment::start(&scenario.content(), &scenario.seeds).await?;
     eprintln!(
         "{}: processes up in {:.1} s (logs in {}); dashboard {}",
         scenario.name,
@@ -359,17 +522,17 @@ async fn crowd(
     p2p: bool,
     deployment: &mut Deployment,
 ) -> anyhow::Result<SwarmRun> {
-    // Join an event under way (as the demo does).
+    // Live: join an event under way (as the demo does).
     let needed = scenario.latency_segments + 1;
     let wait_until = Instant::now() + Duration::from_secs(60);
-    while deployment.published() < needed {
+    while scenario.vod.is_none() && deployment.published() < needed {
         anyhow::ensure!(
             Instant::now() < wait_until,
             "the live stream did not reach {needed} segments within 60 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let plans = scenario.plan();
+    let plans = scenario.plan()?;
     let crowd = Arc::new(Mutex::new(Crowd::default()));
     let t0 = Instant::now();
     let mut viewers = Vec::new();
@@ -487,12 +650,35 @@ async fn crowd(
         }
     }
     let duration = t0.elapsed();
-    let limit = demo::offload_limit(
-        &outcomes,
-        &deployment.packaged,
-        &scenario.rendition,
-        scenario.link.upload_bytes_per_second,
-    )?;
+    // One swarm per title: each has its own limit, and the run's is theirs
+    // weighted by the bytes watched in each.
+    let mut swarms = Vec::new();
+    let mut titles = Vec::new();
+    let popularity = scenario.vod.as_ref().map(Vod::popularity);
+    for (rank, title) in scenario.content().titles().iter().enumerate() {
+        let of_title: Vec<ViewerOutcome> = plans
+            .iter()
+            .zip(&outcomes)
+            .filter(|(p, _)| &p.title == title)
+            .map(|(_, o)| o.clone())
+            .collect();
+        let limit = demo::swarm_offload_limit(
+            &of_title,
+            &deployment.packaged,
+            title,
+            &scenario.rendition,
+            scenario.link.upload_bytes_per_second,
+        )?;
+        swarms.push((limit.limit, limit.bytes));
+        if let Some(popularity) = &popularity {
+            titles.push(TitleReport {
+                title: title.clone(),
+                popularity: popularity.get(rank).copied().unwrap_or(0.0),
+                report: demo::report_of(title, p2p, &of_title, duration, limit.limit),
+            });
+        }
+    }
+    let limit = Report::offload_limit_over_swarms(&swarms);
     let report = demo::report_of(&scenario.name, p2p, &outcomes, duration, limit);
     let honest = |o: &&ViewerOutcome| {
         plans
@@ -518,6 +704,7 @@ async fn crowd(
         faults,
         peers_banned,
         segments_rejected,
+        titles,
     })
 }
 
@@ -576,8 +763,9 @@ async fn viewer(
     };
     let failed =
         |e: String| ViewerOutcome::failed_as(plan.account.clone(), plan.location.isp.clone(), e);
+    let buffer_ahead = options.buffer_target;
     let pressed_play = Instant::now();
-    let session = match demo::open_session(options, entitlement).await {
+    let session = match open_session(options, &plan.title, entitlement).await {
         Ok(session) => Arc::new(session),
         Err(e) => {
             trace.left_s = since(t0);
@@ -613,13 +801,19 @@ async fn viewer(
         })
     };
     lock(crowd).watching.push(session.clone());
-    let played = player::play_live(
-        &session,
-        &scenario.rendition,
-        scenario.latency_segments,
-        plan.watch,
-    )
-    .await;
+    let played = if scenario.vod.is_some() {
+        // From the start to the end, keeping as much requested ahead as
+        // the SDK buffers.
+        player::play(&session, &scenario.rendition, buffer_ahead).await
+    } else {
+        player::play_live(
+            &session,
+            &scenario.rendition,
+            scenario.latency_segments,
+            plan.watch,
+        )
+        .await
+    };
     let stats = session.stats();
     {
         let mut crowd = lock(crowd);
@@ -633,7 +827,7 @@ async fn viewer(
             opening,
             report,
             plan.watch,
-            demo::corrupt_bytes(packaged, &scenario.rendition, report),
+            demo::corrupt_bytes_of_title(packaged, &plan.title, &scenario.rendition, report),
         )
         .with_stats(stats),
         Err(e) => failed(e.to_string()).with_stats(stats),
@@ -647,6 +841,18 @@ async fn viewer(
         trace.first_sequence = report.first_sequence;
     }
     (outcome, trace)
+}
+
+/// Opens a viewer's session on `title`.
+async fn open_session(
+    options: loaves_client_sdk::Options,
+    title: &str,
+    entitlement: Vec<u8>,
+) -> anyhow::Result<loaves_client_sdk::Session> {
+    let loaves = loaves_client_sdk::Loaves::builder()
+        .options(options)
+        .build()?;
+    Ok(loaves.open(title, entitlement).await?)
 }
 
 /// Buffer levels over time, from each viewer's deliveries and playback: at
@@ -731,6 +937,64 @@ pub fn report_json(
         fields.insert("segments_rejected".into(), run.segments_rejected.into());
         fields.insert("faults".into(), serde_json::to_value(&run.faults)?);
         fields.insert("samples".into(), serde_json::to_value(&run.samples)?);
+        if !run.titles.is_empty() {
+            fields.insert("titles".into(), serde_json::to_value(&run.titles)?);
+            if let (Some(base), Some(base_fields)) = (
+                baseline,
+                fields.get_mut("baseline").and_then(|b| b.as_object_mut()),
+            ) {
+                base_fields.insert("titles".into(), serde_json::to_value(&base.titles)?);
+            }
+        }
     }
     Ok(json)
+}
+
+/// The per-title rows of a VOD run (with the baseline's rebuffering beside
+/// when there is one); empty for a live run.
+pub fn titles_table(run: &SwarmRun, baseline: Option<&SwarmRun>) -> String {
+    if run.titles.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "{:<8}{:>7}{:>9}{:>10}{:>9}{:>10}{:>10}{:>12}{:>16}\n",
+        "title",
+        "share",
+        "viewers",
+        "MB",
+        "peers",
+        "limit",
+        "of limit",
+        "rebuffer",
+        "cdn-only rebuf."
+    );
+    for row in &run.titles {
+        let r = &row.report;
+        let base = baseline
+            .and_then(|b| b.titles.iter().find(|t| t.title == row.title))
+            .map_or("-".to_owned(), |b| {
+                format!(
+                    "{:.4} ({})",
+                    b.report.rebuffer_ratio, b.report.rebuffer_events
+                )
+            });
+        let of_limit = if r.offload_limit > 0.0 {
+            format!("{:.2}", r.offload_peer / r.offload_limit)
+        } else {
+            "-".to_owned()
+        };
+        out.push_str(&format!(
+            "{:<8}{:>7.3}{:>9}{:>10.1}{:>9.3}{:>10.3}{:>10}{:>12}{:>16}\n",
+            row.title,
+            row.popularity,
+            r.viewers,
+            (r.bytes_peer + r.bytes_seed + r.bytes_cdn) as f64 / 1e6,
+            r.offload_peer,
+            r.offload_limit,
+            of_limit,
+            format!("{:.4} ({})", r.rebuffer_ratio, r.rebuffer_events),
+            base
+        ));
+    }
+    out
 }

@@ -64,6 +64,57 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     bail!("no port free for both TCP and UDP after 20 tries")
 }
 
+/// Runs `program args` (with `envs` added) to its end, its output in
+/// `log_dir/NAME.log`; fails if it fails or runs longer than `timeout`
+/// (then it is killed).
+pub async fn run_to_end(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+    log_dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let log_path = log_dir.join(format!("{name}.log"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let deadline = Instant::now() + timeout;
+    let tail = || {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    };
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for a child")? {
+            if status.success() {
+                return Ok(());
+            }
+            bail!("{name} failed ({status}):\n{}", tail());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{name} did not finish within {} s:\n{}",
+                timeout.as_secs(),
+                tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A running child process, killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
