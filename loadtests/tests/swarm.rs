@@ -266,4 +266,11 @@ fn vod_config_errors_are_clear() {
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     assert!(shares.windows(2).all(|w| w[0] > w[1]), "{shares:?}");
     assert_eq!(vod.draw(40), vod.draw(40));
+    // Over many viewers, each title's share of the draws is its popularity.
+    let draws = vod.draw(100_000);
+    for (rank, share) in shares.iter().enumerate() {
+        let title = format!("vod-{}", rank + 1);
+        let drawn = draws.iter().filter(|t| **t == title).count() as f64 / 1e5;
+        assert!((drawn - share).abs() < 0.01, "{title}: {drawn} vs {share}");
+    }
 }
