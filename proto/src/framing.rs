@@ -112,22 +112,59 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         .map_err(|_| FrameError::Timeout("read"))?
 }
 
+/// Reads the next frame of a long-lived stream: waits up to `idle` for the
+/// frame to start (requests may be far apart), then up to `timeout` for
+/// the rest of it (a peer that starts a frame must finish it promptly).
+/// `Ok(None)` means the stream ended cleanly between frames; running out of
+/// `idle` is [`FrameError::Timeout`]`("idle")`.
+pub async fn read_next_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max_frame_len: usize,
+    idle: Duration,
+    timeout: Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+    let filled = tokio::time::timeout(idle, reader.read(&mut prefix))
+        .await
+        .map_err(|_| FrameError::Timeout("idle"))??;
+    if filled == 0 {
+        return Ok(None);
+    }
+    tokio::time::timeout(timeout, read_rest(reader, prefix, filled, max_frame_len))
+        .await
+        .map_err(|_| FrameError::Timeout("read"))?
+        .map(Some)
+}
+
 async fn read_frame_inner<R: AsyncRead + Unpin>(
     reader: &mut R,
     max_frame_len: usize,
 ) -> Result<Option<Vec<u8>>, FrameError> {
     let mut prefix = [0u8; LENGTH_PREFIX_LEN];
-    let mut filled = 0;
+    let filled = reader.read(&mut prefix).await?;
+    if filled == 0 {
+        return Ok(None);
+    }
+    read_rest(reader, prefix, filled, max_frame_len)
+        .await
+        .map(Some)
+}
+
+/// Completes a frame whose first `filled` (at least one) prefix bytes are
+/// in `prefix`.
+async fn read_rest<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    mut prefix: [u8; LENGTH_PREFIX_LEN],
+    mut filled: usize,
+    max_frame_len: usize,
+) -> Result<Vec<u8>, FrameError> {
     while filled < LENGTH_PREFIX_LEN {
         let read = reader.read(&mut prefix[filled..]).await?;
         if read == 0 {
-            return match filled {
-                0 => Ok(None),
-                _ => Err(FrameError::Truncated {
-                    expected: LENGTH_PREFIX_LEN as u64,
-                    received: filled as u64,
-                }),
-            };
+            return Err(FrameError::Truncated {
+                expected: LENGTH_PREFIX_LEN as u64,
+                received: filled as u64,
+            });
         }
         filled += read;
     }
@@ -145,7 +182,7 @@ async fn read_frame_inner<R: AsyncRead + Unpin>(
         }
         received += read;
     }
-    Ok(Some(payload))
+    Ok(payload)
 }
 
 /// Reads one frame and decodes it as `M`. `Ok(None)` on a clean end of stream.

@@ -1,6 +1,9 @@
-//! A small tracker client over QUIC: hello once, then one stream per
-//! request. The client SDK and the seeds use it; the tracker crate re-exports
-//! it (`tracker::client`) for its integration tests and QUIC benchmark.
+//! A small tracker client over QUIC. A connection opens one bidirectional
+//! stream, the session: the hello first, then every later request on the
+//! same stream, each answered in order by one response (no stream per
+//! request, which is what a tracker request cost most in QUIC). The client
+//! SDK and the seeds use it; the tracker crate re-exports it
+//! (`tracker::client`) for its integration tests and QUIC benchmark.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,9 +95,14 @@ impl ClientEndpoint {
         let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
             .map_err(|_| ClientError::Connect("handshake timed out".into()))??;
+        let timeout = Duration::from_secs(10);
+        let session = tokio::time::timeout(timeout, connection.open_bi())
+            .await
+            .map_err(|_| ClientError::Frame(FrameError::Timeout("open")))??;
         let client = TrackerConnection {
             connection,
-            timeout: Duration::from_secs(10),
+            session: Arc::new(tokio::sync::Mutex::new(Some(session))),
+            timeout,
         };
         client
             .request(&pb::TrackerRequest {
@@ -124,33 +132,61 @@ pub fn client_config(identity: &PeerIdentity) -> Result<quinn::ClientConfig, Cli
     Ok(config)
 }
 
-/// One authenticated connection to a tracker.
+/// One authenticated connection to a tracker. Clones share the connection
+/// and its session stream; their requests take turns.
 #[derive(Debug, Clone)]
 pub struct TrackerConnection {
     connection: quinn::Connection,
+    /// The session stream; `None` once a request failed half-way (the
+    /// stream's framing can no longer be trusted, so the connection is
+    /// closed and the caller reconnects).
+    session: Arc<tokio::sync::Mutex<Option<(quinn::SendStream, quinn::RecvStream)>>>,
     timeout: Duration,
 }
 
+/// Application close code of a client that gave up on its session stream.
+const CLOSE_BROKEN_SESSION: u32 = 2;
+
 impl TrackerConnection {
-    /// Sends one request on a fresh stream and returns the response; an error
-    /// response becomes [`ClientError::Refused`].
+    /// Sends one request on the session stream and returns the response; an
+    /// error response becomes [`ClientError::Refused`]. A request that fails
+    /// half-way (timeout, stream error) closes the connection.
     pub async fn request(
         &self,
         request: &pb::TrackerRequest,
     ) -> Result<pb::TrackerResponse, ClientError> {
-        let (mut send, mut recv) = self.connection.open_bi().await?;
-        framing::write_message(
-            &mut send,
-            request,
-            framing::DEFAULT_MAX_FRAME_LEN,
-            self.timeout,
-        )
-        .await?;
-        let _ = send.finish();
-        let response: pb::TrackerResponse =
-            framing::read_message(&mut recv, MAX_RESPONSE_LEN, self.timeout)
-                .await?
-                .ok_or(ClientError::NoResponse)?;
+        let frame = framing::encode_message(request, framing::DEFAULT_MAX_FRAME_LEN)?;
+        let mut session = self.session.lock().await;
+        let Some((send, recv)) = session.as_mut() else {
+            return Err(ClientError::Connection(
+                self.connection
+                    .close_reason()
+                    .unwrap_or(quinn::ConnectionError::LocallyClosed),
+            ));
+        };
+        let exchange = async {
+            tokio::time::timeout(self.timeout, send.write_chunk(frame.into()))
+                .await
+                .map_err(|_| FrameError::Timeout("write"))?
+                .map_err(|e| FrameError::Io(e.into()))?;
+            framing::read_frame(recv, MAX_RESPONSE_LEN, self.timeout).await
+        };
+        let payload = match exchange.await {
+            Ok(Some(payload)) => payload,
+            Ok(None) => {
+                *session = None;
+                return Err(ClientError::NoResponse);
+            }
+            Err(error) => {
+                *session = None;
+                self.connection
+                    .close(CLOSE_BROKEN_SESSION.into(), b"session stream failed");
+                return Err(error.into());
+            }
+        };
+        drop(session);
+        let response = <pb::TrackerResponse as prost::Message>::decode(payload.as_slice())
+            .map_err(FrameError::Decode)?;
         if let Some(pb::tracker_response::Kind::Error(error)) = &response.kind {
             return Err(ClientError::Refused {
                 code: pb::tracker_error::Code::try_from(error.code)

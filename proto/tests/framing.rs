@@ -8,7 +8,7 @@ use std::time::Duration;
 use cap::Cap;
 use loaves_proto::framing::{
     DEFAULT_MAX_FRAME_LEN, FrameError, decode_frame, encode_frame, read_frame, read_message,
-    write_message,
+    read_next_frame, write_message,
 };
 use loaves_proto::pb;
 use tokio::io::AsyncWriteExt;
@@ -158,4 +158,45 @@ fn sans_io_decoder_needs_whole_frames() {
             max: 16
         })
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn next_frame_waits_idle_then_bounds_the_frame() {
+    let (mut client, mut server) = tokio::io::duplex(64);
+    let idle = Duration::from_secs(100);
+    let timeout = Duration::from_secs(1);
+    // Nothing at all: the idle bound applies.
+    let result = read_next_frame(&mut server, 1024, idle, timeout).await;
+    assert!(
+        matches!(result, Err(FrameError::Timeout("idle"))),
+        "{result:?}"
+    );
+    // A whole frame arrives within the idle bound.
+    let frame = encode_frame(b"ping", 1024).unwrap();
+    client.write_all(&frame).await.unwrap();
+    let payload = read_next_frame(&mut server, 1024, idle, timeout)
+        .await
+        .unwrap();
+    assert_eq!(payload.as_deref(), Some(&b"ping"[..]));
+    // A frame that starts but stalls: the (shorter) frame bound applies.
+    client.write_all(&frame[..6]).await.unwrap();
+    let result = read_next_frame(&mut server, 1024, idle, timeout).await;
+    assert!(
+        matches!(result, Err(FrameError::Timeout("read"))),
+        "{result:?}"
+    );
+    // Too large a prefix is refused at once.
+    let (mut client, mut server) = tokio::io::duplex(64);
+    client.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let result = read_next_frame(&mut server, 1024, idle, timeout).await;
+    assert!(
+        matches!(result, Err(FrameError::TooLarge { .. })),
+        "{result:?}"
+    );
+    // A clean end between frames.
+    drop(client);
+    let (client, mut server) = tokio::io::duplex(64);
+    drop(client);
+    let result = read_next_frame(&mut server, 1024, idle, timeout).await;
+    assert!(matches!(result, Ok(None)), "{result:?}");
 }

@@ -6,10 +6,12 @@
 //! generator run in one process on separate tokio runtimes: the tracker on
 //! `SERVER_THREADS` worker threads, the viewers on one. Each viewer connects
 //! once (TLS 1.3 with its own Ed25519 certificate, hello with a signed
-//! session token), then announces in a loop on a fresh bidirectional stream
-//! per announce, waiting for each reply (like a real client, only without
-//! the 30 s interval). Reports the handshake rate, announces per second and
-//! announce latency percentiles.
+//! session token), then announces in a loop on its session stream, waiting
+//! for each reply (like a real client, only without the 30 s interval).
+//! Reports the handshake rate, announces per second, announce latency
+//! percentiles, and the CPU time each runtime spent per announce (from
+//! `/proc/self/task/*/schedstat`, so it does not depend on how busy the
+//! machine is).
 //!
 //! `LOAVES_BENCH_INFLIGHT=N` (default 256; 0 = no limit) bounds the announces
 //! in flight over all connections together, like a load tester's window:
@@ -38,6 +40,24 @@ const REGIONS: [&str; 3] = ["eu-west", "eu-central", "us-east"];
 const ISPS: [&str; 6] = ["isp-a", "isp-b", "isp-c", "isp-d", "isp-e", "isp-f"];
 const TITLES: usize = 100;
 const CLIENT_ENDPOINTS: usize = 8;
+const TRACKER_THREADS: &str = "bench-tracker";
+const VIEWER_THREADS: &str = "bench-viewers";
+
+/// CPU time so far of this process's threads named `name`, nanoseconds
+/// (0 where /proc is not available).
+fn cpu_ns(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
 
 fn arg(index: usize, default: u64) -> u64 {
     std::env::args()
@@ -71,7 +91,6 @@ fn main() -> anyhow::Result<()> {
         max_connections_per_ip: peers + 10,
         requests_per_second: 1e9,
         request_burst: 1e9,
-        max_streams_per_connection: 4,
         ..FrontEndOptions::default()
     };
     let swarm = SwarmConfig {
@@ -90,6 +109,7 @@ fn main() -> anyhow::Result<()> {
 
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(server_threads)
+        .thread_name(TRACKER_THREADS)
         .enable_all()
         .build()?;
     let tracker_identity = PeerIdentity::new(&SigningKeyPair::generate()?)?;
@@ -126,6 +146,7 @@ fn main() -> anyhow::Result<()> {
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
+        .thread_name(VIEWER_THREADS)
         .enable_all()
         .build()?;
     client_runtime.block_on(async move {
@@ -161,6 +182,7 @@ fn main() -> anyhow::Result<()> {
         // Phase 2: announce in a loop on every connection.
         let window = (inflight > 0).then(|| Arc::new(tokio::sync::Semaphore::new(inflight)));
         let stop = Arc::new(AtomicBool::new(false));
+        let cpu_before = (cpu_ns(TRACKER_THREADS), cpu_ns(VIEWER_THREADS));
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(connections.len());
         let connected = connections.len();
@@ -223,6 +245,8 @@ fn main() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         stop.store(true, Ordering::Relaxed);
+        let cpu_after = (cpu_ns(TRACKER_THREADS), cpu_ns(VIEWER_THREADS));
+        let window_s = started.elapsed().as_secs_f64();
         if let Some(window) = &window {
             window.close();
         }
@@ -236,6 +260,18 @@ fn main() -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort_unstable();
+        // CPU over the announce window (before the stop), per announce
+        // completed in that window (estimated at the average rate).
+        let in_window = (latencies.len() as f64 * window_s / elapsed).max(1.0);
+        let tracker_cpu_s = cpu_after.0.saturating_sub(cpu_before.0) as f64 / 1e9;
+        let viewers_cpu_s = cpu_after.1.saturating_sub(cpu_before.1) as f64 / 1e9;
+        let tracker_us = tracker_cpu_s * 1e6 / in_window;
+        let viewers_us = viewers_cpu_s * 1e6 / in_window;
+        println!(
+            "CPU over {window_s:.1} s: tracker runtime {tracker_cpu_s:.2} s ({:.0}% of a core, {tracker_us:.1} µs per announce), viewers runtime {viewers_cpu_s:.2} s ({:.0}%, {viewers_us:.1} µs per announce)",
+            100.0 * tracker_cpu_s / window_s,
+            100.0 * viewers_cpu_s / window_s,
+        );
         println!(
             "{} announces in {elapsed:.1} s: {:.0} announces/s, {errors} errors; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             latencies.len(),
@@ -246,7 +282,7 @@ fn main() -> anyhow::Result<()> {
             percentile(&latencies, 1.0),
         );
         println!(
-            "RESULT quic viewers={connected} inflight={inflight} server_threads={server_threads} announces_per_s={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors}",
+            "RESULT quic viewers={connected} inflight={inflight} server_threads={server_threads} announces_per_s={:.0} p50_ms={:.2} p99_ms={:.2} errors={errors} tracker_cpu_us_per_announce={tracker_us:.1} viewers_cpu_us_per_announce={viewers_us:.1}",
             latencies.len() as f64 / elapsed,
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),

@@ -1,17 +1,21 @@
 //! The QUIC front end: a thin tokio + quinn driver around the swarm book.
 //!
 //! A connection must be mutually authenticated TLS with a self-signed Ed25519
-//! client certificate ([`loaves_proto::identity`]). Its first bidirectional
-//! stream carries a `TrackerHello` with a session token (viewers) or a seed
-//! credential (seeds); the credential must verify offline and name the
-//! certificate's key. After that, each further bidirectional stream carries
-//! one request (announce, stop, seed registration) answered by one response,
-//! for as long as the connection lives and the credential is valid.
+//! client certificate ([`loaves_proto::identity`]). It carries one
+//! bidirectional stream, the session: first a `TrackerHello` with a session
+//! token (viewers) or a seed credential (seeds), which must verify offline
+//! and name the certificate's key; then, on the same stream, one request
+//! (announce, stop, seed registration) after another, each answered in turn
+//! by one response, for as long as the connection lives and the credential
+//! is valid. One stream for the whole session, rather than one per request,
+//! spares QUIC the stream set-up, teardown and credit of every announce.
 //!
 //! Bounds: a global connection cap and a per-address cap (checked before the
-//! handshake), a per-connection cap on concurrent streams (QUIC flow
-//! control) and a token-bucket request rate; every frame is size-limited and
-//! every read and write has a timeout. Core state sits behind one mutex: each
+//! handshake), one stream per connection (QUIC stream limit), a token-bucket
+//! request rate per connection (a client that keeps going far past it is
+//! disconnected); every frame is size-limited, the wait for the next request
+//! is bounded by the idle timeout and the rest of a started frame, like
+//! every write, by the I/O timeout. Core state sits behind one mutex: each
 //! request holds it for microseconds.
 
 use std::collections::HashMap;
@@ -53,16 +57,16 @@ pub struct FrontEndOptions {
     pub max_frame_len: usize,
     /// Time allowed for the hello after the handshake, milliseconds.
     pub hello_timeout_ms: u64,
-    /// Time allowed to read one request or write one response, milliseconds.
+    /// Time allowed to finish reading a request once it has started, or to
+    /// write one response, milliseconds.
     pub io_timeout_ms: u64,
-    /// Connections idle for this long are closed, milliseconds.
+    /// Connections idle for this long (no packets, or no request on the
+    /// session) are closed, milliseconds.
     pub idle_timeout_ms: u64,
     /// Open connections, all addresses.
     pub max_connections: usize,
     /// Open connections from one IP address.
     pub max_connections_per_ip: usize,
-    /// Concurrent bidirectional streams per connection.
-    pub max_streams_per_connection: u32,
     /// Sustained requests per second per connection.
     pub requests_per_second: f64,
     /// Burst of requests allowed above the sustained rate.
@@ -87,7 +91,6 @@ impl Default for FrontEndOptions {
             idle_timeout_ms: 120_000,
             max_connections: 200_000,
             max_connections_per_ip: 64,
-            max_streams_per_connection: 4,
             requests_per_second: 2.0,
             request_burst: 10.0,
             housekeeping_interval_s: 5,
@@ -175,7 +178,8 @@ pub fn quinn_server_config(
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
-        .max_concurrent_bidi_streams(options.max_streams_per_connection.into())
+        // One stream per connection, the session; a second is never granted.
+        .max_concurrent_bidi_streams(1u8.into())
         .max_concurrent_uni_streams(0u8.into())
         .max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
             options.idle_timeout_ms,
@@ -324,36 +328,47 @@ enum ConnectionEnd {
     Refused(String),
     #[error("hello timed out")]
     HelloTimeout,
-    #[error("stream error: {0}")]
-    Stream(String),
 }
 
-type Streams = (quinn::SendStream, quinn::RecvStream);
+/// Writes one already framed response on the session stream. `write_chunk`
+/// hands the buffer to quinn without another copy.
+async fn write_framed(
+    send: &mut quinn::SendStream,
+    frame: Vec<u8>,
+    options: &FrontEndOptions,
+) -> Result<(), ConnectionEnd> {
+    let timeout = Duration::from_millis(options.io_timeout_ms);
+    tokio::time::timeout(timeout, send.write_chunk(frame.into()))
+        .await
+        .map_err(|_| FrameError::Timeout("write"))?
+        .map_err(|e| FrameError::Io(e.into()))?;
+    Ok(())
+}
 
 async fn respond(
     send: &mut quinn::SendStream,
     response: &pb::TrackerResponse,
     options: &FrontEndOptions,
 ) -> Result<(), ConnectionEnd> {
-    let timeout = Duration::from_millis(options.io_timeout_ms);
-    framing::write_message(send, response, options.max_frame_len, timeout).await?;
-    send.finish()
-        .map_err(|e| ConnectionEnd::Stream(e.to_string()))?;
-    Ok(())
+    let frame = framing::encode_message(response, options.max_frame_len)?;
+    write_framed(send, frame, options).await
 }
 
-async fn respond_raw(
+/// Sends a last response, gives it a moment to leave, closes the connection.
+async fn respond_and_close(
+    connection: &quinn::Connection,
     send: &mut quinn::SendStream,
-    response: &[u8],
+    response: &pb::TrackerResponse,
     options: &FrontEndOptions,
-) -> Result<(), ConnectionEnd> {
-    let timeout = Duration::from_millis(options.io_timeout_ms);
-    // Replies are bounded by the reply size caps; allow them a larger frame
-    // than requests (a full reply with bitmaps can exceed 64 KiB).
-    framing::write_frame(send, response, options.max_frame_len * 4, timeout).await?;
-    send.finish()
-        .map_err(|e| ConnectionEnd::Stream(e.to_string()))?;
-    Ok(())
+    code: u32,
+    reason: &[u8],
+) {
+    let _ = respond(send, response, options).await;
+    // The session stream stays open, so wait for the peer to have the bytes
+    // (acknowledged) rather than for a stop; bounded either way.
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    connection.close(code.into(), reason);
 }
 
 async fn handle_connection(
@@ -379,9 +394,9 @@ async fn handle_connection(
         }
     };
 
-    // Hello on the first stream.
+    // The session stream: the hello first, then every request in turn.
     let hello_deadline = Duration::from_millis(options.hello_timeout_ms);
-    let (mut send, mut recv): Streams =
+    let (mut send, mut recv) =
         match tokio::time::timeout(hello_deadline, connection.accept_bi()).await {
             Ok(streams) => streams?,
             Err(_) => {
@@ -401,13 +416,15 @@ async fn handle_connection(
                 .rejected_tokens
                 .with_label_values(&["missing"])
                 .inc();
-            let _ = respond(
+            respond_and_close(
+                connection,
                 &mut send,
                 &error_response(pb::tracker_error::Code::Unauthenticated, "hello expected"),
                 options,
+                close_code::UNAUTHENTICATED,
+                b"hello expected",
             )
             .await;
-            connection.close(close_code::UNAUTHENTICATED.into(), b"hello expected");
             return Err(ConnectionEnd::Refused("no hello".into()));
         }
     };
@@ -423,18 +440,15 @@ async fn handle_connection(
                     .rejected_tokens
                     .with_label_values(&[error.reason()])
                     .inc();
-                let _ = respond(
+                respond_and_close(
+                    connection,
                     &mut send,
                     &error_response(pb::tracker_error::Code::Unauthenticated, error.reason()),
                     options,
+                    close_code::UNAUTHENTICATED,
+                    error.reason().as_bytes(),
                 )
                 .await;
-                // Give the error frame a moment to leave before closing.
-                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-                connection.close(
-                    close_code::UNAUTHENTICATED.into(),
-                    error.reason().as_bytes(),
-                );
                 return Err(ConnectionEnd::Refused(error.to_string()));
             }
         };
@@ -451,53 +465,85 @@ async fn handle_connection(
         last_report: None,
         bucket: TokenBucket::new(options.request_burst, options.requests_per_second),
     };
+    let idle = Duration::from_millis(options.idle_timeout_ms);
+    let timeout = Duration::from_millis(options.io_timeout_ms);
     loop {
-        let (mut send, mut recv) = connection.accept_bi().await?;
+        let frame =
+            match framing::read_next_frame(&mut recv, options.max_frame_len, idle, timeout).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    // The client ended its session.
+                    connection.close(close_code::SHUTDOWN.into(), b"session ended");
+                    return Ok(());
+                }
+                Err(FrameError::Timeout("idle")) => {
+                    connection.close(close_code::SHUTDOWN.into(), b"idle");
+                    return Ok(());
+                }
+                Err(error) => {
+                    // Too large, truncated, stalled mid-frame or a stream error:
+                    // the frame boundaries are lost, so the session is over.
+                    shared
+                        .metrics
+                        .requests
+                        .with_label_values(&["any", "malformed"])
+                        .inc();
+                    respond_and_close(
+                        connection,
+                        &mut send,
+                        &error_response(pb::tracker_error::Code::Malformed, &error.to_string()),
+                        options,
+                        close_code::PROTOCOL,
+                        b"bad frame",
+                    )
+                    .await;
+                    return Err(error.into());
+                }
+            };
         if !state.bucket.take(Instant::now()) {
             shared
                 .metrics
                 .requests
                 .with_label_values(&["any", "rate_limited"])
                 .inc();
-            let _ = respond(
+            if state.bucket.abusive() {
+                respond_and_close(
+                    connection,
+                    &mut send,
+                    &error_response(pb::tracker_error::Code::RateLimited, "rate limited"),
+                    options,
+                    close_code::RATE_LIMITED,
+                    b"rate limited",
+                )
+                .await;
+                return Ok(());
+            }
+            respond(
                 &mut send,
                 &error_response(pb::tracker_error::Code::RateLimited, "slow down"),
                 options,
             )
-            .await;
-            if state.bucket.abusive() {
-                connection.close(close_code::RATE_LIMITED.into(), b"rate limited");
-                return Ok(());
-            }
+            .await?;
             continue;
         }
-        let timeout = Duration::from_millis(options.io_timeout_ms);
-        let request: pb::TrackerRequest =
-            match framing::read_message(&mut recv, options.max_frame_len, timeout).await {
-                Ok(Some(request)) => request,
-                Ok(None) => continue,
-                Err(error) => {
-                    shared
-                        .metrics
-                        .requests
-                        .with_label_values(&["any", "malformed"])
-                        .inc();
-                    let _ = respond(
-                        &mut send,
-                        &error_response(pb::tracker_error::Code::Malformed, &error.to_string()),
-                        options,
-                    )
-                    .await;
-                    if matches!(error, FrameError::TooLarge { .. } | FrameError::Timeout(_)) {
-                        // Let the error frame reach the peer, then close.
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-                        connection.close(close_code::PROTOCOL.into(), b"bad frame");
-                        return Err(error.into());
-                    }
-                    continue;
-                }
-            };
+        let request = match <pb::TrackerRequest as prost::Message>::decode(frame.as_slice()) {
+            Ok(request) => request,
+            Err(error) => {
+                // The frame was whole: answer and carry on with the next.
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["any", "malformed"])
+                    .inc();
+                respond(
+                    &mut send,
+                    &error_response(pb::tracker_error::Code::Malformed, &error.to_string()),
+                    options,
+                )
+                .await?;
+                continue;
+            }
+        };
         let started = std::time::Instant::now();
         let outcome = handle_request(shared, &mut state, request, UnixSeconds::now());
         shared
@@ -505,12 +551,32 @@ async fn handle_connection(
             .request_seconds
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Reply::Raw(bytes) => respond_raw(&mut send, &bytes, options).await?,
+            Reply::Framed(frame) => {
+                // Replies are bounded by the reply size caps; allow them a
+                // larger frame than requests (a full reply with bitmaps can
+                // exceed 64 KiB).
+                let max = options.max_frame_len.saturating_mul(4);
+                let len = frame.len().saturating_sub(framing::LENGTH_PREFIX_LEN);
+                if len > max {
+                    return Err(FrameError::TooLarge {
+                        claimed: len as u64,
+                        max,
+                    }
+                    .into());
+                }
+                write_framed(&mut send, frame, options).await?;
+            }
             Reply::Message(message) => respond(&mut send, &message, options).await?,
             Reply::Close(message) => {
-                let _ = respond(&mut send, &message, options).await;
-                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-                connection.close(close_code::UNAUTHENTICATED.into(), b"credential expired");
+                respond_and_close(
+                    connection,
+                    &mut send,
+                    &message,
+                    options,
+                    close_code::UNAUTHENTICATED,
+                    b"credential expired",
+                )
+                .await;
                 return Ok(());
             }
         }
@@ -568,8 +634,8 @@ impl TokenBucket {
 }
 
 enum Reply {
-    /// An encoded `TrackerResponse`.
-    Raw(Vec<u8>),
+    /// An encoded `TrackerResponse`, already framed.
+    Framed(Vec<u8>),
     Message(pb::TrackerResponse),
     /// Send this and close the connection.
     Close(pb::TrackerResponse),
@@ -636,7 +702,7 @@ fn handle_request(
                     }
                     (
                         "announce",
-                        Reply::Raw(wire::announce_response(&outcome.reply)),
+                        Reply::Framed(wire::announce_response_frame(&outcome.reply)),
                     )
                 }
                 Err(error) => ("announce", Reply::Message(core_error_response(&error))),
@@ -707,7 +773,7 @@ fn handle_request(
 
 fn finish(metrics: &Metrics, kind: &str, reply: Reply) -> Reply {
     let result = match &reply {
-        Reply::Raw(_) => "ok",
+        Reply::Framed(_) => "ok",
         Reply::Message(message) | Reply::Close(message) => match &message.kind {
             Some(pb::tracker_response::Kind::Error(error)) => {
                 match pb::tracker_error::Code::try_from(error.code) {

@@ -120,6 +120,19 @@ pub fn announce_response(reply_body: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// [`announce_response`] as one length-prefixed frame of
+/// `loaves_proto::framing`, built in a single buffer (the reply is copied
+/// once, here, and handed to the QUIC stream as is).
+pub fn announce_response_frame(reply_body: &[u8]) -> Vec<u8> {
+    let payload_len = 1 + varint_len(reply_body.len() as u64) + reply_body.len();
+    let mut buf = Vec::with_capacity(loaves_proto::framing::LENGTH_PREFIX_LEN + payload_len);
+    // Replies are bounded far below 4 GiB by the reply size caps; the
+    // caller checks the frame against its limit.
+    buf.extend_from_slice(&u32::try_from(payload_len).unwrap_or(u32::MAX).to_be_bytes());
+    put_always_bytes_field(&mut buf, 2, reply_body);
+    buf
+}
+
 /// Decodes an encoded announce reply body (for tests and clients).
 pub fn decode_reply(body: &[u8]) -> Result<pb::AnnounceReply, prost::DecodeError> {
     prost::Message::decode(body)
@@ -170,6 +183,13 @@ mod tests {
         };
         assert_eq!(ours, expected.encode_to_vec());
         let response = pb::TrackerResponse::decode(announce_response(&[]).as_slice()).unwrap();
+        let body = ours.repeat(3);
+        let frame = announce_response_frame(&body);
+        let (payload, used) = loaves_proto::framing::decode_frame(&frame, 1 << 20)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, frame.len());
+        assert_eq!(payload, announce_response(&body).as_slice());
         assert!(matches!(
             response.kind,
             Some(pb::tracker_response::Kind::Announce(_))

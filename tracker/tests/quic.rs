@@ -426,27 +426,161 @@ async fn oversized_frames_and_floods_are_bounded() {
         Some(1.0)
     );
 
-    // A frame claiming 1 MiB: refused before allocation, connection closed.
-    let (mut send, mut recv) = _second.quic().open_bi().await.unwrap();
-    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
-    send.write_all(&[0u8; 64]).await.unwrap();
-    let response: Option<pb::TrackerResponse> =
-        loaves_proto::framing::read_message(&mut recv, 64 * 1024, Duration::from_secs(5))
-            .await
-            .unwrap();
-    match response.and_then(|r| r.kind) {
-        Some(pb::tracker_response::Kind::Error(error)) => {
-            assert_eq!(error.code, pb::tracker_error::Code::Malformed as i32);
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-    let closed = tokio::time::timeout(Duration::from_secs(5), _second.quic().closed())
+    tracker.running.shutdown().await;
+}
+
+fn announce_request(title: &str) -> Vec<u8> {
+    prost::Message::encode_to_vec(&pb::TrackerRequest {
+        kind: Some(pb::tracker_request::Kind::Announce(announce(
+            title, "720p", 5000,
+        ))),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_on_the_session_stream_are_answered_or_end_it() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+
+    // An announce before any hello: unauthenticated, and the end.
+    let mut session = RawSession::without_hello(&tracker, &viewer).await;
+    session.write(&announce_request("film")).await;
+    assert_eq!(
+        session.error_code().await,
+        pb::tracker_error::Code::Unauthenticated
+    );
+    assert_eq!(
+        session.closed_with().await,
+        u64::from(tracker::server::close_code::UNAUTHENTICATED)
+    );
+
+    // A whole frame that is not a request: an error, and the session goes on.
+    let mut session = RawSession::open(&tracker, &viewer, "film").await;
+    session.write(&[0xff; 40]).await;
+    assert_eq!(
+        session.error_code().await,
+        pb::tracker_error::Code::Malformed
+    );
+    // A second hello is not a request either.
+    let hello = prost::Message::encode_to_vec(&pb::TrackerRequest {
+        kind: Some(pb::tracker_request::Kind::Hello(viewer.hello("film"))),
+    });
+    session.write(&hello).await;
+    assert_eq!(
+        session.error_code().await,
+        pb::tracker_error::Code::Malformed
+    );
+    // An announce for a title the token does not cover.
+    session.write(&announce_request("other-film")).await;
+    assert_eq!(
+        session.error_code().await,
+        pb::tracker_error::Code::Forbidden
+    );
+    // A good announce on the same stream still works.
+    session.write(&announce_request("film")).await;
+    assert!(matches!(
+        session.response().await.and_then(|r| r.kind),
+        Some(pb::tracker_response::Kind::Announce(_))
+    ));
+
+    // A frame claiming 1 MiB: refused before allocation, session closed.
+    session.write_raw(&(1u32 << 20).to_be_bytes()).await;
+    session.write_raw(&[0u8; 64]).await;
+    assert_eq!(
+        session.error_code().await,
+        pb::tracker_error::Code::Malformed
+    );
+    assert_eq!(
+        session.closed_with().await,
+        u64::from(tracker::server::close_code::PROTOCOL)
+    );
+    // Nothing of it was left in the book but the good announce.
+    assert_eq!(tracker.running.shared.with_book(|b| b.total_peers()), 1);
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_frames_and_idle_sessions_are_closed() {
+    let options = FrontEndOptions {
+        io_timeout_ms: 200,
+        idle_timeout_ms: 1_000,
+        ..FrontEndOptions::default()
+    };
+    let tracker = TestTracker::start(options).await;
+    let viewer = Viewer::new("eu", "isp-a");
+
+    // A frame that starts and never finishes: an error, then the close.
+    let mut session = RawSession::open(&tracker, &viewer, "film").await;
+    let request = announce_request("film");
+    let frame = loaves_proto::framing::encode_frame(&request, 1 << 16).unwrap();
+    session.write_raw(&frame[..frame.len() / 2]).await;
+    assert_eq!(
+        session.error_code().await,
+        pb::tracker_error::Code::Malformed
+    );
+    assert_eq!(
+        session.closed_with().await,
+        u64::from(tracker::server::close_code::PROTOCOL)
+    );
+
+    // A session that says nothing after its hello is closed as idle (the
+    // keep-alives of the stock client do not count as requests).
+    let quiet = viewer.connect(&tracker, "film").await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), quiet.quic().closed())
         .await
         .unwrap();
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+            close.error_code.into_inner(),
+            u64::from(tracker::server::close_code::SHUTDOWN)
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+    // The stock client reports the closed connection, it does not hang.
     assert!(matches!(
-        closed,
-        quinn::ConnectionError::ApplicationClosed(_)
+        quiet.announce(announce("film", "720p", 5000)).await,
+        Err(ClientError::Connection(_) | ClientError::Frame(_))
     ));
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_ignores_the_rate_limit_is_disconnected() {
+    let options = FrontEndOptions {
+        request_burst: 3.0,
+        requests_per_second: 0.01,
+        ..FrontEndOptions::default()
+    };
+    let tracker = TestTracker::start(options).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let mut session = RawSession::open(&tracker, &viewer, "film").await;
+    // 200 announces back to back without waiting for the answers.
+    let request = announce_request("film");
+    let frame = loaves_proto::framing::encode_frame(&request, 1 << 16).unwrap();
+    let flood: Vec<u8> = frame.repeat(200);
+    session.write_raw(&flood).await;
+    let mut answers = Vec::new();
+    while let Some(response) = session.response().await {
+        answers.push(response.kind);
+        assert!(answers.len() <= 200);
+    }
+    // The burst passes, then refusals, then the tracker hangs up long before
+    // the 200th.
+    assert!(
+        answers[..3]
+            .iter()
+            .all(|a| matches!(a, Some(pb::tracker_response::Kind::Announce(_))))
+    );
+    assert!(answers[3..].iter().all(|a| matches!(
+        a,
+        Some(pb::tracker_response::Kind::Error(e))
+            if e.code == pb::tracker_error::Code::RateLimited as i32
+    )));
+    assert!(answers.len() < 100, "{} answers", answers.len());
+    assert_eq!(
+        session.closed_with().await,
+        u64::from(tracker::server::close_code::RATE_LIMITED)
+    );
     tracker.running.shutdown().await;
 }
 

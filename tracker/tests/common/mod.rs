@@ -176,6 +176,94 @@ impl Viewer {
     }
 }
 
+/// A session opened by hand, for writing frames the client never would:
+/// the QUIC connection and its session stream, hello already acknowledged.
+pub struct RawSession {
+    pub endpoint: quinn::Endpoint,
+    pub connection: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl RawSession {
+    pub async fn open(tracker: &TestTracker, viewer: &Viewer, title: &str) -> Self {
+        let mut session = Self::without_hello(tracker, viewer).await;
+        let hello = pb::TrackerRequest {
+            kind: Some(pb::tracker_request::Kind::Hello(viewer.hello(title))),
+        };
+        session.write(&prost::Message::encode_to_vec(&hello)).await;
+        assert!(matches!(
+            session.response().await.and_then(|r| r.kind),
+            Some(pb::tracker_response::Kind::Ack(_))
+        ));
+        session
+    }
+
+    /// Connected, the session stream open, nothing sent yet.
+    pub async fn without_hello(tracker: &TestTracker, viewer: &Viewer) -> Self {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = tracker::client::client_config(&viewer.identity).unwrap();
+        let connection = endpoint
+            .connect_with(config, tracker.addr(), loaves_proto::identity::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = connection.open_bi().await.unwrap();
+        Self {
+            endpoint,
+            connection,
+            send,
+            recv,
+        }
+    }
+
+    /// Writes `payload` as one frame.
+    pub async fn write(&mut self, payload: &[u8]) {
+        let frame = loaves_proto::framing::encode_frame(payload, u32::MAX as usize).unwrap();
+        self.send.write_all(&frame).await.unwrap();
+    }
+
+    /// Writes raw bytes (a frame's pieces, a lying prefix).
+    pub async fn write_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    /// The next response; `None` when the stream ended or failed.
+    pub async fn response(&mut self) -> Option<pb::TrackerResponse> {
+        loaves_proto::framing::read_message(
+            &mut self.recv,
+            1 << 20,
+            std::time::Duration::from_secs(10),
+        )
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// The error code of the next response (panics on anything else).
+    pub async fn error_code(&mut self) -> pb::tracker_error::Code {
+        match self.response().await.and_then(|r| r.kind) {
+            Some(pb::tracker_response::Kind::Error(error)) => {
+                pb::tracker_error::Code::try_from(error.code).unwrap()
+            }
+            other => panic!("expected an error response, got {other:?}"),
+        }
+    }
+
+    /// Waits (bounded) for the tracker to close the connection; returns its
+    /// application close code.
+    pub async fn closed_with(&self) -> u64 {
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.connection.closed())
+                .await
+                .expect("the tracker closes the connection");
+        match closed {
+            quinn::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
+            other => panic!("expected an application close, got {other:?}"),
+        }
+    }
+}
+
 pub fn hello_with(token: Vec<u8>) -> pb::TrackerHello {
     pb::TrackerHello {
         credential: Some(pb::tracker_hello::Credential::SessionToken(token)),
