@@ -435,10 +435,17 @@ async fn recording_tracker() -> (u16, Arc<Mutex<Vec<pb::SeedRegistration>>>) {
                 let key = peerwire::connection_peer_key(&connection).unwrap();
                 let timeout = Duration::from_secs(5);
                 let mut hello = false;
-                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-                    let Ok(Some(request)) =
-                        framing::read_message::<pb::TrackerRequest, _>(&mut recv, 65536, timeout)
-                            .await
+                // The session stream: the hello, then each registration.
+                let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+                    return;
+                };
+                loop {
+                    let Ok(Some(request)) = framing::read_message::<pb::TrackerRequest, _>(
+                        &mut recv,
+                        65536,
+                        Duration::from_secs(120),
+                    )
+                    .await
                     else {
                         return;
                     };
@@ -460,8 +467,12 @@ async fn recording_tracker() -> (u16, Arc<Mutex<Vec<pb::SeedRegistration>>>) {
                     let ack = pb::TrackerResponse {
                         kind: Some(pb::tracker_response::Kind::Ack(pb::Ack { interval_s: 1 })),
                     };
-                    let _ = framing::write_message(&mut send, &ack, 65536, timeout).await;
-                    let _ = send.finish();
+                    if framing::write_message(&mut send, &ack, 65536, timeout)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
             });
         }

@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Registration with a tracker over QUIC (ALPN loaves-tracker/1): a minimal
+//! Registration with a tracker over QUIC (ALPN loaves-tracker/2): a minimal
 //! tracker here checks the seed's credential against its certificate and
 //! records the registrations, which must repeat on the interval.
 
@@ -34,12 +34,18 @@ async fn fake_tracker() -> (std::net::SocketAddr, Registrations) {
                 let key = peerwire::connection_peer_key(&connection).unwrap();
                 let timeout = Duration::from_secs(5);
                 let mut hello_seen = false;
-                while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-                    let request: pb::TrackerRequest =
-                        framing::read_message(&mut recv, 65536, timeout)
-                            .await
-                            .unwrap()
-                            .unwrap();
+                // The session stream: the hello, then each registration.
+                let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+                    return;
+                };
+                // Ends when the seed closes the connection.
+                while let Ok(Some(request)) = framing::read_message::<pb::TrackerRequest, _>(
+                    &mut recv,
+                    65536,
+                    Duration::from_secs(120),
+                )
+                .await
+                {
                     match request.kind {
                         Some(pb::tracker_request::Kind::Hello(hello)) => {
                             let Some(pb::tracker_hello::Credential::SeedCredential(bytes)) =
@@ -67,7 +73,6 @@ async fn fake_tracker() -> (std::net::SocketAddr, Registrations) {
                     framing::write_message(&mut send, &ack, 65536, timeout)
                         .await
                         .unwrap();
-                    let _ = send.finish();
                 }
             });
         }

@@ -57,8 +57,10 @@ pub mod pb {
 
 /// ALPN of the peer wire protocol (viewers and seeds).
 pub const ALPN_PEER: &[u8] = b"loaves-peer/1";
-/// ALPN of the tracker protocol.
-pub const ALPN_TRACKER: &[u8] = b"loaves-tracker/1";
+/// ALPN of the tracker protocol. Version 2: one session stream per
+/// connection (version 1 opened a stream per request); a client of the
+/// other version fails at the handshake, not at its first announce.
+pub const ALPN_TRACKER: &[u8] = b"loaves-tracker/2";
 
 /// A point in time as whole seconds since the Unix epoch.
 ///

@@ -68,6 +68,20 @@ fn arg(index: usize, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Datagrams sent and received, ACK frames sent and received, summed over
+/// `connections`.
+fn packets(connections: &[quinn::Connection]) -> [u64; 4] {
+    connections.iter().fold([0; 4], |sum, c| {
+        let stats = c.stats();
+        [
+            sum[0] + stats.udp_tx.datagrams,
+            sum[1] + stats.udp_rx.datagrams,
+            sum[2] + stats.frame_tx.acks,
+            sum[3] + stats.frame_rx.acks,
+        ]
+    })
+}
+
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -186,6 +200,8 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let mut tasks = Vec::with_capacity(connections.len());
         let connected = connections.len();
+        let quics: Vec<quinn::Connection> = connections.iter().map(|(c, _)| c.quic().clone()).collect();
+        let packets_before = packets(&quics);
         for (connection, i) in connections {
             let stop = stop.clone();
             let window = window.clone();
@@ -246,6 +262,7 @@ fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         stop.store(true, Ordering::Relaxed);
         let cpu_after = (cpu_ns(TRACKER_THREADS), cpu_ns(VIEWER_THREADS));
+        let packets_after = packets(&quics);
         let window_s = started.elapsed().as_secs_f64();
         if let Some(window) = &window {
             window.close();
@@ -271,6 +288,14 @@ fn main() -> anyhow::Result<()> {
             "CPU over {window_s:.1} s: tracker runtime {tracker_cpu_s:.2} s ({:.0}% of a core, {tracker_us:.1} µs per announce), viewers runtime {viewers_cpu_s:.2} s ({:.0}%, {viewers_us:.1} µs per announce)",
             100.0 * tracker_cpu_s / window_s,
             100.0 * viewers_cpu_s / window_s,
+        );
+        let per = |after: u64, before: u64| after.saturating_sub(before) as f64 / in_window;
+        println!(
+            "per announce, viewer side: {:.2} datagrams sent, {:.2} received, {:.2} ACK frames sent, {:.2} received",
+            per(packets_after[0], packets_before[0]),
+            per(packets_after[1], packets_before[1]),
+            per(packets_after[2], packets_before[2]),
+            per(packets_after[3], packets_before[3]),
         );
         println!(
             "{} announces in {elapsed:.1} s: {:.0} announces/s, {errors} errors; latency p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

@@ -2,9 +2,9 @@
 //!
 //! The transport is behind [`Registrar`], so tests (or another tracker
 //! client) can replace it; [`QuicRegistrar`] speaks the tracker protocol
-//! (ALPN `loaves-tracker/1`): one hello with the seed credential, then one
-//! stream per `SeedRegistration`, answered by an `Ack` carrying the
-//! interval. Titles map to tracker shards by rendezvous hashing
+//! (ALPN `loaves-tracker/2`): one hello with the seed credential, then each
+//! `SeedRegistration` on the same session stream, answered by an `Ack`
+//! carrying the interval. Titles map to tracker shards by rendezvous hashing
 //! ([`loaves_proto::shard::ShardMap`]), the tracker's own rule.
 //!
 //! A tracker address is the shard's name, `host:port`: an IP literal or a
