@@ -60,8 +60,9 @@ pub struct FrontEndOptions {
     /// Time allowed to finish reading a request once it has started, or to
     /// write one response, milliseconds.
     pub io_timeout_ms: u64,
-    /// Connections idle for this long (no packets, or no request on the
-    /// session) are closed, milliseconds.
+    /// Connections without a request for this long are closed,
+    /// milliseconds (QUIC's own idle timeout, for peers that send no
+    /// packets at all, is twice this).
     pub idle_timeout_ms: u64,
     /// Open connections, all addresses.
     pub max_connections: usize,
@@ -181,8 +182,11 @@ pub fn quinn_server_config(
         // One stream per connection, the session; a second is never granted.
         .max_concurrent_bidi_streams(1u8.into())
         .max_concurrent_uni_streams(0u8.into())
+        // The session closes itself after `idle_timeout_ms` without a
+        // request, with a reason; QUIC's own idle timeout (no packets at
+        // all) is a backstop behind it, twice as long so the two never race.
         .max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
-            options.idle_timeout_ms,
+            options.idle_timeout_ms.saturating_mul(2),
         ))?));
     config.transport_config(Arc::new(transport));
     Ok(config)
