@@ -157,7 +157,14 @@ impl TrackerConnection {
     ) -> Result<pb::TrackerResponse, ClientError> {
         let frame = framing::encode_message(request, framing::DEFAULT_MAX_FRAME_LEN)?;
         let mut session = self.session.lock().await;
-        let Some((send, recv)) = session.as_mut() else {
+        // The stream is taken out for the exchange and put back only once its
+        // response has been read whole: if this future is dropped half-way
+        // (a caller's timeout or shutdown), the stream stays gone, so a later
+        // request cannot read this request's late response as its own.
+        let Some((mut send, mut recv)) = session.take() else {
+            // A failed or abandoned exchange: the connection is of no more use.
+            self.connection
+                .close(CLOSE_BROKEN_SESSION.into(), b"session stream abandoned");
             return Err(ClientError::Connection(
                 self.connection
                     .close_reason()
@@ -169,21 +176,18 @@ impl TrackerConnection {
                 .await
                 .map_err(|_| FrameError::Timeout("write"))?
                 .map_err(|e| FrameError::Io(e.into()))?;
-            framing::read_frame(recv, MAX_RESPONSE_LEN, self.timeout).await
+            framing::read_frame(&mut recv, MAX_RESPONSE_LEN, self.timeout).await
         };
         let payload = match exchange.await {
             Ok(Some(payload)) => payload,
-            Ok(None) => {
-                *session = None;
-                return Err(ClientError::NoResponse);
-            }
+            Ok(None) => return Err(ClientError::NoResponse),
             Err(error) => {
-                *session = None;
                 self.connection
                     .close(CLOSE_BROKEN_SESSION.into(), b"session stream failed");
                 return Err(error.into());
             }
         };
+        *session = Some((send, recv));
         drop(session);
         let response = <pb::TrackerResponse as prost::Message>::decode(payload.as_slice())
             .map_err(FrameError::Decode)?;

@@ -39,7 +39,7 @@ async fn several_clients_announce_and_see_each_other_nearest_first() {
         connections.push(connection);
     }
     for (i, (viewer, connection)) in viewers.iter().zip(&connections).enumerate() {
-        // Several announces on one connection, each on its own stream.
+        // Several announces on one connection, in turn on its session stream.
         let reply = connection
             .announce(announce("film", "720p", 5000 + i as u16))
             .await
@@ -581,6 +581,50 @@ async fn a_client_that_ignores_the_rate_limit_is_disconnected() {
         session.closed_with().await,
         u64::from(tracker::server::close_code::RATE_LIMITED)
     );
+    tracker.running.shutdown().await;
+}
+
+/// A request abandoned after it was sent (the caller's timeout) must not
+/// leave its late response on the session stream for the next request to
+/// read as its own: the connection is given up instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_does_not_answer_the_next_one() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+    // Polled once, then dropped: the announce is written, its reply cannot
+    // have arrived yet.
+    let mut abandoned = Box::pin(connection.announce(announce("film", "720p", 5000)));
+    let first_poll = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(abandoned.as_mut(), cx).is_pending())
+    })
+    .await;
+    assert!(first_poll, "the reply came back within one poll");
+    drop(abandoned);
+    // Let the late reply arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Without the guard this would read the abandoned announce's reply.
+    let next = connection
+        .request(&pb::TrackerRequest {
+            kind: Some(pb::tracker_request::Kind::Stop(pb::Stop {
+                swarm: Some(pb::SwarmId {
+                    title: "film".into(),
+                    rendition: "720p".into(),
+                }),
+                stats: None,
+            })),
+        })
+        .await;
+    assert!(
+        matches!(next, Err(ClientError::Connection(_))),
+        "expected the connection to be given up, got {next:?}"
+    );
+    // A new connection works.
+    let fresh = viewer.connect(&tracker, "film").await.unwrap();
+    fresh
+        .announce(announce("film", "720p", 5000))
+        .await
+        .unwrap();
     tracker.running.shutdown().await;
 }
 
