@@ -31,7 +31,7 @@
 
 pub mod policy;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 pub use policy::{AnyPolicy, CdnOnly, Choice, DeadlineFirst, DeadlineFirstThresholds, Policy};
 
@@ -288,7 +288,9 @@ struct Segment {
 #[derive(Debug, Clone)]
 struct Peer {
     info: PeerInfo,
-    holds: std::collections::BTreeSet<u64>,
+    /// Segments it announced, sorted and unique (a small window: binary
+    /// search over a contiguous vector beats a tree here).
+    holds: Holds,
     inflight: u32,
     /// Measured throughput (EWMA), bytes per second.
     throughput: f64,
@@ -363,9 +365,13 @@ pub struct Scheduler<P: Policy> {
     config: SchedulerConfig,
     policy: P,
     segments: BTreeMap<u64, Segment>,
-    peers: HashMap<PeerId, Peer>,
-    banned: std::collections::HashSet<PeerId>,
-    transfers: HashMap<TransferId, Transfer>,
+    /// Ordered by id: candidates are visited in id order (ties in the
+    /// policy's rank keep that order), without sorting on every decision.
+    peers: PeerTable,
+    banned: HashSet<PeerId>,
+    /// Ordered by id, so stall checks and bans visit transfers in a
+    /// replayable order.
+    transfers: BTreeMap<TransferId, Transfer>,
     next_transfer: u64,
     playhead: Option<Playhead>,
     cdn_throughput: f64,
@@ -386,9 +392,9 @@ impl<P: Policy> Scheduler<P> {
             config,
             policy,
             segments: BTreeMap::new(),
-            peers: HashMap::new(),
+            peers: PeerTable::default(),
             banned: Default::default(),
-            transfers: HashMap::new(),
+            transfers: BTreeMap::new(),
             next_transfer: 0,
             playhead: None,
             cdn_throughput,
@@ -447,6 +453,42 @@ impl<P: Policy> Scheduler<P> {
     /// Whether the segment is held (verified) locally.
     pub fn is_held(&self, sequence: u64) -> bool {
         self.segments.get(&sequence).is_some_and(|s| s.held)
+    }
+
+    /// Whether `poll` has anything to look at: a transfer in flight, or a
+    /// segment of the look-ahead window still to be placed. When not,
+    /// `poll` returns no action and changes nothing, so a driver may skip it.
+    pub fn has_work(&self) -> bool {
+        if !self.transfers.is_empty() {
+            return true;
+        }
+        let Some(playhead) = self.playhead else {
+            return false;
+        };
+        let window_end = playhead
+            .sequence
+            .saturating_add(self.config.lookahead_segments);
+        self.segments
+            .range(playhead.sequence..window_end)
+            .any(|(_, s)| !s.held && s.transfer.is_none())
+    }
+
+    /// Whether `sequence` is one `poll` would still place: listed, within
+    /// the look-ahead window, not held and with no transfer in flight. A
+    /// driver may use it to skip polling on news (a HAVE notice) about
+    /// segments that are not.
+    pub fn is_wanted(&self, sequence: u64) -> bool {
+        let Some(playhead) = self.playhead else {
+            return false;
+        };
+        let window_end = playhead
+            .sequence
+            .saturating_add(self.config.lookahead_segments);
+        (playhead.sequence..window_end).contains(&sequence)
+            && self
+                .segments
+                .get(&sequence)
+                .is_some_and(|s| !s.held && s.transfer.is_none())
     }
 
     /// Where the player is: segment `sequence`, `offset_ms` into it, at
@@ -525,7 +567,7 @@ impl<P: Policy> Scheduler<P> {
         {
             segment.holders += 1;
         }
-        state.holds.retain(|&s| s >= floor);
+        state.holds.drop_below(floor);
     }
 
     /// Progress of a transfer: `received` bytes of its range so far.
@@ -643,8 +685,7 @@ impl<P: Policy> Scheduler<P> {
     }
 
     fn check_transfers(&mut self, now: Millis, actions: &mut Vec<Action>) {
-        let mut ids: Vec<TransferId> = self.transfers.keys().copied().collect();
-        ids.sort();
+        let ids: Vec<TransferId> = self.transfers.keys().copied().collect();
         for id in ids {
             let Some(transfer) = self.transfers.get(&id).cloned() else {
                 continue;
@@ -711,12 +752,16 @@ impl<P: Policy> Scheduler<P> {
         let window_end = playhead
             .sequence
             .saturating_add(self.config.lookahead_segments);
-        let mut wanted: Vec<(u64, Millis, u32)> = self
-            .segments
-            .range(playhead.sequence..window_end)
-            .filter(|(_, s)| !s.held && s.transfer.is_none())
-            .filter_map(|(seq, s)| self.deadline(now, *seq).map(|d| (*seq, d, s.holders)))
-            .collect();
+        // One pass over the window: each segment's deadline adds the
+        // durations of the segments before it (as `deadline` does).
+        let mut wanted: Vec<(u64, Millis, u32)> = Vec::new();
+        let mut ahead_ms = 0u64;
+        for (&seq, s) in self.segments.range(playhead.sequence..window_end) {
+            if !s.held && s.transfer.is_none() {
+                wanted.push((seq, self.deadline_after(now, playhead, ahead_ms), s.holders));
+            }
+            ahead_ms += u64::from(s.duration_ms);
+        }
         // Deadline order; for VOD, segments with slack go rarest first.
         let urgent_horizon = now.plus(self.policy.urgent_window_ms());
         wanted.sort_by_key(|&(seq, deadline, holders)| {
@@ -726,11 +771,10 @@ impl<P: Policy> Scheduler<P> {
                 _ => (0, 0, seq),
             }
         });
-        let neighbours = self
-            .peers
-            .values()
-            .filter(|p| p.info.kind == PeerKind::Viewer)
-            .count();
+        if wanted.is_empty() {
+            return;
+        }
+        let neighbours = self.peers.viewers();
         // The tracker's count includes this viewer.
         let swarm_size = neighbours.max(self.reported_swarm_size.unwrap_or(0).saturating_sub(1));
         // Whether this viewer knows its swarm at all: right after joining,
@@ -807,13 +851,17 @@ impl<P: Policy> Scheduler<P> {
     ) -> (Vec<Candidate>, Vec<Candidate>) {
         let mut peers = Vec::new();
         let mut seeds = Vec::new();
-        let mut ids: Vec<&PeerId> = self.peers.keys().collect();
-        ids.sort();
-        for id in ids {
-            let Some(peer) = self.peers.get(id) else {
-                continue;
-            };
+        // `holders` never undercounts (it can overcount after a peer
+        // reconnects), so zero means no viewer can be a candidate.
+        let any_holder = self.segments.get(&sequence).is_some_and(|s| s.holders > 0);
+        for (id, peer) in self.peers.iter() {
             if peer.inflight >= self.config.max_inflight_per_peer {
+                continue;
+            }
+            // Seeds hold every segment; a viewer only what it announced.
+            let is_seed = peer.info.kind == PeerKind::Seed;
+            let offers = is_seed || (any_holder && peer.holds.contains(&sequence));
+            if !offers {
                 continue;
             }
             // Queue: transfers already in flight to this peer share its rate.
@@ -832,10 +880,10 @@ impl<P: Policy> Scheduler<P> {
                 locality: peer.info.locality,
                 projected_finish: now.plus(u64::from(peer.info.rtt_ms) + transfer_ms),
             };
-            match peer.info.kind {
-                PeerKind::Viewer if peer.holds.contains(&sequence) => peers.push(candidate),
-                PeerKind::Seed => seeds.push(candidate),
-                PeerKind::Viewer => {}
+            if is_seed {
+                seeds.push(candidate);
+            } else {
+                peers.push(candidate);
             }
         }
         let rank = |c: &Candidate| self.policy.rank(c);
@@ -957,7 +1005,13 @@ impl<P: Policy> Scheduler<P> {
             .range(playhead.sequence..sequence)
             .map(|(_, s)| u64::from(s.duration_ms))
             .sum();
-        Some(if playhead.playing {
+        Some(self.deadline_after(now, playhead, ahead_ms))
+    }
+
+    /// The deadline of a segment `ahead_ms` of playback past the playhead's
+    /// segment start.
+    fn deadline_after(&self, now: Millis, playhead: Playhead, ahead_ms: u64) -> Millis {
+        if playhead.playing {
             Millis(
                 playhead
                     .at
@@ -967,7 +1021,7 @@ impl<P: Policy> Scheduler<P> {
             )
         } else {
             now.plus(self.config.startup_target_ms).plus(ahead_ms)
-        })
+        }
     }
 
     fn next_random(&mut self) -> f64 {
@@ -979,5 +1033,125 @@ impl<P: Policy> Scheduler<P> {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A sorted set of segment numbers, small and contiguous.
+#[derive(Debug, Clone, Default)]
+struct Holds(Vec<u64>);
+
+impl Holds {
+    fn contains(&self, sequence: &u64) -> bool {
+        self.0.binary_search(sequence).is_ok()
+    }
+
+    /// Adds `sequence`; whether it was new.
+    fn insert(&mut self, sequence: u64) -> bool {
+        match self.0.binary_search(&sequence) {
+            Ok(_) => false,
+            Err(at) => {
+                self.0.insert(at, sequence);
+                true
+            }
+        }
+    }
+
+    /// Removes `sequence`; whether it was there.
+    fn remove(&mut self, sequence: &u64) -> bool {
+        match self.0.binary_search(sequence) {
+            Ok(at) => {
+                self.0.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Forgets every segment before `floor`.
+    fn drop_below(&mut self, floor: u64) {
+        let below = self.0.partition_point(|&s| s < floor);
+        self.0.drain(..below);
+    }
+}
+
+impl IntoIterator for Holds {
+    type Item = u64;
+    type IntoIter = std::vec::IntoIter<u64>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// The peers, sorted by id in two parallel vectors: a few dozen entries,
+/// looked up on every HAVE and walked for every segment decision, so a
+/// binary search over contiguous ids beats a tree or a hashed map.
+#[derive(Debug, Default)]
+struct PeerTable {
+    ids: Vec<PeerId>,
+    peers: Vec<Peer>,
+    /// How many of them are viewers (not seeds).
+    viewers: usize,
+}
+
+impl PeerTable {
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn viewers(&self) -> usize {
+        self.viewers
+    }
+
+    fn contains_key(&self, id: &PeerId) -> bool {
+        self.ids.binary_search(id).is_ok()
+    }
+
+    fn get(&self, id: &PeerId) -> Option<&Peer> {
+        let at = self.ids.binary_search(id).ok()?;
+        self.peers.get(at)
+    }
+
+    fn get_mut(&mut self, id: &PeerId) -> Option<&mut Peer> {
+        let at = self.ids.binary_search(id).ok()?;
+        self.peers.get_mut(at)
+    }
+
+    /// Adds or replaces a peer.
+    fn insert(&mut self, id: PeerId, peer: Peer) {
+        if peer.info.kind == PeerKind::Viewer {
+            self.viewers += 1;
+        }
+        match self.ids.binary_search(&id) {
+            Ok(at) => {
+                let old = std::mem::replace(&mut self.peers[at], peer);
+                if old.info.kind == PeerKind::Viewer {
+                    self.viewers -= 1;
+                }
+            }
+            Err(at) => {
+                self.ids.insert(at, id);
+                self.peers.insert(at, peer);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &PeerId) -> Option<Peer> {
+        let at = self.ids.binary_search(id).ok()?;
+        self.ids.remove(at);
+        let gone = self.peers.remove(at);
+        if gone.info.kind == PeerKind::Viewer {
+            self.viewers -= 1;
+        }
+        Some(gone)
+    }
+
+    fn values(&self) -> std::slice::Iter<'_, Peer> {
+        self.peers.iter()
+    }
+
+    /// In id order.
+    fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
+        self.ids.iter().zip(self.peers.iter())
     }
 }
