@@ -18,7 +18,7 @@
 //! construction; viewers do not leave before the end.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, VecDeque};
 
 use loaves_client_sdk::scheduler::{
     Action, Locality, Millis, Mode, Outcome, PeerId, PeerInfo, PeerKind, Scheduler,
@@ -66,6 +66,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// How often each viewer's player and scheduler run, virtual ms.
     pub tick_ms: u64,
+    /// A viewer's scheduler runs on a neighbour's HAVE of a segment it
+    /// still wants (see `Scheduler::is_wanted`), no sooner than this long
+    /// after its previous run (HAVEs arriving meanwhile are handled
+    /// together), virtual ms. Runs on its own tick and on its own
+    /// completions are not delayed.
+    pub have_poll_interval_ms: u64,
     /// Seconds between tracker announces.
     pub announce_interval_s: u64,
     /// Most neighbours per viewer.
@@ -94,6 +100,7 @@ impl Default for SimConfig {
             policy: "deadline-first".into(),
             seed: 1,
             tick_ms: 500,
+            have_poll_interval_ms: 0,
             announce_interval_s: 15,
             max_peers: 20,
             upload_slots: 4,
@@ -134,10 +141,6 @@ enum Event {
     /// A neighbour's HAVE arrived: run the scheduler (coalesced).
     Poll(u32),
     Announce(u32),
-    TransferDone {
-        slot: u32,
-        version: u64,
-    },
     SeedRegistration,
 }
 
@@ -153,14 +156,12 @@ struct Transfer {
     from: Node,
     to: u32,
     id: TransferId,
+    sequence: u64,
     total: f64,
     done: f64,
     /// Bytes per virtual millisecond.
     rate: f64,
     last_ms: u64,
-    /// Unique across all transfers, so a completion event scheduled for a
-    /// previous occupant of the slot (or an older rate) is recognised as stale.
-    version: u64,
     cross_isp: bool,
 }
 
@@ -187,12 +188,14 @@ struct Viewer {
     up: f64,
     down: f64,
     /// Segments held, with the virtual instant each arrived.
-    held: HashMap<u64, u64>,
+    held: Held,
     neighbours: Vec<u32>,
     uploads: Vec<u32>,
     downloads: Vec<u32>,
     player: Player,
     poll_pending: bool,
+    /// When its scheduler last ran.
+    last_step_ms: u64,
 }
 
 #[derive(Debug)]
@@ -211,8 +214,12 @@ pub struct Simulation {
     swarm: pb::SwarmId,
     transfers: Vec<Option<Transfer>>,
     free_slots: Vec<u32>,
-    by_id: HashMap<(u32, TransferId), u32>,
+    /// One pending completion per transfer in flight.
+    completions: Completions,
+    /// Every other event.
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    /// Reused buffer of transfer slots (re-sharing).
+    scratch: Vec<u32>,
     order: u64,
     now: u64,
     latest_published: Option<u64>,
@@ -277,12 +284,13 @@ impl Simulation {
                 isp: (index % u64::from(config.isps)) as u32,
                 up: bytes_per_ms(config.viewer_upload_bps) * jitter,
                 down: bytes_per_ms(config.viewer_download_bps),
-                held: HashMap::new(),
+                held: Held::default(),
                 neighbours: Vec::new(),
                 uploads: Vec::new(),
                 downloads: Vec::new(),
                 player: Player::default(),
                 poll_pending: false,
+                last_step_ms: 0,
             });
         }
         let seeds = (0..config.seeds)
@@ -308,8 +316,9 @@ impl Simulation {
             seeds,
             transfers: Vec::new(),
             free_slots: Vec::new(),
-            by_id: HashMap::new(),
+            completions: Completions::default(),
             queue: BinaryHeap::new(),
+            scratch: Vec::new(),
             order: 0,
             now: 0,
             latest_published: None,
@@ -340,7 +349,24 @@ impl Simulation {
     /// Runs to the end and returns the report and the engine's counters.
     pub fn run(mut self) -> (Report, EngineStats) {
         let end = self.config.duration_s * 1000;
-        while let Some(Reverse((at, _, event))) = self.queue.pop() {
+        loop {
+            let next_event = self.queue.peek().map(|Reverse((at, _, _))| *at);
+            let next_completion = self.completions.peek();
+            // A completion goes first when it is due at the same instant.
+            if let Some((at, slot)) = next_completion
+                && next_event.is_none_or(|e| at <= e)
+            {
+                if at > end {
+                    break;
+                }
+                self.now = at;
+                self.engine.events += 1;
+                self.transfer_done(slot);
+                continue;
+            }
+            let Some(Reverse((at, _, event))) = self.queue.pop() else {
+                break;
+            };
             if at > end {
                 break;
             }
@@ -355,7 +381,6 @@ impl Simulation {
                     self.step(v);
                 }
                 Event::Announce(v) => self.announce(v),
-                Event::TransferDone { slot, version } => self.transfer_done(slot, version),
                 Event::SeedRegistration => self.register_seeds(),
             }
         }
@@ -438,7 +463,7 @@ impl Simulation {
         let playhead = viewer.player.playhead;
         let mut last = None;
         let mut sequence = playhead;
-        while viewer.held.contains_key(&sequence) {
+        while viewer.held.contains(sequence) {
             last = Some(sequence);
             sequence += 1;
         }
@@ -541,7 +566,7 @@ impl Simulation {
                 // sender's upload.
                 throughput_bytes_per_s: (sender_up * 1000.0 / 4.0) as u64,
             };
-            let held: Vec<u64> = self.viewers[to as usize].held.keys().copied().collect();
+            let held: Vec<u64> = self.viewers[to as usize].held.iter().collect();
             let viewer = &mut self.viewers[from as usize];
             viewer.neighbours.push(to);
             viewer.scheduler.add_peer(PeerId(u64::from(to)), info);
@@ -553,7 +578,10 @@ impl Simulation {
 
     fn tick(&mut self, v: u32) {
         self.advance_player(v);
-        self.step(v);
+        // A poll with nothing in flight and nothing to place does nothing.
+        if self.viewers[v as usize].scheduler.has_work() {
+            self.step(v);
+        }
         self.schedule(self.now + self.config.tick_ms, Event::Tick(v));
     }
 
@@ -568,7 +596,7 @@ impl Simulation {
         let mut elapsed = now.saturating_sub(player.last_tick_ms);
         player.last_tick_ms = now;
         if !player.started {
-            let Some(&arrived) = viewer.held.get(&player.start_sequence) else {
+            let Some(arrived) = viewer.held.get(player.start_sequence) else {
                 return;
             };
             player.started = true;
@@ -593,16 +621,16 @@ impl Simulation {
                     let boundary = now - elapsed;
                     if viewer
                         .held
-                        .get(&player.playhead)
-                        .is_none_or(|&arrived| arrived > boundary)
+                        .get(player.playhead)
+                        .is_none_or(|arrived| arrived > boundary)
                     {
                         player.playing = false;
                         player.rebuffer_events += 1;
                     }
                 }
             } else {
-                match viewer.held.get(&player.playhead) {
-                    Some(&arrived) => {
+                match viewer.held.get(player.playhead) {
+                    Some(arrived) => {
                         let stalled = arrived.saturating_sub(at).min(elapsed);
                         player.rebuffer_ms += stalled;
                         elapsed -= stalled;
@@ -621,15 +649,16 @@ impl Simulation {
                 .scheduler
                 .set_playhead(Millis(now), playhead, offset, playing);
             let floor = playhead.saturating_sub(8);
-            viewer.held.retain(|&s, _| s >= floor);
+            viewer.held.drop_below(floor);
         }
     }
 
     /// Reports progress to `v`'s scheduler, polls it and carries out its actions.
     fn step(&mut self, v: u32) {
         let now = self.now;
-        let downloads = self.viewers[v as usize].downloads.clone();
-        for slot in downloads {
+        self.viewers[v as usize].last_step_ms = now;
+        for i in 0..self.viewers[v as usize].downloads.len() {
+            let slot = self.viewers[v as usize].downloads[i];
             self.settle(slot);
             if let Some(t) = &self.transfers[slot as usize] {
                 let (id, done) = (t.id, t.done as u64);
@@ -653,7 +682,16 @@ impl Simulation {
                     range,
                 } => self.start_transfer(v, transfer, sequence, source, range.len()),
                 Action::Cancel { transfer } => {
-                    if let Some(slot) = self.by_id.get(&(v, transfer)).copied() {
+                    let slot = self.viewers[v as usize]
+                        .downloads
+                        .iter()
+                        .copied()
+                        .find(|&s| {
+                            self.transfers[s as usize]
+                                .as_ref()
+                                .is_some_and(|t| t.id == transfer)
+                        });
+                    if let Some(slot) = slot {
                         self.finish(slot);
                     }
                 }
@@ -683,7 +721,7 @@ impl Simulation {
             let sender = &self.viewers[u as usize];
             // The peer no longer holds it (evicted), or all its upload slots
             // are taken: the request is refused at once.
-            let refusal = if !sender.held.contains_key(&sequence) {
+            let refusal = if !sender.held.contains(sequence) {
                 Some(Outcome::Failed)
             } else if sender.uploads.len() >= self.config.upload_slots {
                 Some(Outcome::Busy)
@@ -707,11 +745,11 @@ impl Simulation {
             from,
             to: v,
             id,
+            sequence,
             total: bytes as f64,
             done: 0.0,
             rate: 0.0,
             last_ms: self.now,
-            version: 0,
             cross_isp,
         };
         let slot = match self.free_slots.pop() {
@@ -725,7 +763,6 @@ impl Simulation {
             }
         };
         self.engine.transfers += 1;
-        self.by_id.insert((v, id), slot);
         self.viewers[v as usize].downloads.push(slot);
         match from {
             Node::Viewer(u) => self.viewers[u as usize].uploads.push(slot),
@@ -748,7 +785,9 @@ impl Simulation {
     /// Recomputes the rates of every transfer sent by `from` or received by
     /// `to`, after the number of transfers at either changed.
     fn reshare(&mut self, from: Node, to: u32) {
-        let mut affected: Vec<u32> = self.viewers[to as usize].downloads.clone();
+        let mut affected = std::mem::take(&mut self.scratch);
+        affected.clear();
+        affected.extend_from_slice(&self.viewers[to as usize].downloads);
         match from {
             Node::Viewer(u) => affected.extend_from_slice(&self.viewers[u as usize].uploads),
             Node::Seed(s) => affected.extend_from_slice(&self.seeds[s as usize].uploads),
@@ -756,7 +795,7 @@ impl Simulation {
         }
         affected.sort_unstable();
         affected.dedup();
-        for slot in affected {
+        for &slot in &affected {
             self.settle(slot);
             let Some(t) = self.transfers[slot as usize].as_ref() else {
                 continue;
@@ -777,14 +816,13 @@ impl Simulation {
             let rate = down.min(up).max(1e-9);
             let remaining = (t.total - t.done).max(0.0);
             let finish = self.now + (remaining / rate).ceil() as u64;
-            self.order += 1;
-            let version = self.order;
             if let Some(t) = self.transfers[slot as usize].as_mut() {
                 t.rate = rate;
-                t.version = version;
             }
-            self.schedule(finish, Event::TransferDone { slot, version });
+            // Moves this transfer's one pending completion.
+            self.completions.set(slot, finish);
         }
+        self.scratch = affected;
     }
 
     /// Removes a transfer (finished or cancelled) and re-shares capacity.
@@ -792,7 +830,7 @@ impl Simulation {
         self.settle(slot);
         let transfer = self.transfers[slot as usize].take()?;
         self.free_slots.push(slot);
-        self.by_id.remove(&(transfer.to, transfer.id));
+        self.completions.remove(slot);
         self.viewers[transfer.to as usize]
             .downloads
             .retain(|&s| s != slot);
@@ -808,13 +846,7 @@ impl Simulation {
         Some(transfer)
     }
 
-    fn transfer_done(&mut self, slot: u32, version: u64) {
-        let current = self.transfers[slot as usize]
-            .as_ref()
-            .is_some_and(|t| t.version == version);
-        if !current {
-            return;
-        }
+    fn transfer_done(&mut self, slot: u32) {
         let Some(transfer) = self.finish(slot) else {
             return;
         };
@@ -828,39 +860,38 @@ impl Simulation {
             .scheduler
             .on_complete(now, transfer.id, Outcome::Verified);
         self.apply(v, actions);
-        self.note_held(v);
+        self.note_held(v, transfer.sequence);
         self.step(v);
     }
 
-    /// Records newly held segments of `v` and tells its neighbours (HAVE).
-    fn note_held(&mut self, v: u32) {
+    /// Records `sequence` as held by `v` if its transfer made it so (the
+    /// only segment a completion can add), and tells its neighbours (HAVE).
+    fn note_held(&mut self, v: u32, sequence: u64) {
         let viewer = &self.viewers[v as usize];
-        let Some(latest) = self.latest_published else {
-            return;
-        };
-        let from = viewer.player.playhead;
-        let new: Vec<u64> = (from..=latest)
-            .filter(|&s| viewer.scheduler.is_held(s) && !viewer.held.contains_key(&s))
-            .collect();
-        if new.is_empty() {
+        if sequence < viewer.player.playhead
+            || !viewer.scheduler.is_held(sequence)
+            || viewer.held.contains(sequence)
+        {
             return;
         }
-        let neighbours = viewer.neighbours.clone();
         let now = self.now;
-        self.viewers[v as usize]
-            .held
-            .extend(new.iter().map(|&s| (s, now)));
+        self.viewers[v as usize].held.insert(sequence, now);
         // HAVE notices reach neighbours half a round trip later; each
-        // neighbour's scheduler then runs once for all notices of that moment.
-        let arrival = self.now + u64::from(self.config.rtt_ms / 2);
-        for n in neighbours {
+        // neighbour's scheduler then runs once for all notices of that
+        // moment, and no sooner than `have_poll_interval_ms` after its
+        // previous run.
+        let arrival = now + u64::from(self.config.rtt_ms / 2);
+        let interval = self.config.have_poll_interval_ms;
+        for i in 0..self.viewers[v as usize].neighbours.len() {
+            let n = self.viewers[v as usize].neighbours[i];
             let neighbour = &mut self.viewers[n as usize];
-            for &sequence in &new {
-                neighbour.scheduler.peer_has(PeerId(u64::from(v)), sequence);
-            }
-            if !neighbour.poll_pending {
+            neighbour.scheduler.peer_has(PeerId(u64::from(v)), sequence);
+            // News of a segment it already has or is fetching changes
+            // nothing for the neighbour until its next tick.
+            if !neighbour.poll_pending && neighbour.scheduler.is_wanted(sequence) {
                 neighbour.poll_pending = true;
-                self.schedule(arrival, Event::Poll(n));
+                let at = arrival.max(neighbour.last_step_ms + interval);
+                self.schedule(at, Event::Poll(n));
             }
         }
     }
@@ -916,4 +947,201 @@ fn next_unit(state: &mut u64) -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Segments one viewer holds, with the virtual instant each arrived: a dense
+/// window from `base` (a viewer holds a run of segments near its playhead).
+#[derive(Debug, Default)]
+struct Held {
+    base: u64,
+    arrivals: VecDeque<u64>,
+}
+
+/// An `arrivals` entry of a segment not held.
+const NOT_HELD: u64 = u64::MAX;
+
+impl Held {
+    fn get(&self, sequence: u64) -> Option<u64> {
+        let index = usize::try_from(sequence.checked_sub(self.base)?).ok()?;
+        self.arrivals
+            .get(index)
+            .copied()
+            .filter(|&at| at != NOT_HELD)
+    }
+
+    fn contains(&self, sequence: u64) -> bool {
+        self.get(sequence).is_some()
+    }
+
+    fn insert(&mut self, sequence: u64, at: u64) {
+        if self.arrivals.is_empty() {
+            self.base = sequence;
+        }
+        while sequence < self.base {
+            self.arrivals.push_front(NOT_HELD);
+            self.base -= 1;
+        }
+        let index = (sequence - self.base) as usize;
+        if self.arrivals.len() <= index {
+            self.arrivals.resize(index + 1, NOT_HELD);
+        }
+        self.arrivals[index] = at;
+    }
+
+    /// Forgets every segment before `floor`.
+    fn drop_below(&mut self, floor: u64) {
+        while self.base < floor && self.arrivals.pop_front().is_some() {
+            self.base += 1;
+        }
+        if self.arrivals.is_empty() {
+            self.base = self.base.max(floor);
+        }
+    }
+
+    /// The segments held, in order.
+    fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.arrivals
+            .iter()
+            .enumerate()
+            .filter(|(_, at)| **at != NOT_HELD)
+            .map(|(index, _)| self.base + index as u64)
+    }
+}
+
+/// The pending completion of every transfer in flight, one each: a binary
+/// min-heap of (instant, slot) that knows where each slot sits, so a
+/// transfer whose rate changed is moved in place. (A plain event queue
+/// would keep a stale event for every change of rate.)
+#[derive(Debug, Default)]
+struct Completions {
+    heap: Vec<(u64, u32)>,
+    /// Position in `heap` of each transfer slot, `NOWHERE` if none.
+    position: Vec<u32>,
+}
+
+const NOWHERE: u32 = u32::MAX;
+
+impl Completions {
+    fn peek(&self) -> Option<(u64, u32)> {
+        self.heap.first().copied()
+    }
+
+    /// Sets (or moves) the completion of `slot` to instant `at`.
+    fn set(&mut self, slot: u32, at: u64) {
+        let s = slot as usize;
+        if self.position.len() <= s {
+            self.position.resize(s + 1, NOWHERE);
+        }
+        match self.position[s] {
+            NOWHERE => {
+                self.heap.push((at, slot));
+                let last = self.heap.len() - 1;
+                self.position[s] = last as u32;
+                self.sift_up(last);
+            }
+            index => {
+                let index = index as usize;
+                self.heap[index].0 = at;
+                let index = self.sift_up(index);
+                self.sift_down(index);
+            }
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let Some(&index) = self.position.get(slot as usize) else {
+            return;
+        };
+        if index == NOWHERE {
+            return;
+        }
+        let index = index as usize;
+        self.position[slot as usize] = NOWHERE;
+        let last = self.heap.len() - 1;
+        if index != last {
+            self.heap.swap(index, last);
+            self.heap.pop();
+            self.position[self.heap[index].1 as usize] = index as u32;
+            let index = self.sift_up(index);
+            self.sift_down(index);
+        } else {
+            self.heap.pop();
+        }
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.position[self.heap[a].1 as usize] = a as u32;
+        self.position[self.heap[b].1 as usize] = b as u32;
+    }
+
+    fn sift_up(&mut self, mut index: usize) -> usize {
+        while index > 0 {
+            let parent = (index - 1) / 2;
+            if self.heap[index] >= self.heap[parent] {
+                break;
+            }
+            self.swap(index, parent);
+            index = parent;
+        }
+        index
+    }
+
+    fn sift_down(&mut self, mut index: usize) {
+        loop {
+            let (left, right) = (2 * index + 1, 2 * index + 2);
+            let mut least = index;
+            if left < self.heap.len() && self.heap[left] < self.heap[least] {
+                least = left;
+            }
+            if right < self.heap.len() && self.heap[right] < self.heap[least] {
+                least = right;
+            }
+            if least == index {
+                return;
+            }
+            self.swap(index, least);
+            index = least;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Completions, Held};
+
+    #[test]
+    fn completions_pop_in_order_after_moves_and_removals() {
+        let mut queue = Completions::default();
+        for (slot, at) in [(0, 50), (1, 10), (2, 30), (3, 40), (4, 20)] {
+            queue.set(slot, at);
+        }
+        queue.set(0, 5); // earlier
+        queue.set(1, 60); // later
+        queue.remove(2);
+        queue.remove(7); // never set
+        let mut order = Vec::new();
+        while let Some((at, slot)) = queue.peek() {
+            order.push((at, slot));
+            queue.remove(slot);
+        }
+        assert_eq!(order, vec![(5, 0), (20, 4), (40, 3), (60, 1)]);
+    }
+
+    #[test]
+    fn held_window_grows_both_ways_and_drops_its_tail() {
+        let mut held = Held::default();
+        held.insert(10, 100);
+        held.insert(13, 130);
+        held.insert(8, 80);
+        assert_eq!(held.iter().collect::<Vec<_>>(), vec![8, 10, 13]);
+        assert_eq!(held.get(13), Some(130));
+        assert!(!held.contains(11) && !held.contains(7) && !held.contains(14));
+        held.drop_below(11);
+        assert_eq!(held.iter().collect::<Vec<_>>(), vec![13]);
+        held.drop_below(20);
+        assert_eq!(held.iter().count(), 0);
+        held.insert(21, 210);
+        assert_eq!(held.get(21), Some(210));
+    }
 }
