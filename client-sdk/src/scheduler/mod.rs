@@ -783,6 +783,7 @@ impl<P: Policy> Scheduler<P> {
         // empty, so every one of them would be injected from the
         // infrastructure. Until then only deadlines decide.
         let swarm_known = self.reported_swarm_size.is_some() || neighbours > 0;
+        let (mut peers, mut seeds) = (Vec::new(), Vec::new());
         for (sequence, deadline, holders) in wanted {
             if self.transfers.len() >= self.config.max_inflight_total {
                 break;
@@ -790,7 +791,7 @@ impl<P: Policy> Scheduler<P> {
             let Some(size) = self.segments.get(&sequence).map(|s| s.size) else {
                 continue;
             };
-            let (peers, seeds) = self.candidates(now, sequence, size);
+            self.candidates(now, sequence, size, &mut peers, &mut seeds);
             let is_fresh = holders == 0;
             let random = self.next_random();
             let decision = SegmentDecision {
@@ -843,14 +844,18 @@ impl<P: Policy> Scheduler<P> {
         }
     }
 
+    /// Fills `peers` and `seeds` (emptied first) with the sources that
+    /// could send `sequence` now, best first.
     fn candidates(
         &self,
         now: Millis,
         sequence: u64,
         size: u64,
-    ) -> (Vec<Candidate>, Vec<Candidate>) {
-        let mut peers = Vec::new();
-        let mut seeds = Vec::new();
+        peers: &mut Vec<Candidate>,
+        seeds: &mut Vec<Candidate>,
+    ) {
+        peers.clear();
+        seeds.clear();
         // `holders` never undercounts (it can overcount after a peer
         // reconnects), so zero means no viewer can be a candidate.
         let any_holder = self.segments.get(&sequence).is_some_and(|s| s.holders > 0);
@@ -889,7 +894,6 @@ impl<P: Policy> Scheduler<P> {
         let rank = |c: &Candidate| self.policy.rank(c);
         peers.sort_by_key(rank);
         seeds.sort_by_key(rank);
-        (peers, seeds)
     }
 
     fn start(
@@ -1036,21 +1040,44 @@ impl<P: Policy> Scheduler<P> {
     }
 }
 
-/// A sorted set of segment numbers, small and contiguous.
+/// A set of segment numbers: a bitmap of the `WINDOW` segments from `base`
+/// (which follows the playhead, so it holds nearly everything and is
+/// looked up without leaving the peer's own record), plus a sorted vector
+/// for the rest.
 #[derive(Debug, Clone, Default)]
-struct Holds(Vec<u64>);
+struct Holds {
+    base: u64,
+    bits: u128,
+    rest: Vec<u64>,
+}
 
 impl Holds {
+    const WINDOW: u64 = u128::BITS as u64;
+
+    /// The bit of `sequence`, if it falls in the bitmap.
+    fn bit(&self, sequence: u64) -> Option<u128> {
+        let offset = sequence.checked_sub(self.base)?;
+        (offset < Self::WINDOW).then(|| 1u128 << offset)
+    }
+
     fn contains(&self, sequence: &u64) -> bool {
-        self.0.binary_search(sequence).is_ok()
+        match self.bit(*sequence) {
+            Some(bit) => self.bits & bit != 0,
+            None => self.rest.binary_search(sequence).is_ok(),
+        }
     }
 
     /// Adds `sequence`; whether it was new.
     fn insert(&mut self, sequence: u64) -> bool {
-        match self.0.binary_search(&sequence) {
+        if let Some(bit) = self.bit(sequence) {
+            let new = self.bits & bit == 0;
+            self.bits |= bit;
+            return new;
+        }
+        match self.rest.binary_search(&sequence) {
             Ok(_) => false,
             Err(at) => {
-                self.0.insert(at, sequence);
+                self.rest.insert(at, sequence);
                 true
             }
         }
@@ -1058,19 +1085,40 @@ impl Holds {
 
     /// Removes `sequence`; whether it was there.
     fn remove(&mut self, sequence: &u64) -> bool {
-        match self.0.binary_search(sequence) {
+        if let Some(bit) = self.bit(*sequence) {
+            let was = self.bits & bit != 0;
+            self.bits &= !bit;
+            return was;
+        }
+        match self.rest.binary_search(sequence) {
             Ok(at) => {
-                self.0.remove(at);
+                self.rest.remove(at);
                 true
             }
             Err(_) => false,
         }
     }
 
-    /// Forgets every segment before `floor`.
+    /// Forgets every segment before `floor` (and moves the bitmap there).
     fn drop_below(&mut self, floor: u64) {
-        let below = self.0.partition_point(|&s| s < floor);
-        self.0.drain(..below);
+        let below = self.rest.partition_point(|&s| s < floor);
+        self.rest.drain(..below);
+        if floor <= self.base {
+            return;
+        }
+        let shift = floor - self.base;
+        self.bits = if shift >= Self::WINDOW {
+            0
+        } else {
+            self.bits >> shift
+        };
+        self.base = floor;
+        // Segments of the vector that now fall in the bitmap move there.
+        let end = floor.saturating_add(Self::WINDOW);
+        let inside = self.rest.partition_point(|&s| s < end);
+        for sequence in self.rest.drain(..inside) {
+            self.bits |= 1u128 << (sequence - floor);
+        }
     }
 }
 
@@ -1078,8 +1126,16 @@ impl IntoIterator for Holds {
     type Item = u64;
     type IntoIter = std::vec::IntoIter<u64>;
 
+    /// In no particular order.
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        let mut all = self.rest;
+        let mut bits = self.bits;
+        while bits != 0 {
+            let offset = u64::from(bits.trailing_zeros());
+            all.push(self.base + offset);
+            bits &= bits - 1;
+        }
+        all.into_iter()
     }
 }
 
@@ -1153,5 +1209,43 @@ impl PeerTable {
     /// In id order.
     fn iter(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
         self.ids.iter().zip(self.peers.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holds;
+
+    fn sorted(holds: &Holds) -> Vec<u64> {
+        let mut all: Vec<u64> = holds.clone().into_iter().collect();
+        all.sort_unstable();
+        all
+    }
+
+    #[test]
+    fn holds_is_a_set_across_its_bitmap_and_its_vector() {
+        let mut holds = Holds::default();
+        // 0..128 is the bitmap at first; 500 and 130 go to the vector.
+        for sequence in [5, 500, 130, 5, 127] {
+            holds.insert(sequence);
+        }
+        assert!(!holds.insert(500) && !holds.insert(5));
+        assert_eq!(sorted(&holds), vec![5, 127, 130, 500]);
+        assert!(holds.contains(&130) && holds.contains(&127) && !holds.contains(&128));
+        // Moving the bitmap up pulls 130 and 500 into it, drops 5.
+        holds.drop_below(400);
+        assert_eq!(sorted(&holds), vec![500]);
+        assert!(holds.contains(&500) && !holds.contains(&130));
+        holds.drop_below(10);
+        assert_eq!(sorted(&holds), vec![500]);
+        // Below the bitmap (a seek backwards): kept in the vector.
+        assert!(holds.insert(20));
+        assert!(holds.contains(&20));
+        assert!(holds.remove(&20) && !holds.remove(&20));
+        assert!(holds.remove(&500) && !holds.contains(&500));
+        assert_eq!(sorted(&holds), Vec::<u64>::new());
+        holds.insert(900);
+        holds.drop_below(1_000);
+        assert_eq!(sorted(&holds), Vec::<u64>::new());
     }
 }
