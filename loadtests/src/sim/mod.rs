@@ -787,16 +787,23 @@ impl Simulation {
     fn reshare(&mut self, from: Node, to: u32) {
         let mut affected = std::mem::take(&mut self.scratch);
         affected.clear();
-        affected.extend_from_slice(&self.viewers[to as usize].downloads);
         match from {
             Node::Viewer(u) => affected.extend_from_slice(&self.viewers[u as usize].uploads),
             Node::Seed(s) => affected.extend_from_slice(&self.seeds[s as usize].uploads),
             Node::Cdn => {}
         }
-        affected.sort_unstable();
-        affected.dedup();
+        // The receiver's downloads, but for those from `from` (listed
+        // already: every slot is handled once).
+        for &slot in &self.viewers[to as usize].downloads {
+            let listed = from != Node::Cdn
+                && self.transfers[slot as usize]
+                    .as_ref()
+                    .is_some_and(|t| t.from == from);
+            if !listed {
+                affected.push(slot);
+            }
+        }
         for &slot in &affected {
-            self.settle(slot);
             let Some(t) = self.transfers[slot as usize].as_ref() else {
                 continue;
             };
@@ -814,6 +821,15 @@ impl Simulation {
                 Node::Cdn => f64::INFINITY,
             };
             let rate = down.min(up).max(1e-9);
+            // Bytes move linearly at an unchanged rate: its completion
+            // stands. (A new transfer's rate is 0, so it is always placed.)
+            if rate == t.rate {
+                continue;
+            }
+            self.settle(slot);
+            let Some(t) = self.transfers[slot as usize].as_ref() else {
+                continue;
+            };
             let remaining = (t.total - t.done).max(0.0);
             let finish = self.now + (remaining / rate).ceil() as u64;
             if let Some(t) = self.transfers[slot as usize].as_mut() {
@@ -831,12 +847,15 @@ impl Simulation {
         let transfer = self.transfers[slot as usize].take()?;
         self.free_slots.push(slot);
         self.completions.remove(slot);
+        // Downloads keep their order (progress is reported in it); the
+        // order of uploads does not matter (completions are keyed by
+        // instant and slot), so a seed's long list need not shift.
         self.viewers[transfer.to as usize]
             .downloads
             .retain(|&s| s != slot);
         match transfer.from {
-            Node::Viewer(u) => self.viewers[u as usize].uploads.retain(|&s| s != slot),
-            Node::Seed(s) => self.seeds[s as usize].uploads.retain(|&x| x != slot),
+            Node::Viewer(u) => unlist(&mut self.viewers[u as usize].uploads, slot),
+            Node::Seed(s) => unlist(&mut self.seeds[s as usize].uploads, slot),
             Node::Cdn => {}
         }
         if transfer.cross_isp {
@@ -936,6 +955,13 @@ impl Simulation {
             cross_isp_bytes: self.cross_isp_bytes as u64,
             corrupt_bytes_to_player: 0,
         }
+    }
+}
+
+/// Removes `slot` from a list of transfer slots, not keeping order.
+fn unlist(slots: &mut Vec<u32>, slot: u32) {
+    if let Some(at) = slots.iter().position(|&s| s == slot) {
+        slots.swap_remove(at);
     }
 }
 
