@@ -52,6 +52,16 @@ pub struct SimConfig {
     pub seeds: u32,
     /// Upload capacity of each seed, bits/s.
     pub seed_upload_bps: u64,
+    /// When positive, the concurrent uploads a seed accepts; beyond them it
+    /// answers BUSY at once (the edge seed's `max_concurrent_uploads`, 512
+    /// by default there). 0 = no limit: the seed's capacity is shared
+    /// among all its uploads, as before this parameter existed.
+    pub seed_upload_slots: usize,
+    /// When positive, a seed also answers BUSY when the bytes its uploads
+    /// still have to send would take longer than this at its capacity (the
+    /// edge seed's `max_egress_backlog_ms`, which applies when it is given
+    /// an egress budget; 0 = no budget, the edge seed's default).
+    pub seed_max_backlog_ms: u64,
     /// ISPs viewers are spread over.
     pub isps: u32,
     /// Regions the ISPs are spread over.
@@ -93,6 +103,8 @@ impl Default for SimConfig {
             viewer_download_bps: 50_000_000,
             seeds: 2,
             seed_upload_bps: 1_000_000_000,
+            seed_upload_slots: 0,
+            seed_max_backlog_ms: 0,
             isps: 4,
             regions: 2,
             rtt_ms: 40,
@@ -729,13 +741,15 @@ impl Simulation {
                 None
             };
             if let Some(outcome) = refusal {
-                let actions =
-                    self.viewers[v as usize]
-                        .scheduler
-                        .on_complete(Millis(self.now), id, outcome);
-                self.apply(v, actions);
+                self.refuse(v, id, outcome);
                 return;
             }
+        }
+        if let Node::Seed(s) = from
+            && self.seed_is_full(s)
+        {
+            self.refuse(v, id, Outcome::Busy);
+            return;
         }
         let cross_isp = match from {
             Node::Viewer(u) => self.viewers[u as usize].isp != self.viewers[v as usize].isp,
@@ -770,6 +784,36 @@ impl Simulation {
             Node::Cdn => {}
         }
         self.reshare(from, v);
+    }
+
+    /// A request answered at once with `outcome` (never started).
+    fn refuse(&mut self, v: u32, id: TransferId, outcome: Outcome) {
+        let actions = self.viewers[v as usize]
+            .scheduler
+            .on_complete(Millis(self.now), id, outcome);
+        self.apply(v, actions);
+    }
+
+    /// Whether seed `s` refuses another upload (admission control).
+    fn seed_is_full(&mut self, s: u32) -> bool {
+        let seed = &self.seeds[s as usize];
+        let slots = self.config.seed_upload_slots;
+        if slots > 0 && seed.uploads.len() >= slots {
+            return true;
+        }
+        if self.config.seed_max_backlog_ms == 0 {
+            return false;
+        }
+        let uploads = seed.uploads.clone();
+        let up = seed.up;
+        let mut backlog = 0.0;
+        for slot in uploads {
+            self.settle(slot);
+            if let Some(t) = &self.transfers[slot as usize] {
+                backlog += t.total - t.done;
+            }
+        }
+        backlog / up > self.config.seed_max_backlog_ms as f64
     }
 
     /// Advances a transfer's bytes to now.
