@@ -154,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             }
             let mut reports = Vec::new();
             for run in runs {
+                let viewer_seconds = run.viewers as f64 * run.duration_s as f64;
                 let started = Instant::now();
                 let (report, engine) = Simulation::new(run)?.run();
                 let wall = started.elapsed().as_secs_f64();
@@ -162,6 +163,8 @@ fn main() -> anyhow::Result<()> {
                     "engine": engine,
                     "wall_s": wall,
                     "events_per_s": engine.events as f64 / wall.max(1e-9),
+                    // The speed goal's unit: viewers × virtual seconds.
+                    "viewer_seconds_per_s": viewer_seconds / wall.max(1e-9),
                 });
                 println!("{}", serde_json::to_string_pretty(&output)?);
                 reports.push(output);

@@ -12,10 +12,22 @@
 //! segment missing at its playback instant is a stall.
 //!
 //! Simplifications, stated: HAVE notices reach neighbours after half the
-//! RTT (their peer map is updated at once; their scheduler runs then);
-//! latency enters otherwise only as the RTT the scheduler is told; no peer misbehaves (corruption is covered by the
-//! real-process tests, not here), so `corrupt_bytes_to_player` is 0 by
-//! construction; viewers do not leave before the end.
+//! RTT (their peer map is updated at once; their scheduler runs then, if it
+//! still wants that segment, and no sooner than `have_poll_interval_ms`
+//! after its previous run); otherwise a viewer's scheduler runs on its own
+//! completions and on its `tick_ms` tick (skipped when it has nothing in
+//! flight and nothing to place), so decisions that depend only on time are
+//! taken at that granularity (the SDK's driver polls every 50 ms); latency
+//! enters otherwise only as the RTT the scheduler is told; no peer
+//! misbehaves (corruption is covered by the real-process tests, not here),
+//! so `corrupt_bytes_to_player` is 0 by construction; viewers do not leave
+//! before the end.
+//!
+//! Cost: each transfer in flight has one pending completion (an indexed
+//! heap), so a change of rate moves it instead of queueing another event.
+//! A re-share still touches every transfer of the sender: a seed with
+//! thousands of concurrent uploads makes each of its transfer starts and
+//! ends cost thousands of updates (see BENCHMARKS.md).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
