@@ -4,12 +4,14 @@
 //!   verified segment, a connection cap and a shared upload rate cap),
 //! - connects to the peers the tracker names (hello both ways, then HAVE
 //!   notices feed the rendition's scheduler),
-//! - announces to the tracker, per active rendition, with the stats deltas.
+//! - announces to the tracker, per active rendition, with the stats deltas,
+//!   and at the shutdown leaves each swarm with a `Stop` carrying the last
+//!   deltas (bounded by [`FINAL_REPORT_TIMEOUT`]).
 //!
 //! With P2P off none of that runs but the announcer, on a client-only
 //! endpoint ([`start_stats_only`]): it reports the stats (the CDN-only
-//! cohort), advertises nothing, holds nothing, and ignores the peers the
-//! tracker names.
+//! cohort, final `Stop` included), advertises nothing, holds nothing, and
+//! ignores the peers the tracker names.
 //!
 //! The wire protocol is `loaves_proto::peerwire`; the tracker client is
 //! `loaves_proto::tracker_client`.
@@ -26,7 +28,7 @@ use loaves_proto::peerwire::{
 };
 use loaves_proto::tracker_client::{ClientEndpoint, ClientError, TrackerConnection};
 use loaves_proto::{UnixSeconds, pb};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::scheduler::{Locality, PeerId, PeerInfo, PeerKind, SchedulerStats};
 use crate::session::{Error, Event, Shared, Stats, Upload, lock};
@@ -83,11 +85,12 @@ struct Context {
 
 /// Starts the QUIC endpoint, the upload server (unless upload is off) and
 /// the tracker announcer (when a tracker is configured). Returns the
-/// address peers reach this viewer at.
+/// address peers reach this viewer at, and the announcer's end (see
+/// [`finished`]) when there is one.
 pub(crate) fn start(
     shared: Arc<Shared>,
     tracks: Arc<HashMap<String, TrackHandle>>,
-) -> Result<SocketAddr, Error> {
+) -> Result<(SocketAddr, Option<watch::Receiver<()>>), Error> {
     let transport = TransportOptions::default();
     let server_config = peerwire::server_config(&shared.identity, &transport)
         .map_err(|e| Error::Setup(e.to_string()))?;
@@ -112,26 +115,30 @@ pub(crate) fn start(
         registry: Registry::default(),
         advertise,
     });
-    tokio::spawn(accept_loop(context.clone()));
-    if context.shared.options.tracker.is_some() {
+    let announcer_done = if context.shared.options.tracker.is_some() {
+        let (done_tx, done) = watch::channel(());
         let client = ClientEndpoint::from_endpoint(context.endpoint.clone());
-        tokio::spawn(announcer(
-            context.shared.clone(),
-            client,
-            Role::Swarm(context),
-        ));
-    }
-    Ok(advertise)
+        let role = Role::Swarm(context.clone());
+        let shared = context.shared.clone();
+        tokio::spawn(async move {
+            announcer(shared, client, role).await;
+            drop(done_tx);
+        });
+        Some(done)
+    } else {
+        None
+    };
+    tokio::spawn(accept_loop(context, announcer_done.clone()));
+    Ok((advertise, announcer_done))
 }
 
 /// P2P off: starts the tracker announcer alone (when a tracker is
 /// configured), so the tracker gets this session's stats in the CDN-only
 /// cohort. Its QUIC endpoint is client-only, on an ephemeral port: nothing
-/// can connect in, and the peer port is left alone.
-pub(crate) fn start_stats_only(shared: Arc<Shared>) {
-    let Some(tracker) = shared.options.tracker else {
-        return;
-    };
+/// can connect in, and the peer port is left alone. Returns the
+/// announcer's end (see [`finished`]) when there is one.
+pub(crate) fn start_stats_only(shared: Arc<Shared>) -> Option<watch::Receiver<()>> {
+    let tracker = shared.options.tracker?;
     let bind = SocketAddr::new(
         match tracker {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -141,13 +148,21 @@ pub(crate) fn start_stats_only(shared: Arc<Shared>) {
     );
     match ClientEndpoint::bind(bind) {
         Ok(client) => {
-            tokio::spawn(announcer(shared, client, Role::StatsOnly));
+            let (done_tx, done) = watch::channel(());
+            tokio::spawn(async move {
+                announcer(shared, client, Role::StatsOnly).await;
+                drop(done_tx);
+            });
+            Some(done)
         }
         // Stats are not worth failing playback for (P2P may be off precisely
         // because UDP is unusable here).
-        Err(e) => shared.emit(Event::TrackerUnavailable {
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            shared.emit(Event::TrackerUnavailable {
+                message: e.to_string(),
+            });
+            None
+        }
     }
 }
 
@@ -208,7 +223,10 @@ impl RequestHandler for UploadHandler {
     }
 }
 
-async fn accept_loop(context: Arc<Context>) {
+/// Serves other viewers until the shutdown. `announcer_done` is the end of
+/// the announcer sharing this endpoint: closing the endpoint would cut its
+/// final `Stop`s short, so the close waits for it (bounded).
+async fn accept_loop(context: Arc<Context>, announcer_done: Option<watch::Receiver<()>>) {
     let shared = &context.shared;
     let slots = Arc::new(Semaphore::new(shared.options.max_upload_connections));
     let egress = match shared.options.upload {
@@ -243,6 +261,9 @@ async fn accept_loop(context: Arc<Context>) {
             serve_peer(&context, incoming, handler, egress).await;
             drop(permit);
         });
+    }
+    if let Some(mut done) = announcer_done {
+        let _ = tokio::time::timeout(CLOSE_WAIT, finished(&mut done)).await;
     }
     context
         .endpoint
@@ -503,12 +524,103 @@ async fn connect_peer(context: Arc<Context>, rendition: String, entry: pb::PeerE
 
 // ---------------------------------------------------------------- tracker
 
-fn delta(now: &SchedulerStats, before: &SchedulerStats) -> (u64, u64, u64) {
-    (
-        now.bytes_from_peers.saturating_sub(before.bytes_from_peers),
-        now.bytes_from_seeds.saturating_sub(before.bytes_from_seeds),
-        now.bytes_from_cdn.saturating_sub(before.bytes_from_cdn),
-    )
+/// Bound on leaving the swarm at close: every `Stop` (and one reconnect if
+/// the tracker connection is gone) must fit in it, so a dead tracker delays
+/// `Session::close` by at most this much.
+pub(crate) const FINAL_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long `Session::close` waits for the announcer to finish: its own
+/// bound plus a margin for the task to notice the shutdown and be polled.
+pub(crate) const CLOSE_WAIT: Duration = Duration::from_millis(2_500);
+
+/// Completes once the announcer task has finished (it holds the sender of
+/// `done` and never sends: the sender's drop is the signal).
+pub(crate) async fn finished(done: &mut watch::Receiver<()>) {
+    while done.changed().await.is_ok() {}
+}
+
+/// What the tracker has been told: the counters as of its last
+/// acknowledged report, per rendition and session-wide.
+#[derive(Debug, Default)]
+struct Reported {
+    renditions: HashMap<String, SchedulerStats>,
+    session: Stats,
+    startup: bool,
+}
+
+/// A stats delta to send, with the snapshots it was computed from; they
+/// become the new baseline only once the tracker acknowledged it.
+#[derive(Debug)]
+struct Report {
+    stats: pb::StatsDelta,
+    rendition_now: SchedulerStats,
+    /// `Some` when the session-wide counters ride on this report.
+    session_now: Option<Stats>,
+}
+
+impl Reported {
+    /// The counters of `rendition` (and, with `with_session`, the
+    /// session-wide ones) gathered since the last acknowledged report. The
+    /// one computation behind both announces and the final stops.
+    fn delta(
+        &self,
+        shared: &Shared,
+        rendition: &str,
+        with_session: bool,
+        cdn_only: bool,
+    ) -> Report {
+        let now = lock(&shared.scheduler_stats)
+            .get(rendition)
+            .copied()
+            .unwrap_or_default();
+        let before = self.renditions.get(rendition).copied().unwrap_or_default();
+        let mut stats = pb::StatsDelta {
+            bytes_from_peers: now.bytes_from_peers.saturating_sub(before.bytes_from_peers),
+            bytes_from_seeds: now.bytes_from_seeds.saturating_sub(before.bytes_from_seeds),
+            bytes_from_cdn: now.bytes_from_cdn.saturating_sub(before.bytes_from_cdn),
+            // The tracker's quality cohort.
+            cdn_only,
+            ..Default::default()
+        };
+        let session_now = with_session.then(|| shared.stats());
+        if let Some(session) = &session_now {
+            let b = &self.session;
+            stats.bytes_uploaded = session.bytes_uploaded.saturating_sub(b.bytes_uploaded);
+            stats.bytes_cross_isp = session.bytes_cross_isp.saturating_sub(b.bytes_cross_isp);
+            stats.bytes_cross_region = session
+                .bytes_cross_region
+                .saturating_sub(b.bytes_cross_region);
+            stats.rebuffer_ms = session
+                .rebuffer_time
+                .saturating_sub(b.rebuffer_time)
+                .as_millis() as u64;
+            stats.rebuffer_count = session.rebuffer_count.saturating_sub(b.rebuffer_count);
+            stats.played_ms = session
+                .played_time
+                .saturating_sub(b.played_time)
+                .as_millis() as u64;
+            if !self.startup
+                && let Some(startup) = session.startup_time
+            {
+                stats.startup_ms = u32::try_from(startup.as_millis()).unwrap_or(u32::MAX);
+            }
+        }
+        Report {
+            stats,
+            rendition_now: now,
+            session_now,
+        }
+    }
+
+    /// The tracker acknowledged `report`: it is the new baseline.
+    fn acknowledged(&mut self, rendition: &str, report: &Report) {
+        self.renditions
+            .insert(rendition.to_owned(), report.rendition_now);
+        if let Some(session) = report.session_now {
+            self.session = session;
+            self.startup |= session.startup_time.is_some();
+        }
+    }
 }
 
 /// Uses an announce reply with P2P on: connects to the peers and seeds
@@ -541,154 +653,132 @@ enum Role {
     StatsOnly,
 }
 
+/// The announcer's state between rounds.
+struct Announcer {
+    shared: Arc<Shared>,
+    client: ClientEndpoint,
+    tracker: SocketAddr,
+    /// `None` with P2P off.
+    swarm: Option<Arc<Context>>,
+    connection: Option<TrackerConnection>,
+    /// Next announce of each rendition announced so far.
+    next_due: HashMap<String, Instant>,
+    reported: Reported,
+    retry_at: Instant,
+}
+
 async fn announcer(shared: Arc<Shared>, client: ClientEndpoint, role: Role) {
     let Some(tracker) = shared.options.tracker else {
         return;
     };
-    let swarm = match role {
-        Role::Swarm(context) => Some(context),
-        Role::StatsOnly => None,
-    };
-    let mut connection: Option<TrackerConnection> = None;
-    let mut next_due: HashMap<String, Instant> = HashMap::new();
-    let mut reported: HashMap<String, SchedulerStats> = HashMap::new();
-    let mut reported_session = Stats::default();
-    let mut startup_reported = false;
-    let mut retry_at = Instant::now();
     let mut shutdown = shared.shutdown.clone();
+    let mut state = Announcer {
+        swarm: match role {
+            Role::Swarm(context) => Some(context),
+            Role::StatsOnly => None,
+        },
+        shared,
+        client,
+        tracker,
+        connection: None,
+        next_due: HashMap::new(),
+        reported: Reported::default(),
+        retry_at: Instant::now(),
+    };
     loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
             _ = crate::session::stopped(&mut shutdown) => break,
         }
+        // A round can wait on a handshake or a reply for many seconds: the
+        // shutdown cuts it short (an announce cut half-way gives up the
+        // tracker connection, and leaving reconnects).
+        tokio::select! {
+            () = state.round() => {}
+            _ = crate::session::stopped(&mut shutdown) => break,
+        }
+    }
+    match tokio::time::timeout(FINAL_REPORT_TIMEOUT, state.leave()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(message)) => state.shared.emit(Event::TrackerUnavailable {
+            message: format!("final report: {message}"),
+        }),
+        Err(_) => state.shared.emit(Event::TrackerUnavailable {
+            message: format!("final report: no answer within {FINAL_REPORT_TIMEOUT:?}"),
+        }),
+    }
+    if state.swarm.is_none() {
+        // The endpoint is this task's own (with P2P on, the accept loop
+        // closes the shared one once this task is done).
+        state.client.close();
+    }
+}
+
+impl Announcer {
+    fn hello(&self) -> pb::TrackerHello {
+        pb::TrackerHello {
+            credential: Some(pb::tracker_hello::Credential::SessionToken(
+                self.shared.token.clone(),
+            )),
+        }
+    }
+
+    fn swarm_id(&self, rendition: &str) -> pb::SwarmId {
+        pb::SwarmId {
+            title: self.shared.title.clone(),
+            rendition: rendition.to_owned(),
+        }
+    }
+
+    /// Announces every rendition that is due.
+    async fn round(&mut self) {
+        let shared = self.shared.clone();
         let active: Vec<String> = lock(&shared.scheduler_stats).keys().cloned().collect();
         let now = Instant::now();
         let due: Vec<String> = active
             .into_iter()
-            .filter(|r| next_due.get(r).is_none_or(|at| *at <= now))
+            .filter(|r| self.next_due.get(r).is_none_or(|at| *at <= now))
             .collect();
         if due.is_empty() {
-            continue;
+            return;
         }
-        if connection.is_none() {
-            if now < retry_at {
-                continue;
+        if self.connection.is_none() {
+            if now < self.retry_at {
+                return;
             }
-            let hello = pb::TrackerHello {
-                credential: Some(pb::tracker_hello::Credential::SessionToken(
-                    shared.token.clone(),
-                )),
-            };
-            match client.connect(tracker, &shared.identity, hello).await {
-                Ok(c) => connection = Some(c),
+            match self
+                .client
+                .connect(self.tracker, &shared.identity, self.hello())
+                .await
+            {
+                Ok(c) => self.connection = Some(c),
                 Err(e) => {
                     shared.emit(Event::TrackerUnavailable {
                         message: e.to_string(),
                     });
-                    retry_at = Instant::now() + shared.options.max_announce_interval;
-                    continue;
+                    self.retry_at = Instant::now() + shared.options.max_announce_interval;
+                    return;
                 }
             }
         }
-        let Some(tracker_connection) = connection.clone() else {
-            continue;
+        let Some(tracker_connection) = self.connection.clone() else {
+            return;
         };
         for (index, rendition) in due.into_iter().enumerate() {
-            let stats_now = lock(&shared.scheduler_stats)
-                .get(&rendition)
-                .copied()
-                .unwrap_or_default();
-            let before = reported.get(&rendition).copied().unwrap_or_default();
-            let (peers, seeds, cdn) = delta(&stats_now, &before);
-            let mut stats = pb::StatsDelta {
-                bytes_from_peers: peers,
-                bytes_from_seeds: seeds,
-                bytes_from_cdn: cdn,
-                // The tracker's quality cohort.
-                cdn_only: swarm.is_none(),
-                ..Default::default()
-            };
             // Session-wide counters ride on the first announce of a round.
-            let session = shared.stats();
-            if index == 0 {
-                let b = &reported_session;
-                stats.bytes_uploaded = session.bytes_uploaded.saturating_sub(b.bytes_uploaded);
-                stats.bytes_cross_isp = session.bytes_cross_isp.saturating_sub(b.bytes_cross_isp);
-                stats.bytes_cross_region = session
-                    .bytes_cross_region
-                    .saturating_sub(b.bytes_cross_region);
-                stats.rebuffer_ms = session
-                    .rebuffer_time
-                    .saturating_sub(b.rebuffer_time)
-                    .as_millis() as u64;
-                stats.rebuffer_count = session.rebuffer_count.saturating_sub(b.rebuffer_count);
-                stats.played_ms = session
-                    .played_time
-                    .saturating_sub(b.played_time)
-                    .as_millis() as u64;
-                if !startup_reported && let Some(startup) = session.startup_time {
-                    stats.startup_ms = u32::try_from(startup.as_millis()).unwrap_or(u32::MAX);
-                }
-            }
-            let announce = match &swarm {
-                Some(context) => {
-                    let held = claimed(
-                        &shared,
-                        lock(&shared.held)
-                            .get(&rendition)
-                            .cloned()
-                            .unwrap_or_default(),
-                    );
-                    let uploading = shared.upload_allowed();
-                    let capacity = match shared.options.upload {
-                        Upload::Capped { bytes_per_second } if uploading => bytes_per_second * 8,
-                        _ => 0,
-                    };
-                    pb::Announce {
-                        swarm: Some(pb::SwarmId {
-                            title: shared.title.clone(),
-                            rendition: rendition.clone(),
-                        }),
-                        addresses: if uploading {
-                            vec![context.advertise.to_string()]
-                        } else {
-                            Vec::new()
-                        },
-                        holdings: bitmap(&held),
-                        next_sequence: held.last().map_or(0, |s| s + 1),
-                        upload_capacity_bps: capacity,
-                        upload_in_use_bps: 0,
-                        stats: Some(stats),
-                        max_peers: u32::try_from(shared.options.max_peers).unwrap_or(u32::MAX),
-                    }
-                }
-                // No address: the tracker files this viewer as unreachable
-                // and never names it to others.
-                None => pb::Announce {
-                    swarm: Some(pb::SwarmId {
-                        title: shared.title.clone(),
-                        rendition: rendition.clone(),
-                    }),
-                    stats: Some(stats),
-                    // 0 would mean the tracker's default: ask for the
-                    // fewest entries (they are ignored).
-                    max_peers: 1,
-                    ..Default::default()
-                },
-            };
+            let report = self
+                .reported
+                .delta(&shared, &rendition, index == 0, self.swarm.is_none());
+            let announce = self.announce(&rendition, report.stats);
             let mut interval = shared.options.max_announce_interval;
             match tracker_connection.announce(announce).await {
                 Ok(reply) => {
-                    reported.insert(rendition.clone(), stats_now);
-                    if index == 0 {
-                        reported_session = session;
-                        startup_reported |= session.startup_time.is_some();
-                    }
+                    self.reported.acknowledged(&rendition, &report);
                     if reply.interval_s > 0 {
                         interval = interval.min(Duration::from_secs(u64::from(reply.interval_s)));
                     }
                     // Stats only: the peers named are not for this viewer.
-                    if let Some(context) = &swarm {
+                    if let Some(context) = &self.swarm {
                         join_swarm(context, &rendition, reply);
                     }
                 }
@@ -701,17 +791,121 @@ async fn announcer(shared: Arc<Shared>, client: ClientEndpoint, role: Role) {
                     shared.emit(Event::TrackerUnavailable {
                         message: e.to_string(),
                     });
-                    connection = None;
-                    retry_at = Instant::now() + shared.options.max_announce_interval;
-                    break;
+                    self.connection = None;
+                    self.retry_at = Instant::now() + shared.options.max_announce_interval;
+                    return;
                 }
             }
-            next_due.insert(rendition, Instant::now() + interval);
+            self.next_due.insert(rendition, Instant::now() + interval);
         }
     }
-    if swarm.is_none() {
-        // The endpoint is this task's own (with P2P on, the accept loop
-        // closes the shared one).
-        client.close();
+
+    fn announce(&self, rendition: &str, stats: pb::StatsDelta) -> pb::Announce {
+        let shared = &self.shared;
+        let Some(context) = &self.swarm else {
+            // No address: the tracker files this viewer as unreachable and
+            // never names it to others.
+            return pb::Announce {
+                swarm: Some(self.swarm_id(rendition)),
+                stats: Some(stats),
+                // 0 would mean the tracker's default: ask for the fewest
+                // entries (they are ignored).
+                max_peers: 1,
+                ..Default::default()
+            };
+        };
+        let held = claimed(
+            shared,
+            lock(&shared.held)
+                .get(rendition)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let uploading = shared.upload_allowed();
+        let capacity = match shared.options.upload {
+            Upload::Capped { bytes_per_second } if uploading => bytes_per_second * 8,
+            _ => 0,
+        };
+        pb::Announce {
+            swarm: Some(self.swarm_id(rendition)),
+            addresses: if uploading {
+                vec![context.advertise.to_string()]
+            } else {
+                Vec::new()
+            },
+            holdings: bitmap(&held),
+            next_sequence: held.last().map_or(0, |s| s + 1),
+            upload_capacity_bps: capacity,
+            upload_in_use_bps: 0,
+            stats: Some(stats),
+            max_peers: u32::try_from(shared.options.max_peers).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Leaves the swarm: one `Stop` per rendition announced (or with
+    /// counters not yet reported), carrying the counters gathered since the
+    /// last acknowledged report, so the tracker stops naming this viewer at
+    /// once and counts the session's last bytes. The caller bounds it.
+    async fn leave(&mut self) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let cdn_only = self.swarm.is_none();
+        let mut renditions: BTreeSet<String> = self.next_due.keys().cloned().collect();
+        let active: Vec<String> = lock(&shared.scheduler_stats).keys().cloned().collect();
+        let nothing = pb::StatsDelta {
+            cdn_only,
+            ..Default::default()
+        };
+        for rendition in active {
+            if self
+                .reported
+                .delta(&shared, &rendition, false, cdn_only)
+                .stats
+                != nothing
+            {
+                renditions.insert(rendition);
+            }
+        }
+        for (index, rendition) in renditions.into_iter().enumerate() {
+            // Session-wide counters ride on the first stop, as on the first
+            // announce of a round.
+            let report = self
+                .reported
+                .delta(&shared, &rendition, index == 0, cdn_only);
+            let request = pb::TrackerRequest {
+                kind: Some(pb::tracker_request::Kind::Stop(pb::Stop {
+                    swarm: Some(self.swarm_id(&rendition)),
+                    stats: Some(report.stats),
+                })),
+            };
+            self.request(&request).await?;
+            self.reported.acknowledged(&rendition, &report);
+        }
+        Ok(())
+    }
+
+    /// Sends `request` on the tracker connection, reconnecting once if
+    /// there is none or it has failed (an announce cut short by the
+    /// shutdown gives up the connection's session stream).
+    async fn request(&mut self, request: &pb::TrackerRequest) -> Result<(), String> {
+        if let Some(connection) = &self.connection {
+            match connection.request(request).await {
+                Ok(_) => return Ok(()),
+                Err(ClientError::Refused { code, message }) => {
+                    return Err(format!("{code:?}: {message}"));
+                }
+                Err(_) => self.connection = None,
+            }
+        }
+        let connection = self
+            .client
+            .connect(self.tracker, &self.shared.identity, self.hello())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.connection = Some(connection.clone());
+        connection
+            .request(request)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

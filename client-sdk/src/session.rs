@@ -843,13 +843,13 @@ impl Loaves {
             tracks.insert(rendition.name.clone(), track);
         }
         let tracks = Arc::new(tracks);
-        let peers = if shared.options.p2p {
-            Some(crate::peers::start(shared.clone(), tracks.clone())?)
+        let (peers, announcer_done) = if shared.options.p2p {
+            let (addr, done) = crate::peers::start(shared.clone(), tracks.clone())?;
+            (Some(addr), done)
         } else {
             // No upload server, no peer connections: only the stats, so the
             // tracker sees the CDN-only cohort.
-            crate::peers::start_stats_only(shared.clone());
-            None
+            (None, crate::peers::start_stats_only(shared.clone()))
         };
         let endpoint = crate::endpoint::start(shared.clone(), tracks.clone()).await?;
         Ok(Parts {
@@ -858,6 +858,7 @@ impl Loaves {
             shutdown_tx,
             player_addr: endpoint,
             peer_addr: peers,
+            announcer_done,
         })
     }
 }
@@ -868,6 +869,7 @@ struct Parts {
     shutdown_tx: watch::Sender<bool>,
     player_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    announcer_done: Option<watch::Receiver<()>>,
 }
 
 fn rendition_names(master: &[u8]) -> Result<Vec<String>, Error> {
@@ -1037,6 +1039,9 @@ pub struct Session {
     shutdown_tx: watch::Sender<bool>,
     player_addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    /// Ends when the tracker announcer has left the swarm (see
+    /// `peers::finished`); `None` without a tracker.
+    announcer_done: Option<watch::Receiver<()>>,
     license: tokio::task::JoinHandle<Option<(LicenseClient, LicensedSession)>>,
     license_stop: Option<oneshot::Sender<()>>,
     key: Arc<SigningKeyPair>,
@@ -1070,6 +1075,7 @@ impl Session {
             shutdown_tx: parts.shutdown_tx,
             player_addr: parts.player_addr,
             peer_addr: parts.peer_addr,
+            announcer_done: parts.announcer_done,
             license,
             license_stop: Some(stop_tx),
             key,
@@ -1261,8 +1267,18 @@ impl Session {
         self.shared.emit(Event::RebufferEnd { duration });
     }
 
-    /// Stops every task, closes peer connections and releases the license
-    /// (freeing the account's concurrency slot).
+    /// Stops every task, leaves the swarm, closes peer connections and
+    /// releases the license (freeing the account's concurrency slot).
+    ///
+    /// With a tracker configured (P2P on or off), leaving sends the tracker
+    /// one `Stop` per rendition announced, carrying the counters gathered
+    /// since the last announce: the tracker stops naming this viewer to
+    /// others at once, and counts the session's last bytes, played time and
+    /// rebuffers. That takes at most about two seconds (a tracker that does
+    /// not answer in time is reported as [`Event::TrackerUnavailable`] and
+    /// otherwise ignored), and happens before the license is released,
+    /// while the session token is still good. Dropping a session without
+    /// `close` starts the same in the background without waiting for it.
     pub async fn close(mut self) -> Result<(), Error> {
         let _ = self.shutdown_tx.send(true);
         for track in self.tracks.values() {
@@ -1270,6 +1286,13 @@ impl Session {
         }
         if let Some(stop) = self.license_stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(mut done) = self.announcer_done.take() {
+            // The announcer bounds its own stops; this bound is the
+            // backstop should the task not be polled.
+            let _ =
+                tokio::time::timeout(crate::peers::CLOSE_WAIT, crate::peers::finished(&mut done))
+                    .await;
         }
         let license = (&mut self.license).await.ok().flatten();
         if let Some((mut client, mut licensed)) = license {
