@@ -514,3 +514,48 @@ fn a_peer_that_no_longer_has_a_segment_is_not_asked_again_for_it() {
         .expect("segment 3 again");
     assert_eq!(retry.2, Source::Peer(PeerId(2)));
 }
+
+/// A seed at capacity answers BUSY: the segment goes to the CDN at once
+/// instead of back to the same seed, and the seed is asked again only after
+/// the back-off.
+#[test]
+fn a_busy_seed_is_not_asked_again_before_its_back_off() {
+    let backoff = SchedulerConfig::default().busy_backoff_ms;
+    let mut s = vod(DeadlineFirst::default());
+    s.set_playhead(Millis(0), 0, 0, false);
+    let seed = PeerId(100);
+    s.add_peer(
+        seed,
+        PeerInfo {
+            kind: PeerKind::Seed,
+            locality: Locality::SameRegion,
+            rtt_ms: 10,
+            throughput_bytes_per_s: 10_000_000,
+        },
+    );
+    let first = fetches(&s.poll(Millis(0)));
+    let from_seed: Vec<_> = first
+        .iter()
+        .filter(|f| f.2 == Source::Seed(seed))
+        .copied()
+        .collect();
+    assert!(!from_seed.is_empty(), "{first:?}");
+    for (transfer, ..) in &from_seed {
+        s.on_complete(Millis(20), *transfer, Outcome::Busy);
+    }
+    let retry = fetches(&s.poll(Millis(30)));
+    for (_, sequence, ..) in &from_seed {
+        let again = retry
+            .iter()
+            .find(|f| f.1 == *sequence)
+            .unwrap_or_else(|| panic!("segment {sequence} not fetched again: {retry:?}"));
+        assert_eq!(again.2, Source::Cdn, "{retry:?}");
+    }
+    assert!(retry.iter().all(|f| f.2 != Source::Seed(seed)), "{retry:?}");
+    // After the back-off the seed is a candidate again.
+    for (transfer, ..) in &retry {
+        s.on_complete(Millis(40), *transfer, Outcome::Failed);
+    }
+    let later = fetches(&s.poll(Millis(20 + backoff)));
+    assert!(later.iter().any(|f| f.2 == Source::Seed(seed)), "{later:?}");
+}

@@ -145,6 +145,11 @@ pub struct SchedulerConfig {
     pub seed: u64,
     /// Most peers tracked at once (further `add_peer` calls are ignored).
     pub max_peers: usize,
+    /// A peer or seed that answered BUSY is not asked again for this long.
+    /// It is at capacity: asking again at once only gets another BUSY
+    /// while the deadline comes closer, and the CDN or another source is
+    /// the better bet meanwhile.
+    pub busy_backoff_ms: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -160,6 +165,7 @@ impl Default for SchedulerConfig {
             startup_target_ms: 1_000,
             seed: 0,
             max_peers: 64,
+            busy_backoff_ms: 1_000,
         }
     }
 }
@@ -297,6 +303,8 @@ struct Peer {
     late_strikes: u32,
     /// Announced segments it then said it did not hold.
     false_claims: u32,
+    /// It answered BUSY: not a candidate before this instant.
+    busy_until: Millis,
 }
 
 #[derive(Debug, Clone)]
@@ -531,6 +539,7 @@ impl<P: Policy> Scheduler<P> {
                 throughput: info.throughput_bytes_per_s.max(1) as f64,
                 late_strikes: 0,
                 false_claims: 0,
+                busy_until: Millis(0),
             },
         );
     }
@@ -637,6 +646,12 @@ impl<P: Policy> Scheduler<P> {
                 }
             }
             Outcome::Failed | Outcome::Busy | Outcome::NotHeld => {
+                if outcome == Outcome::Busy
+                    && let Some(peer) = state.source.peer()
+                    && let Some(peer_state) = self.peers.get_mut(&peer)
+                {
+                    peer_state.busy_until = now.plus(self.config.busy_backoff_ms);
+                }
                 // Ask somebody else next time: forget that this peer offers
                 // the segment (it may have evicted it, or be at capacity).
                 if let Some(peer) = state.source.peer()
@@ -860,7 +875,7 @@ impl<P: Policy> Scheduler<P> {
         // reconnects), so zero means no viewer can be a candidate.
         let any_holder = self.segments.get(&sequence).is_some_and(|s| s.holders > 0);
         for (id, peer) in self.peers.iter() {
-            if peer.inflight >= self.config.max_inflight_per_peer {
+            if peer.inflight >= self.config.max_inflight_per_peer || peer.busy_until > now {
                 continue;
             }
             // Seeds hold every segment; a viewer only what it announced.
