@@ -31,8 +31,9 @@
 //! (with one spare slot) is kept for the rest of that second, for at most
 //! `reply_cache_uses` requesters with the same (region, ISP, playhead /
 //! `lookahead_segments`) and the default reply size; each use skips the
-//! requester's own entry. Cached entries are at most one second old (a peer
-//! that stopped within that second may still be listed once), and the cache
+//! requester's own entry. Cached entries are at most one second old, a swarm
+//! drops its cache whenever a peer leaves it (stop, expiry, new locality), so
+//! a peer that left is never listed from the cache, and the cache
 //! of a swarm holds at most [`MAX_CACHED_REPLIES`] replies. Swarms smaller
 //! than `reply_cache_min_peers` always choose afresh.
 
@@ -327,8 +328,10 @@ pub const MAX_CACHED_REPLIES: usize = 64;
 struct CachedReply {
     built_at: UnixSeconds,
     uses: u32,
-    /// Key of each entry and where its encoded field ends in `bytes`.
-    entries: Vec<(PeerKey, u32)>,
+    /// Position in `Swarm::peers` of each entry's peer (stable while the
+    /// reply is cached: any removal clears the cache) and where its encoded
+    /// field ends in `bytes`.
+    entries: Vec<(u32, u32)>,
     bytes: Vec<u8>,
 }
 
@@ -529,6 +532,8 @@ impl Swarm {
                 |p| &mut p.region_pos,
             );
         }
+        // Cached replies name peers by position, which the swap below changes.
+        self.cache.clear();
         self.index.remove(&key);
         self.peers.swap_remove(i);
         self.hot.swap_remove(i);
@@ -901,9 +906,7 @@ impl SwarmBook {
                     cached
                         .bytes
                         .extend_from_slice(swarm.entries.entry(swarm.slots[i]));
-                    cached
-                        .entries
-                        .push((swarm.peers[i].key, cached.bytes.len() as u32));
+                    cached.entries.push((index, cached.bytes.len() as u32));
                 }
                 if swarm.cache.len() >= MAX_CACHED_REPLIES {
                     swarm.cache.retain(|_, c| c.built_at == now);
@@ -917,9 +920,9 @@ impl SwarmBook {
             if let Some(cached) = swarm.cache.get_mut(&cache_key) {
                 cached.uses += 1;
                 let mut start = 0usize;
-                for (peer_key, end) in &cached.entries {
-                    let end = *end as usize;
-                    if added < want as u32 && peer_key != who.key {
+                for &(index, end) in &cached.entries {
+                    let end = end as usize;
+                    if added < want as u32 && index != me {
                         reply.extend_from_slice(&cached.bytes[start..end]);
                         added += 1;
                     }
@@ -1606,5 +1609,67 @@ mod tests {
         }
         assert!(compactions > 0, "the arena was never compacted");
         book.check_invariants().unwrap();
+    }
+
+    /// The reply cache names peers by position: a peer that leaves must
+    /// neither be listed from the cache nor shift another peer into its
+    /// place (a requester given its own entry).
+    #[test]
+    fn cached_replies_forget_peers_that_left() {
+        let mut book = SwarmBook::new(SwarmConfig::default(), 5);
+        let film = pb::SwarmId {
+            title: "film".into(),
+            rendition: "720p".into(),
+        };
+        let announce = |book: &mut SwarmBook, now: u64, n: u16| {
+            let mut key = [0u8; 32];
+            key[..2].copy_from_slice(&n.to_be_bytes());
+            let message = pb::Announce {
+                swarm: Some(film.clone()),
+                addresses: vec![format!("10.0.{}.{}:4000", n / 200, n % 200 + 1)],
+                ..pb::Announce::default()
+            };
+            let who = Requester {
+                key: &key,
+                region: "eu",
+                isp: "a",
+            };
+            let reply = book.announce(UnixSeconds(now), &who, &message).unwrap();
+            let keys: Vec<PeerKey> = wire::decode_reply(&reply.reply)
+                .unwrap()
+                .peers
+                .iter()
+                .map(|p| p.peer_public_key.as_slice().try_into().unwrap())
+                .collect();
+            assert!(!keys.contains(&key), "a peer was given its own entry");
+            keys
+        };
+        for n in 0..300 {
+            announce(&mut book, 1000, n);
+        }
+        // Built at 1001 and cached for the rest of that second.
+        let first = announce(&mut book, 1001, 0);
+        let second = announce(&mut book, 1001, 1);
+        assert_eq!(first[1..], second[1..], "the cache was not used");
+        for gone in &first {
+            assert!(book.stop(gone, &film));
+        }
+        book.check_invariants().unwrap();
+        for n in 300..340 {
+            let keys = announce(&mut book, 1001, n);
+            assert!(
+                keys.iter().all(|k| !first.contains(k)),
+                "a peer that left was listed"
+            );
+        }
+        // The last peers of the swarm moved into the places of those that
+        // left; none may be handed its own entry (checked by `announce`).
+        for n in 0..300u16 {
+            let mut key = [0u8; 32];
+            key[..2].copy_from_slice(&n.to_be_bytes());
+            if !first.contains(&key) {
+                assert_eq!(announce(&mut book, 1001, n).len(), 30);
+            }
+        }
     }
 }
