@@ -1566,7 +1566,7 @@ mod tests {
         let who = Requester {
             key: &key,
             region: "eu",
-            isp: if n % 2 == 0 { "a" } else { "b" },
+            isp: if n.is_multiple_of(2) { "a" } else { "b" },
         };
         book.announce(UnixSeconds(now), &who, &announce).unwrap()
     }
