@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{TITLE, stack};
 use loaves_client_sdk::license::{LicenseClient, LicenseRequest};
-use loaves_client_sdk::{Event, Loaves, Session, player};
+use loaves_client_sdk::{Event, player};
 use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::tracker_client::{ClientEndpoint, TrackerConnection};
@@ -25,29 +25,6 @@ const JOIN_WAIT: Duration = Duration::from_secs(20);
 /// Longer than any test here: a periodic announce never carries the last
 /// counters, only the final stop can.
 const LONG_INTERVAL: Duration = Duration::from_secs(600);
-
-async fn viewer(
-    stack: &common::Stack,
-    account: &str,
-    options: loaves_client_sdk::Options,
-) -> Session {
-    let loaves = Loaves::builder().options(options).build().unwrap();
-    loaves
-        .open(TITLE, stack.entitlement(account))
-        .await
-        .unwrap()
-}
-
-/// Sum of the tracker's `name` series whose labels contain every one of
-/// `labels`, from its text exposition.
-fn scrape(stack: &common::Stack, name: &str, labels: &[&str]) -> f64 {
-    let text = stack.tracker.as_ref().unwrap().shared.metrics.render();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// A second viewer speaking the tracker protocol itself, so the test reads
 /// the announce replies the tracker gives the others.
@@ -112,7 +89,7 @@ fn names(reply: &pb::AnnounceReply, address: SocketAddr) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_viewer_is_no_longer_named_to_others() {
     let stack = stack(true).await;
-    let leaving = viewer(&stack, "leaving", stack.options(true)).await;
+    let leaving = stack.viewer("leaving", stack.options(true)).await;
     let address = leaving.peer_addr().unwrap();
     player::play(&leaving, RENDITION, AHEAD).await.unwrap();
     let observer = Observer::join(&stack, "observer").await;
@@ -143,7 +120,7 @@ async fn last_counters_reach_the_tracker(p2p: bool) {
     let stack = stack(true).await;
     let mut options = stack.options(p2p);
     options.max_announce_interval = LONG_INTERVAL;
-    let session = viewer(&stack, "short", options).await;
+    let session = stack.viewer("short", options).await;
     player::play(&session, RENDITION, AHEAD).await.unwrap();
     let stats = session.stats();
     assert!(stats.bytes_from_cdn > 0, "{stats:?}");
@@ -158,8 +135,7 @@ async fn last_counters_reach_the_tracker(p2p: bool) {
         r#"cohort="p2p""#
     };
     let bytes = |source: &str| {
-        scrape(
-            &stack,
+        stack.tracker_metric(
             "loaves_tracker_bytes_total",
             &[cohort, &format!(r#"source="{source}""#)],
         )
@@ -176,12 +152,12 @@ async fn last_counters_reach_the_tracker(p2p: bool) {
     assert_eq!(bytes("peer"), stats.bytes_from_peers as f64);
     assert_eq!(bytes("seed"), stats.bytes_from_seeds as f64);
     assert_eq!(
-        scrape(&stack, "loaves_tracker_bytes_total", &[other]),
+        stack.tracker_metric("loaves_tracker_bytes_total", &[other]),
         0.0,
         "filed under the wrong cohort"
     );
     assert!(
-        scrape(&stack, "loaves_tracker_played_seconds_total", &[cohort]) > 0.0,
+        stack.tracker_metric("loaves_tracker_played_seconds_total", &[cohort]) > 0.0,
         "played time of the session"
     );
 }
@@ -199,7 +175,7 @@ async fn the_last_counters_of_a_cdn_only_session_reach_the_tracker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_is_bounded_when_the_tracker_is_gone() {
     let mut stack = stack(true).await;
-    let session = viewer(&stack, "orphan", stack.options(true)).await;
+    let session = stack.viewer("orphan", stack.options(true)).await;
     let mut events = session.events();
     player::play(&session, RENDITION, AHEAD).await.unwrap();
     let since = Instant::now();

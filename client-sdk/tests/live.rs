@@ -19,7 +19,7 @@ use edge_seed::live::{LiveEvent, LivePackager};
 use edge_seed::package::read_manifest_frames;
 use loaves_client_sdk::player::{self, PlaybackReport};
 use loaves_client_sdk::scheduler::Source;
-use loaves_client_sdk::{Event, Events, Loaves, Options, Session};
+use loaves_client_sdk::{Event, Events, Options, Session};
 use loaves_proto::UnixSeconds;
 use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::manifest::{Scheme, sha256};
@@ -144,14 +144,6 @@ fn live_options(stack: &Stack, origin: std::net::SocketAddr, p2p: bool) -> Optio
     options
 }
 
-async fn viewer(stack: &Stack, account: &str, options: Options) -> Session {
-    let loaves = Loaves::builder().options(options).build().unwrap();
-    loaves
-        .open(TITLE, stack.entitlement(account))
-        .await
-        .unwrap()
-}
-
 fn drain(events: &mut Events) -> Vec<Event> {
     std::iter::from_fn(|| events.try_next()).collect()
 }
@@ -227,12 +219,9 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
             tokio::time::sleep(3 * CADENCE).await;
         }
         let session = Arc::new(
-            viewer(
-                &stack,
-                &format!("live-{i}"),
-                live_options(&stack, origin, true),
-            )
-            .await,
+            stack
+                .viewer(&format!("live-{i}"), live_options(&stack, origin, true))
+                .await,
         );
         assert!(session.is_live(VIDEO));
         joined_at.push(session.live_edge(VIDEO).unwrap());
@@ -436,7 +425,9 @@ async fn a_tampered_append_is_refused_and_its_segment_never_delivered() {
         feed.next().await;
     }
     publish(&packaged, &served, VIDEO);
-    let session = viewer(&stack, "tamper", live_options(&stack, origin, false)).await;
+    let session = stack
+        .viewer("tamper", live_options(&stack, origin, false))
+        .await;
     let mut events = session.events();
     assert!(session.is_live(VIDEO));
     assert_eq!(session.live_edge(VIDEO), Some(3));

@@ -8,36 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TITLE, stack};
-use loaves_client_sdk::{Loaves, Session, player};
+use common::stack;
+use loaves_client_sdk::player;
 
 const RENDITION: &str = "audio";
 const AHEAD: Duration = Duration::from_secs(8);
 /// Bound on waiting for the announces that carry the last counters.
 const REPORT_WAIT: Duration = Duration::from_secs(10);
-
-async fn viewer(
-    stack: &common::Stack,
-    account: &str,
-    options: loaves_client_sdk::Options,
-) -> Session {
-    let loaves = Loaves::builder().options(options).build().unwrap();
-    loaves
-        .open(TITLE, stack.entitlement(account))
-        .await
-        .unwrap()
-}
-
-/// Sum of the tracker's `name` series whose labels contain every one of
-/// `labels`, from its text exposition.
-fn scrape(stack: &common::Stack, name: &str, labels: &[&str]) -> f64 {
-    let text = stack.tracker.as_ref().unwrap().shared.metrics.render();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 /// Waits (bounded) until `done` holds.
 async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -51,7 +28,7 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_off_reports_the_cdn_only_cohort_without_peers() {
     let stack = stack(true).await;
-    let session = viewer(&stack, "cdn-only", stack.options(false)).await;
+    let session = stack.viewer("cdn-only", stack.options(false)).await;
     assert!(session.peer_addr().is_none());
     player::play(&session, RENDITION, AHEAD).await.unwrap();
     let stats = session.stats();
@@ -63,20 +40,23 @@ async fn p2p_off_reports_the_cdn_only_cohort_without_peers() {
     let cdn_only = r#"cohort="cdn_only""#;
     let cdn_bytes = r#"source="cdn""#;
     eventually("cdn_only bytes and played time at the tracker", || {
-        scrape(&stack, "loaves_tracker_bytes_total", &[cdn_only, cdn_bytes]) > 0.0
-            && scrape(&stack, "loaves_tracker_played_seconds_total", &[cdn_only]) > 0.0
+        stack.tracker_metric("loaves_tracker_bytes_total", &[cdn_only, cdn_bytes]) > 0.0
+            && stack.tracker_metric("loaves_tracker_played_seconds_total", &[cdn_only]) > 0.0
     })
     .await;
     // Every report was filed as CDN-only, and nothing was served to or
     // taken from peers.
     let p2p = r#"cohort="p2p""#;
-    assert_eq!(scrape(&stack, "loaves_tracker_bytes_total", &[p2p]), 0.0);
     assert_eq!(
-        scrape(&stack, "loaves_tracker_played_seconds_total", &[p2p]),
+        stack.tracker_metric("loaves_tracker_bytes_total", &[p2p]),
         0.0
     );
     assert_eq!(
-        scrape(&stack, "loaves_tracker_uploaded_bytes_total", &[]),
+        stack.tracker_metric("loaves_tracker_played_seconds_total", &[p2p]),
+        0.0
+    );
+    assert_eq!(
+        stack.tracker_metric("loaves_tracker_uploaded_bytes_total", &[]),
         0.0
     );
     let stats = session.stats();
@@ -88,7 +68,7 @@ async fn p2p_off_reports_the_cdn_only_cohort_without_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_on_reports_played_time() {
     let stack = stack(true).await;
-    let session = viewer(&stack, "p2p", stack.options(true)).await;
+    let session = stack.viewer("p2p", stack.options(true)).await;
     let opened = Instant::now();
     assert!(session.peer_addr().is_some());
     player::play(&session, RENDITION, AHEAD).await.unwrap();
@@ -118,12 +98,11 @@ async fn p2p_on_reports_played_time() {
 
     let p2p = r#"cohort="p2p""#;
     eventually("p2p played time at the tracker", || {
-        scrape(&stack, "loaves_tracker_played_seconds_total", &[p2p]) > 0.0
+        stack.tracker_metric("loaves_tracker_played_seconds_total", &[p2p]) > 0.0
     })
     .await;
     assert_eq!(
-        scrape(
-            &stack,
+        stack.tracker_metric(
             "loaves_tracker_played_seconds_total",
             &[r#"cohort="cdn_only""#]
         ),

@@ -7,27 +7,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TITLE, stack};
+use common::stack;
 use loaves_client_sdk::player::{self, PlaybackReport};
 use loaves_client_sdk::scheduler::{DropReason, Source};
-use loaves_client_sdk::{Event, Loaves, Session};
+use loaves_client_sdk::{Event, Session};
 
 const RENDITION: &str = "video_360p";
 const AHEAD: Duration = Duration::from_secs(8);
 /// Viewers in the swarm test (the issue asks for five or more).
 const VIEWERS: usize = 6;
-
-async fn viewer(
-    stack: &common::Stack,
-    account: &str,
-    options: loaves_client_sdk::Options,
-) -> Session {
-    let loaves = Loaves::builder().options(options).build().unwrap();
-    loaves
-        .open(TITLE, stack.entitlement(account))
-        .await
-        .unwrap()
-}
 
 fn drain(session: &Session, events: &mut loaves_client_sdk::Events) -> Vec<Event> {
     let _ = session;
@@ -56,7 +44,9 @@ async fn viewers_play_to_the_end_with_most_bytes_from_peers() {
     let mut sessions = Vec::new();
     let mut plays = Vec::new();
     for i in 0..VIEWERS {
-        let session = viewer(&stack, &format!("acct-{i}"), stack.options(true)).await;
+        let session = stack
+            .viewer(&format!("acct-{i}"), stack.options(true))
+            .await;
         let events = session.events();
         let session = std::sync::Arc::new(session);
         let s = session.clone();
@@ -128,7 +118,7 @@ async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
     // The liar plays first, so it holds every segment the others want.
     let mut liar_options = stack.options(true);
     liar_options.tamper_uploads = true;
-    let liar = viewer(&stack, "liar", liar_options).await;
+    let liar = stack.viewer("liar", liar_options).await;
     let liar_report = player::play(&liar, RENDITION, AHEAD).await.unwrap();
     assert_exact(&stack, &liar_report);
     let liar_key_events = liar.events();
@@ -137,8 +127,11 @@ async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
     let mut sessions = Vec::new();
     let mut plays = Vec::new();
     for i in 0..2 {
-        let session =
-            std::sync::Arc::new(viewer(&stack, &format!("honest-{i}"), stack.options(true)).await);
+        let session = std::sync::Arc::new(
+            stack
+                .viewer(&format!("honest-{i}"), stack.options(true))
+                .await,
+        );
         let events = session.events();
         let s = session.clone();
         plays.push(tokio::spawn(async move {
@@ -199,7 +192,7 @@ async fn p2p_off_plays_from_the_cdn_only_renews_and_releases_the_license() {
         .cdn
         .base_urls
         .insert(0, "http://127.0.0.1:9/".to_owned());
-    let session = viewer(&stack, "solo", options.clone()).await;
+    let session = stack.viewer("solo", options.clone()).await;
     let mut events = session.events();
     assert!(session.peer_addr().is_none());
     let report = player::play(&session, "audio", AHEAD).await.unwrap();
@@ -217,16 +210,16 @@ async fn p2p_off_plays_from_the_cdn_only_renews_and_releases_the_license() {
     assert!(renewed >= 2, "{renewed} renewals in {:?}", report.startup);
     session.close().await.unwrap();
     // The account allows one stream: closing released it.
-    let again = viewer(&stack, "solo", options).await;
+    let again = stack.viewer("solo", options).await;
     again.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_tracker_mid_play_causes_no_stall() {
     let mut stack = stack(true).await;
-    let first = viewer(&stack, "early", stack.options(true)).await;
+    let first = stack.viewer("early", stack.options(true)).await;
     player::play(&first, RENDITION, AHEAD).await.unwrap();
-    let second = std::sync::Arc::new(viewer(&stack, "late", stack.options(true)).await);
+    let second = std::sync::Arc::new(stack.viewer("late", stack.options(true)).await);
     let s = second.clone();
     let play = tokio::spawn(async move { player::play(&s, RENDITION, AHEAD).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -252,10 +245,10 @@ async fn no_upload_on_a_metered_network_when_asked() {
     let stack = stack(true).await;
     let mut options = stack.options(true);
     options.upload_only_unmetered = true;
-    let metered = viewer(&stack, "cellular", options).await;
+    let metered = stack.viewer("cellular", options).await;
     metered.set_network(loaves_client_sdk::NetworkType::Metered);
     player::play(&metered, RENDITION, AHEAD).await.unwrap();
-    let other = viewer(&stack, "other", stack.options(true)).await;
+    let other = stack.viewer("other", stack.options(true)).await;
     let report = player::play(&other, RENDITION, AHEAD).await.unwrap();
     assert_exact(&stack, &report);
     assert_eq!(metered.stats().bytes_uploaded, 0);
@@ -269,7 +262,7 @@ async fn a_small_store_stays_within_budget_and_seeking_back_refetches() {
     let stack = stack(false).await;
     let mut options = stack.options(false);
     options.store_budget_bytes = 200_000;
-    let session = viewer(&stack, "small", options).await;
+    let session = stack.viewer("small", options).await;
     let report = player::play(&session, RENDITION, AHEAD).await.unwrap();
     assert_exact(&stack, &report);
     let stats = session.stats();
@@ -290,7 +283,7 @@ async fn an_edge_seed_serves_viewers_and_losing_it_causes_no_stall() {
     stack.start_seed().await;
     // Give the seed time to register with the tracker.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let first = std::sync::Arc::new(viewer(&stack, "seeded", stack.options(true)).await);
+    let first = std::sync::Arc::new(stack.viewer("seeded", stack.options(true)).await);
     let s = first.clone();
     let play = tokio::spawn(async move { player::play(&s, RENDITION, AHEAD).await });
     tokio::time::sleep(Duration::from_millis(2500)).await;

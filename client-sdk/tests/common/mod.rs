@@ -275,6 +275,26 @@ impl Stack {
             .unwrap()
     }
 
+    /// An SDK viewer of the sample, signed in as `account`.
+    pub async fn viewer(&self, account: &str, options: Options) -> loaves_client_sdk::Session {
+        let loaves = loaves_client_sdk::Loaves::builder()
+            .options(options)
+            .build()
+            .unwrap();
+        loaves.open(TITLE, self.entitlement(account)).await.unwrap()
+    }
+
+    /// Sum of the tracker's `name` series whose labels contain every one of
+    /// `labels`, from its text exposition.
+    pub fn tracker_metric(&self, name: &str, labels: &[&str]) -> f64 {
+        let text = self.tracker.as_ref().unwrap().shared.metrics.render();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn entitlement(&self, account: &str) -> Vec<u8> {
         self.entitlement_up_to(account, 0)
     }
