@@ -146,3 +146,46 @@ fn a_seed_refuses_uploads_beyond_its_slots() {
     assert!(one_slot.rebuffer_ratio < 1e-3, "{one_slot:?}");
     assert!(one_slot.bytes_seed > 0, "{one_slot:?}");
 }
+
+/// Churn: half the viewers leave after about 40 s. Those who stay keep
+/// playing from their remaining neighbours, seeds and the CDN: departures
+/// are counted, fewer bytes are fetched than when everybody stays, peers
+/// still carry bytes, and rebuffering stays under 0.1 %.
+#[test]
+fn viewers_leaving_mid_event_do_not_stall_those_who_stay() {
+    let churned = SimConfig {
+        churn_leave_fraction: 0.5,
+        churn_watch_s: 40,
+        ..small("deadline-first")
+    };
+    let (steady, _) = Simulation::new(small("deadline-first")).unwrap().run();
+    let (report, engine) = Simulation::new(churned.clone()).unwrap().run();
+    assert_eq!(report.viewers, 60);
+    assert!(
+        (20..=40).contains(&engine.departures),
+        "{} departures",
+        engine.departures
+    );
+    let total = |r: &loaves_loadtests::report::Report| r.bytes_peer + r.bytes_seed + r.bytes_cdn;
+    // Fewer viewer-seconds watched, so fewer bytes fetched.
+    assert!(total(&report) < total(&steady));
+    assert!(report.bytes_peer > 0, "{report:?}");
+    assert!(report.rebuffer_ratio < 1e-3, "{report:?}");
+    assert_eq!(report.corrupt_bytes_to_player, 0);
+    // Deterministic with churn too.
+    let (again, _) = Simulation::new(churned).unwrap().run();
+    assert_eq!(report, again);
+}
+
+#[test]
+fn churn_settings_out_of_range_are_refused() {
+    for (fraction, watch) in [(-0.1, 60), (1.5, 60), (0.5, 0)] {
+        let config = SimConfig {
+            churn_leave_fraction: fraction,
+            churn_watch_s: watch,
+            ..small("deadline-first")
+        };
+        let error = Simulation::new(config).unwrap_err().to_string();
+        assert!(error.contains("churn"), "{error}");
+    }
+}

@@ -20,8 +20,10 @@
 //! taken at that granularity (the SDK's driver polls every 50 ms); latency
 //! enters otherwise only as the RTT the scheduler is told; no peer
 //! misbehaves (corruption is covered by the real-process tests, not here),
-//! so `corrupt_bytes_to_player` is 0 by construction; viewers do not leave
-//! before the end.
+//! so `corrupt_bytes_to_player` is 0 by construction. Churn: a configured
+//! share of viewers leaves for good after watching a while (their
+//! transfers end, receivers see them fail, neighbours drop them and the
+//! tracker is told); departed viewers' played time counts until they left.
 //!
 //! Cost: each transfer in flight has one pending completion (an indexed
 //! heap), so a change of rate moves it instead of queueing another event.
@@ -101,6 +103,12 @@ pub struct SimConfig {
     /// Concurrent uploads a viewer accepts; beyond them it answers BUSY at
     /// once (as the SDK's upload server does), so requesters go elsewhere.
     pub upload_slots: usize,
+    /// Churn: the share of viewers (0..=1) who leave before the end. Each
+    /// of them watches 0.25x..1.75x of `churn_watch_s` (uniform) from its
+    /// join, then leaves for good. 0 = nobody leaves.
+    pub churn_leave_fraction: f64,
+    /// Churn: the mean watch time of a viewer who leaves, seconds.
+    pub churn_watch_s: u64,
 }
 
 impl Default for SimConfig {
@@ -128,6 +136,8 @@ impl Default for SimConfig {
             announce_interval_s: 15,
             max_peers: 20,
             upload_slots: 4,
+            churn_leave_fraction: 0.0,
+            churn_watch_s: 120,
         }
     }
 }
@@ -155,6 +165,8 @@ pub struct EngineStats {
     pub range_completions: u64,
     /// Peers dropped by schedulers (slow, stalled).
     pub peers_dropped: u64,
+    /// Viewers who left before the end (churn).
+    pub departures: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -166,6 +178,8 @@ enum Event {
     Poll(u32),
     Announce(u32),
     SeedRegistration,
+    /// A viewer leaves for good (churn).
+    Leave(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +222,9 @@ struct Viewer {
     scheduler: Scheduler<AnyPolicy>,
     joined: bool,
     join_ms: u64,
+    /// When it leaves for good (churn), if it does.
+    leave_ms: Option<u64>,
+    left: bool,
     isp: u32,
     up: f64,
     down: f64,
@@ -286,9 +303,19 @@ impl Simulation {
                 "isps and regions must be positive".into(),
             ));
         }
+        if !(0.0..=1.0).contains(&config.churn_leave_fraction)
+            || (config.churn_leave_fraction > 0.0 && config.churn_watch_s == 0)
+        {
+            return Err(SimError::Invalid(
+                "churn_leave_fraction must be in 0..=1, with a positive churn_watch_s".into(),
+            ));
+        }
         let policy = AnyPolicy::parse(&config.policy)
             .ok_or_else(|| SimError::Invalid(format!("unknown policy {:?}", config.policy)))?;
         let mut rng = config.seed ^ 0x5EED_0F10_AF5E_u64;
+        // Churn draws from its own stream, so runs without churn keep the
+        // joins and capacities they had before churn existed.
+        let mut churn_rng = config.seed ^ 0xC4A2_11E5_u64;
         let mut viewers = Vec::with_capacity(config.viewers as usize);
         for index in 0..config.viewers {
             let jitter = 0.5 + next_unit(&mut rng);
@@ -301,10 +328,17 @@ impl Simulation {
                 max_peers: config.max_peers + config.seeds as usize,
                 ..SchedulerConfig::default()
             };
+            let join_ms = (next_unit(&mut rng) * config.join_window_s as f64 * 1000.0) as u64;
+            let leaves = next_unit(&mut churn_rng) < config.churn_leave_fraction;
+            let watch = 0.25 + 1.5 * next_unit(&mut churn_rng);
+            let leave_ms = leaves
+                .then(|| join_ms + (watch * config.churn_watch_s as f64 * 1000.0).max(1.0) as u64);
             viewers.push(Viewer {
                 scheduler: Scheduler::new(scheduler_config, policy.clone()),
                 joined: false,
-                join_ms: (next_unit(&mut rng) * config.join_window_s as f64 * 1000.0) as u64,
+                join_ms,
+                leave_ms,
+                left: false,
                 isp: (index % u64::from(config.isps)) as u32,
                 up: bytes_per_ms(config.viewer_upload_bps) * jitter,
                 down: bytes_per_ms(config.viewer_download_bps),
@@ -357,6 +391,9 @@ impl Simulation {
         for v in 0..simulation.viewers.len() {
             let at = simulation.viewers[v].join_ms;
             simulation.schedule(at, Event::Join(v as u32));
+            if let Some(at) = simulation.viewers[v].leave_ms {
+                simulation.schedule(at, Event::Leave(v as u32));
+            }
         }
         Ok(simulation)
     }
@@ -396,6 +433,12 @@ impl Simulation {
             }
             self.now = at;
             self.engine.events += 1;
+            // A viewer that left runs nothing more.
+            if let Event::Tick(v) | Event::Poll(v) | Event::Announce(v) = event
+                && self.viewers[v as usize].left
+            {
+                continue;
+            }
             match event {
                 Event::Publish(sequence) => self.publish(sequence),
                 Event::Join(v) => self.join(v),
@@ -406,11 +449,12 @@ impl Simulation {
                 }
                 Event::Announce(v) => self.announce(v),
                 Event::SeedRegistration => self.register_seeds(),
+                Event::Leave(v) => self.leave(v),
             }
         }
         self.now = end;
         for v in 0..self.viewers.len() {
-            if self.viewers[v].joined {
+            if self.viewers[v].joined && !self.viewers[v].left {
                 self.advance_player(v as u32);
             }
         }
@@ -426,7 +470,7 @@ impl Simulation {
     fn publish(&mut self, sequence: u64) {
         self.latest_published = Some(sequence);
         let (size, duration) = (self.segment_bytes(), self.config.segment_ms);
-        for viewer in self.viewers.iter_mut().filter(|v| v.joined) {
+        for viewer in self.viewers.iter_mut().filter(|v| v.joined && !v.left) {
             viewer.scheduler.add_segment(sequence, size, duration);
         }
         self.schedule(
@@ -457,6 +501,44 @@ impl Simulation {
         viewer.scheduler.set_playhead(Millis(now), start, 0, false);
         self.announce(v);
         self.tick(v);
+    }
+
+    /// Viewer `v` leaves for good: its downloads end, its neighbours drop
+    /// it, what it was sending fails at the receivers (who go elsewhere),
+    /// and the tracker forgets it.
+    fn leave(&mut self, v: u32) {
+        if !self.viewers[v as usize].joined || self.viewers[v as usize].left {
+            return;
+        }
+        self.advance_player(v);
+        self.engine.departures += 1;
+        let viewer = &mut self.viewers[v as usize];
+        viewer.left = true;
+        viewer.held = Held::default();
+        let neighbours = std::mem::take(&mut viewer.neighbours);
+        let downloads = viewer.downloads.clone();
+        for slot in downloads {
+            self.finish(slot);
+        }
+        let gone = PeerId(u64::from(v));
+        for n in neighbours {
+            let neighbour = &mut self.viewers[n as usize];
+            neighbour.neighbours.retain(|&x| x != v);
+            neighbour.scheduler.remove_peer(gone);
+        }
+        let uploads = self.viewers[v as usize].uploads.clone();
+        let now = Millis(self.now);
+        for slot in uploads {
+            if let Some(transfer) = self.finish(slot) {
+                let receiver = &mut self.viewers[transfer.to as usize];
+                receiver.scheduler.remove_peer(gone);
+                let actions = receiver
+                    .scheduler
+                    .on_complete(now, transfer.id, Outcome::Failed);
+                self.apply(transfer.to, actions);
+            }
+        }
+        self.book.stop(&key_of(u64::from(v)), &self.swarm);
     }
 
     fn register_seeds(&mut self) {
@@ -571,7 +653,7 @@ impl Simulation {
             return;
         }
         let u = other as u32;
-        if u == v || !self.viewers[u as usize].joined {
+        if u == v || !self.viewers[u as usize].joined || self.viewers[u as usize].left {
             return;
         }
         let max = self.config.max_peers;
