@@ -715,12 +715,16 @@ async fn announcer(shared: Arc<Shared>, client: ClientEndpoint, role: Role) {
 }
 
 impl Announcer {
-    fn hello(&self) -> pb::TrackerHello {
-        pb::TrackerHello {
+    /// A new tracker connection, the session token proven at its hello.
+    async fn connect(&self) -> Result<TrackerConnection, ClientError> {
+        let hello = pb::TrackerHello {
             credential: Some(pb::tracker_hello::Credential::SessionToken(
                 self.shared.token.clone(),
             )),
-        }
+        };
+        self.client
+            .connect(self.tracker, &self.shared.identity, hello)
+            .await
     }
 
     fn swarm_id(&self, rendition: &str) -> pb::SwarmId {
@@ -746,11 +750,7 @@ impl Announcer {
             if now < self.retry_at {
                 return;
             }
-            match self
-                .client
-                .connect(self.tracker, &shared.identity, self.hello())
-                .await
-            {
+            match self.connect().await {
                 Ok(c) => self.connection = Some(c),
                 Err(e) => {
                     shared.emit(Event::TrackerUnavailable {
@@ -896,11 +896,7 @@ impl Announcer {
                 Err(_) => self.connection = None,
             }
         }
-        let connection = self
-            .client
-            .connect(self.tracker, &self.shared.identity, self.hello())
-            .await
-            .map_err(|e| e.to_string())?;
+        let connection = self.connect().await.map_err(|e| e.to_string())?;
         self.connection = Some(connection.clone());
         connection
             .request(request)
