@@ -587,7 +587,12 @@ async fn a_client_that_ignores_the_rate_limit_is_disconnected() {
 /// A request abandoned after it was sent (the caller's timeout) must not
 /// leave its late response on the session stream for the next request to
 /// read as its own: the connection is given up instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// One thread runs the test, the tracker and both connection drivers, so
+/// nothing can answer the announce before the test yields: on several
+/// threads, a test thread descheduled between the write and the read could
+/// find the reply already there.
+#[tokio::test(flavor = "current_thread")]
 async fn an_abandoned_request_does_not_answer_the_next_one() {
     let tracker = TestTracker::start(FrontEndOptions::default()).await;
     let viewer = Viewer::new("eu", "isp-a");
