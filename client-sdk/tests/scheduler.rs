@@ -559,3 +559,36 @@ fn a_busy_seed_is_not_asked_again_before_its_back_off() {
     let later = fetches(&s.poll(Millis(20 + backoff)));
     assert!(later.iter().any(|f| f.2 == Source::Seed(seed)), "{later:?}");
 }
+
+#[test]
+fn a_busy_peer_still_holds_the_segment_after_its_back_off() {
+    let backoff = SchedulerConfig::default().busy_backoff_ms;
+    let mut s = vod(DeadlineFirst::default());
+    s.set_playhead(Millis(0), 0, 0, false);
+    let peer = PeerId(1);
+    s.add_peer(peer, viewer(Locality::SameIsp, 5_000_000));
+    s.peer_has(peer, 3);
+    let first = fetches(&s.poll(Millis(0)));
+    let (transfer, ..) = *first
+        .iter()
+        .find(|f| f.1 == 3 && f.2 == Source::Peer(peer))
+        .unwrap_or_else(|| panic!("segment 3 not asked of its holder: {first:?}"));
+    s.on_complete(Millis(20), transfer, Outcome::Busy);
+    // During the back-off the peer is not asked; whatever fetches segment 3
+    // meanwhile fails, so the segment is still wanted afterwards.
+    let during = fetches(&s.poll(Millis(30)));
+    assert!(
+        during.iter().all(|f| f.2 != Source::Peer(peer)),
+        "{during:?}"
+    );
+    for (transfer, ..) in &during {
+        s.on_complete(Millis(40), *transfer, Outcome::Failed);
+    }
+    // Afterwards it is asked for segment 3 again: BUSY did not erase its
+    // HAVE.
+    let later = fetches(&s.poll(Millis(20 + backoff)));
+    assert!(
+        later.iter().any(|f| f.1 == 3 && f.2 == Source::Peer(peer)),
+        "{later:?}"
+    );
+}

@@ -652,9 +652,13 @@ impl<P: Policy> Scheduler<P> {
                 {
                     peer_state.busy_until = now.plus(self.config.busy_backoff_ms);
                 }
-                // Ask somebody else next time: forget that this peer offers
-                // the segment (it may have evicted it, or be at capacity).
-                if let Some(peer) = state.source.peer()
+                // Failed or denied: ask somebody else next time, forget that
+                // this peer offers the segment (it may have evicted it). BUSY
+                // says nothing of the segment, only of the peer's capacity,
+                // which the back-off above covers: once it is over, the peer
+                // is a holder like any other.
+                if outcome != Outcome::Busy
+                    && let Some(peer) = state.source.peer()
                     && let Some(peer_state) = self.peers.get_mut(&peer)
                     && peer_state.holds.remove(&state.sequence)
                     && peer_state.info.kind == PeerKind::Viewer
