@@ -121,13 +121,22 @@ impl ClientEndpoint {
 /// The QUIC client configuration for talking to trackers as `identity`
 /// (tracker ALPN, keep-alive).
 pub fn client_config(identity: &PeerIdentity) -> Result<quinn::ClientConfig, ClientError> {
-    let tls = identity
+    let mut tls = identity
         .client_config(crate::ALPN_TRACKER)
         .map_err(|e| ClientError::Setup(e.to_string()))?;
+    // The tracker issues no session tickets (a session is one long-lived
+    // connection), so a resumption cache would only hold memory: rustls
+    // sizes its default one for 256 servers, about 13 KB per configuration.
+    tls.resumption = rustls::client::Resumption::disabled();
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(20)));
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        // The tracker never opens a stream towards a client; quinn would
+        // otherwise set up receive state for 100 + 100 streams it could.
+        .max_concurrent_bidi_streams(0u8.into())
+        .max_concurrent_uni_streams(0u8.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

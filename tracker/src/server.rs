@@ -174,7 +174,11 @@ pub fn quinn_server_config(
     identity: &PeerIdentity,
     options: &FrontEndOptions,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let tls = identity.server_config(loaves_proto::ALPN_TRACKER)?;
+    let mut tls = identity.server_config(loaves_proto::ALPN_TRACKER)?;
+    // A session is one long-lived connection and clients keep no resumption
+    // cache: tickets would only cost every handshake their encryption and
+    // bytes.
+    tls.send_tls13_tickets = 0;
     let crypto = QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
