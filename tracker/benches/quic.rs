@@ -59,6 +59,20 @@ fn cpu_ns(name: &str) -> u64 {
         .sum()
 }
 
+/// Resident memory of this process, kilobytes (0 where /proc is not
+/// available).
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn arg(index: usize, default: u64) -> u64 {
     std::env::args()
         .skip(1)
@@ -169,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
 
         // Phase 1: connect everybody (bounded concurrency).
+        let rss_before = rss_kb();
         let started = Instant::now();
         let semaphore = Arc::new(tokio::sync::Semaphore::new(128));
         let mut tasks = Vec::with_capacity(peers);
@@ -191,6 +206,10 @@ fn main() -> anyhow::Result<()> {
             "connected {} of {peers} in {connect_s:.1} s ({:.0} handshakes + hellos per second)",
             connections.len(),
             connections.len() as f64 / connect_s
+        );
+        println!(
+            "memory: {:.1} KB resident per connection, both ends (tracker and viewer) together",
+            rss_kb().saturating_sub(rss_before) as f64 / connections.len().max(1) as f64
         );
 
         // Phase 2: announce in a loop on every connection.
