@@ -170,6 +170,31 @@ pub(crate) fn start_stats_only(shared: Arc<Shared>) -> Option<watch::Receiver<()
 
 struct UploadHandler {
     shared: Arc<Shared>,
+    /// The upload cap's limiter, shared by every connection served.
+    egress: Option<Arc<EgressLimiter>>,
+}
+
+impl UploadHandler {
+    /// Why a new request cannot be served now, if it cannot.
+    fn refusal(&self) -> Option<&'static str> {
+        if !self.shared.upload_allowed() {
+            return Some("not uploading now");
+        }
+        // Admission by rate: queued behind uploads already too late for the
+        // cap, this one would only hold its requester up.
+        let behind = self
+            .egress
+            .as_ref()
+            .is_some_and(|egress| egress.backlog() > self.shared.options.max_upload_backlog);
+        if behind {
+            self.shared
+                .counters
+                .refused_busy
+                .fetch_add(1, Ordering::Relaxed);
+            return Some("upload budget exhausted");
+        }
+        None
+    }
 }
 
 impl RequestHandler for UploadHandler {
@@ -178,10 +203,10 @@ impl RequestHandler for UploadHandler {
         _peer: &AuthenticatedPeer,
         request: &pb::SegmentRequest,
     ) -> impl std::future::Future<Output = Reply> + Send {
-        let reply = if !self.shared.upload_allowed() {
+        let reply = if let Some(reason) = self.refusal() {
             Reply::Refuse {
                 status: pb::segment_response_header::Status::Busy,
-                message: "not uploading now".into(),
+                message: reason.into(),
             }
         } else {
             let key = SegmentKey {
@@ -238,6 +263,7 @@ async fn accept_loop(context: Arc<Context>, announcer_done: Option<watch::Receiv
     };
     let handler = Arc::new(UploadHandler {
         shared: shared.clone(),
+        egress: egress.clone(),
     });
     let mut shutdown = shared.shutdown.clone();
     loop {

@@ -104,6 +104,11 @@ pub struct Options {
     pub max_peers: usize,
     /// Most viewers served at once.
     pub max_upload_connections: usize,
+    /// With a capped upload: a request that arrives while the uploads in
+    /// progress are more than this far behind the cap is answered BUSY at
+    /// once (the requester backs off and goes elsewhere) instead of joining
+    /// a queue it would wait in, pieces arriving late or stalling.
+    pub max_upload_backlog: Duration,
     /// How far ahead of the playhead segments are fetched.
     pub buffer_target: Duration,
     /// Memory for verified segments (own playback and upload).
@@ -182,6 +187,7 @@ impl Default for Options {
             upload_only_unmetered: false,
             max_peers: 8,
             max_upload_connections: 16,
+            max_upload_backlog: Duration::from_millis(250),
             buffer_target: Duration::from_secs(16),
             store_budget_bytes: 64 << 20,
             region: String::new(),
@@ -318,6 +324,10 @@ pub struct Stats {
     pub bytes_cross_region: u64,
     /// Bytes uploaded to other viewers.
     pub bytes_uploaded: u64,
+    /// Requests from other viewers answered BUSY because the uploads in
+    /// progress were already more than `max_upload_backlog` behind the
+    /// upload cap.
+    pub uploads_refused_busy: u64,
     /// Share of downloaded bytes that did not come from the CDN.
     pub offload_ratio: f64,
     /// Segments verified.
@@ -348,6 +358,7 @@ pub(crate) struct Counters {
     pub(crate) cross_isp: AtomicU64,
     pub(crate) cross_region: AtomicU64,
     pub(crate) uploaded: AtomicU64,
+    pub(crate) refused_busy: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) banned: AtomicU64,
     pub(crate) rebuffer_ms: AtomicU64,
@@ -599,6 +610,7 @@ impl Shared {
         stats.bytes_cross_isp = c.cross_isp.load(Ordering::Relaxed);
         stats.bytes_cross_region = c.cross_region.load(Ordering::Relaxed);
         stats.bytes_uploaded = c.uploaded.load(Ordering::Relaxed);
+        stats.uploads_refused_busy = c.refused_busy.load(Ordering::Relaxed);
         stats.segments_rejected = c.rejected.load(Ordering::Relaxed);
         stats.peers_banned = c.banned.load(Ordering::Relaxed);
         stats.rebuffer_time = Duration::from_millis(c.rebuffer_ms.load(Ordering::Relaxed));

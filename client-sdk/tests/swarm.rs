@@ -258,6 +258,50 @@ async fn no_upload_on_a_metered_network_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uploader_behind_its_cap_answers_busy_instead_of_queueing() {
+    let stack = stack(true).await;
+    // One uploader holding everything, on a 20 kB/s uplink: a single 64 KiB
+    // piece puts it seconds behind its cap.
+    let mut options = stack.options(true);
+    options.upload = loaves_client_sdk::Upload::Capped {
+        bytes_per_second: 20_000,
+    };
+    let uploader = stack.viewer("slow-uplink", options).await;
+    player::play(&uploader, RENDITION, AHEAD).await.unwrap();
+    // Two viewers then ask it at once, for the same early segments.
+    let mut plays = Vec::new();
+    for i in 0..2 {
+        let viewer = std::sync::Arc::new(
+            stack
+                .viewer(&format!("downloader-{i}"), stack.options(true))
+                .await,
+        );
+        let v = viewer.clone();
+        plays.push((
+            viewer,
+            tokio::spawn(async move { player::play(&v, RENDITION, AHEAD).await }),
+        ));
+    }
+    for (viewer, play) in plays {
+        let report = tokio::time::timeout(Duration::from_secs(60), play)
+            .await
+            .expect("playback finishes in time")
+            .unwrap()
+            .unwrap();
+        // Refused requests went elsewhere: every byte arrived, verified.
+        assert_exact(&stack, &report);
+        std::sync::Arc::try_unwrap(viewer)
+            .unwrap()
+            .close()
+            .await
+            .unwrap();
+    }
+    let stats = uploader.stats();
+    assert!(stats.uploads_refused_busy > 0, "{stats:?}");
+    uploader.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_store_stays_within_budget_and_seeking_back_refetches() {
     let stack = stack(false).await;
     let mut options = stack.options(false);
