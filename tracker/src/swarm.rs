@@ -92,7 +92,8 @@ pub struct SwarmConfig {
     pub max_addresses: usize,
     /// Longest title or rendition name, bytes.
     pub max_name_len: usize,
-    /// Distinct region and ISP names remembered; more fold into "other".
+    /// Distinct region and ISP names remembered (at most
+    /// [`MAX_LOCALITY_NAMES`], 65,534); more fold into "other".
     pub max_locality_names: usize,
     /// Bounds on holdings.
     pub holdings: HoldingsLimits,
@@ -216,10 +217,14 @@ pub struct ExpiryReport {
 }
 
 /// Id of an interned region or ISP name. 0 = unknown, 1 = other (overflow):
-/// neither ever matches for locality.
-type NameId = u32;
+/// neither ever matches for locality. Two bytes keep [`Hot`] small: at most
+/// [`MAX_LOCALITY_NAMES`] names are told apart.
+type NameId = u16;
 const UNKNOWN: NameId = 0;
 const OVERFLOW: NameId = 1;
+/// Most region and ISP names told apart, whatever the configuration says
+/// (the ids after `UNKNOWN` and `OVERFLOW` that fit a [`NameId`]).
+pub const MAX_LOCALITY_NAMES: usize = NameId::MAX as usize - 1;
 
 #[derive(Debug)]
 struct Interner {
@@ -233,7 +238,7 @@ impl Interner {
         Self {
             ids: HashMap::default(),
             names: vec!["".into(), "other".into()],
-            max,
+            max: max.min(MAX_LOCALITY_NAMES),
         }
     }
 
@@ -275,30 +280,41 @@ struct Peer {
     region_pos: u32,
 }
 
-/// What peer choice reads of a peer, kept compact (40 bytes) and copied into
-/// the swarm's locality indexes so that scoring candidates reads sequential
-/// memory instead of one scattered [`Peer`] record each. Derived from the
-/// `Peer` by [`Hot::of`] whenever the peer changes.
+/// What peer choice reads of a peer, kept compact (24 bytes, so that a
+/// 64-byte cache line holds more than two) and copied into the swarm's
+/// locality indexes so that scoring candidates reads sequential memory
+/// instead of one scattered [`Peer`] record each. Derived from the `Peer` by
+/// [`Hot::of`] whenever the peer changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hot {
-    last_seen: u64,
-    /// Live window `first..=last` when `holdings == HOT_LIVE`.
-    first: u64,
+    /// Live window end when the holdings are a live window.
     last: u64,
+    /// Unix seconds of the last announce (saturated at `u32::MAX`, the
+    /// year 2106).
+    last_seen: u32,
     /// Position of the peer in `Swarm::peers`.
     index: u32,
+    /// `last - first` of a live window, saturated at `u16::MAX`: a window
+    /// longer than 65,535 segments (36 hours of 2 s segments) counts as its
+    /// newest 65,536 when scoring, which only matters to a requester that
+    /// far behind the peer's live edge.
+    back: u16,
     region: NameId,
     isp: NameId,
     /// Bits of the spare upload (`64 - leading_zeros`): its log scale.
     spare_log: u8,
-    /// `HOT_NOTHING`, `HOT_LIVE` or `HOT_BITMAP` (read from the `Peer`).
-    holdings: u8,
-    reachable: bool,
+    /// `HOT_NOTHING`, `HOT_LIVE` or `HOT_BITMAP` (read from the `Peer`), with
+    /// `HOT_REACHABLE` when the peer gave a usable address.
+    flags: u8,
 }
+
+const _: () = assert!(std::mem::size_of::<Hot>() == 24);
 
 const HOT_NOTHING: u8 = 0;
 const HOT_LIVE: u8 = 1;
 const HOT_BITMAP: u8 = 2;
+const HOT_HOLDINGS: u8 = 3;
+const HOT_REACHABLE: u8 = 4;
 
 impl Hot {
     fn of(peer: &Peer, index: u32) -> Self {
@@ -307,17 +323,30 @@ impl Hot {
             Holdings::Live { first, last } => (HOT_LIVE, first, last),
             Holdings::Bitmap { .. } => (HOT_BITMAP, 0, 0),
         };
+        let reachable = if peer.reachable { HOT_REACHABLE } else { 0 };
         Self {
-            last_seen: peer.last_seen.0,
-            first,
             last,
+            last_seen: u32::try_from(peer.last_seen.0).unwrap_or(u32::MAX),
             index,
+            back: u16::try_from(last - first).unwrap_or(u16::MAX),
             region: peer.region,
             isp: peer.isp,
             spare_log: (64 - peer.spare_upload_bps.leading_zeros()) as u8,
-            holdings,
-            reachable: peer.reachable,
+            flags: holdings | reachable,
         }
+    }
+
+    fn holdings(&self) -> u8 {
+        self.flags & HOT_HOLDINGS
+    }
+
+    fn reachable(&self) -> bool {
+        self.flags & HOT_REACHABLE != 0
+    }
+
+    /// First segment of the live window (see `back`).
+    fn first(&self) -> u64 {
+        self.last - u64::from(self.back)
     }
 }
 
@@ -1337,8 +1366,8 @@ impl Choice {
 
     fn eligible(&self, peer: &Hot) -> bool {
         peer.index != self.me
-            && peer.reachable
-            && peer.last_seen.saturating_add(self.ttl) >= self.now.0
+            && peer.reachable()
+            && u64::from(peer.last_seen).saturating_add(self.ttl) >= self.now.0
     }
 
     /// Higher is better: segments held just ahead of the requester's
@@ -1346,10 +1375,13 @@ impl Choice {
     /// upload on a log scale, then a random tie-break so equally good peers
     /// share the load.
     fn score(&self, peer: &Hot, peers: &[Peer], rng: &mut SplitMix64) -> u64 {
-        let held = match peer.holdings {
-            HOT_LIVE => {
-                holdings::live_count_held(peer.first, peer.last, self.next_sequence, self.lookahead)
-            }
+        let held = match peer.holdings() {
+            HOT_LIVE => holdings::live_count_held(
+                peer.first(),
+                peer.last,
+                self.next_sequence,
+                self.lookahead,
+            ),
             HOT_BITMAP => peers.get(peer.index as usize).map_or(0, |p| {
                 p.holdings.count_held(self.next_sequence, self.lookahead)
             }),
@@ -1617,6 +1649,48 @@ mod tests {
     /// The reply cache names peers by position: a peer that leaves must
     /// neither be listed from the cache nor shift another peer into its
     /// place (a requester given its own entry).
+    #[test]
+    fn locality_names_beyond_what_an_id_holds_fold_into_other() {
+        let mut names = Interner::new(usize::MAX);
+        let mut seen = std::collections::HashSet::new();
+        let mut folded = 0;
+        for i in 0..70_000 {
+            let id = names.intern(&format!("isp-{i}"));
+            if id == OVERFLOW {
+                folded += 1;
+            } else {
+                assert!(known(id));
+                // No id is handed out twice (a wrapped cast would).
+                assert!(seen.insert(id), "id {id} reused");
+                assert_eq!(names.name(id), format!("isp-{i}"));
+            }
+        }
+        assert_eq!(seen.len(), MAX_LOCALITY_NAMES);
+        assert_eq!(folded, 70_000 - MAX_LOCALITY_NAMES);
+    }
+
+    #[test]
+    fn summaries_keep_the_newest_65536_segments_of_a_long_live_window() {
+        let mut peer = new_peer(&[1; 32], 2, 3);
+        peer.holdings = Holdings::Live {
+            first: 1_000,
+            last: 101_000,
+        };
+        peer.reachable = true;
+        peer.last_seen = UnixSeconds(u64::MAX);
+        let hot = Hot::of(&peer, 7);
+        assert_eq!(hot.holdings(), HOT_LIVE);
+        assert!(hot.reachable());
+        assert_eq!(hot.last, 101_000);
+        assert_eq!(hot.first(), 101_000 - 65_535);
+        assert_eq!(hot.last_seen, u32::MAX);
+        peer.holdings = Holdings::Live { first: 5, last: 25 };
+        peer.reachable = false;
+        let hot = Hot::of(&peer, 7);
+        assert_eq!((hot.first(), hot.last), (5, 25));
+        assert!(!hot.reachable());
+    }
+
     #[test]
     fn cached_replies_forget_peers_that_left() {
         let mut book = SwarmBook::new(SwarmConfig::default(), 5);
