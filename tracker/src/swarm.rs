@@ -182,7 +182,8 @@ pub struct AnnounceOutcome {
     pub peers: u32,
     /// Seeds in the reply.
     pub seeds: u32,
-    /// Viewers in the swarm.
+    /// Viewers in the swarm who share (gave a usable address; the requester
+    /// included when it did): the reply's `swarm_size`.
     pub swarm_size: u32,
     /// Whether the requester just joined this swarm.
     pub joined: bool,
@@ -380,6 +381,10 @@ struct Swarm {
     slots: Vec<EntrySlot>,
     entries: EntryArena,
     seeds: Vec<PeerKey>,
+    /// Peers that gave a usable address (`Peer::reachable`): the viewers
+    /// who share, among whom live injection is divided (the reply's
+    /// `swarm_size`).
+    sharing: u32,
 }
 
 /// Where a peer's entry lives in its swarm's [`EntryArena`].
@@ -543,6 +548,9 @@ impl Swarm {
         let Some(peer) = self.peers.get(i) else {
             return;
         };
+        if peer.reachable {
+            self.sharing = self.sharing.saturating_sub(1);
+        }
         let (key, isp, isp_pos, region, region_pos) = (
             peer.key,
             peer.isp,
@@ -879,6 +887,13 @@ impl SwarmBook {
         let peer = &mut swarm.peers[me as usize];
         peer.holdings = holdings;
         peer.spare_upload_bps = spare;
+        if peer.reachable != reachable {
+            if reachable {
+                swarm.sharing += 1;
+            } else {
+                swarm.sharing = swarm.sharing.saturating_sub(1);
+            }
+        }
         peer.reachable = reachable;
         peer.last_seen = now;
         if let Some(slot) = swarm.slots.get_mut(me as usize) {
@@ -976,7 +991,9 @@ impl SwarmBook {
             wire::REPLY_INTERVAL,
             u64::from(config.announce_interval_s),
         );
-        let swarm_size = swarm.peers.len() as u32;
+        // Viewers who share, not all who announce: a CDN-only or upload-off
+        // viewer takes no part in passing injected live segments on.
+        let swarm_size = swarm.sharing;
         wire::put_u64_field(&mut reply, wire::REPLY_SWARM_SIZE, u64::from(swarm_size));
         Ok((reply, peers, seeds, swarm_size, joined))
     }
@@ -1159,6 +1176,9 @@ impl SwarmBook {
                 return Err(format!("{name:?}: index size differs"));
             }
             total += swarm.peers.len();
+            if swarm.sharing as usize != swarm.peers.iter().filter(|p| p.reachable).count() {
+                return Err(format!("{name:?}: sharing count wrong"));
+            }
             let reserved: usize = swarm.slots.iter().map(|s| s.cap as usize).sum();
             let mut spans: Vec<(usize, usize)> = swarm
                 .slots

@@ -432,14 +432,50 @@ fn bad_input_is_refused_or_clamped() {
         reply.peers[0].addresses,
         vec!["10.0.0.1:4000", "[2001:db8::1]:4000"]
     );
-    // A peer with no usable address is counted but never handed out.
+    // A peer with no usable address is tracked (metrics, expiry) but never
+    // handed out, nor counted among the viewers who share.
     announce_with(&mut book, 100, &Viewer::new(3, "eu", "a"), |a| {
         a.addresses.clear()
     })
     .unwrap();
     let reply = announce(&mut book, 100, &Viewer::new(2, "eu", "a"));
     assert_eq!(numbers(&reply), vec![1]);
-    assert_eq!(reply.swarm_size, 3);
+    assert_eq!(reply.swarm_size, 2);
+    assert_eq!(book.total_peers(), 3);
+}
+
+/// The reply's swarm size counts the viewers who share, which is what a
+/// client divides live injection by; the audience metrics count everybody.
+#[test]
+fn swarm_size_counts_the_viewers_who_share() {
+    let mut book = book();
+    let stats_only = |a: &mut pb::Announce| a.addresses.clear();
+    let sharer = Viewer::new(1, "eu", "a");
+    let cdn_only = Viewer::new(2, "eu", "a");
+    assert_eq!(announce(&mut book, 100, &sharer).swarm_size, 1);
+    let outcome = announce_with(&mut book, 100, &cdn_only, stats_only).unwrap();
+    assert_eq!(outcome.swarm_size, 1);
+    assert_eq!(decode_reply(&outcome.reply).unwrap().swarm_size, 1);
+    assert_eq!(announce(&mut book, 101, &sharer).swarm_size, 1);
+    // Both are in the book (metrics, expiry).
+    assert_eq!(book.total_peers(), 2);
+    assert_eq!(book.swarm_sizes()[0].peers, 2);
+    // Turning P2P on counts; going quiet again (or stopping, or expiring)
+    // does not count any more.
+    assert_eq!(announce(&mut book, 102, &cdn_only).swarm_size, 2);
+    book.check_invariants().unwrap();
+    let outcome = announce_with(&mut book, 103, &cdn_only, stats_only).unwrap();
+    assert_eq!(outcome.swarm_size, 1);
+    announce(&mut book, 104, &cdn_only);
+    let id = pb::SwarmId {
+        title: "film".into(),
+        rendition: "720p".into(),
+    };
+    assert!(book.stop(&key(1), &id));
+    assert_eq!(announce(&mut book, 105, &cdn_only).swarm_size, 1);
+    book.expire(UnixSeconds(105 + SwarmConfig::default().peer_ttl_s + 1));
+    assert_eq!(book.total_peers(), 0);
+    book.check_invariants().unwrap();
 }
 
 #[test]

@@ -794,7 +794,9 @@ impl<P: Policy> Scheduler<P> {
             return;
         }
         let neighbours = self.peers.viewers();
-        // The tracker's count includes this viewer.
+        // The tracker counts the viewers who share (announced an address):
+        // this one among them unless it does not upload, in which case one
+        // other is left out here, which errs towards injecting.
         let swarm_size = neighbours.max(self.reported_swarm_size.unwrap_or(0).saturating_sub(1));
         // Whether this viewer knows its swarm at all: right after joining,
         // before the tracker answered and before any neighbour connected,
