@@ -138,8 +138,9 @@ pub fn client_config(identity: &PeerIdentity) -> Result<quinn::ClientConfig, Cli
     transport
         // No keep-alive: the announces, every 30 s, keep the connection
         // alive. A keep-alive shorter than that cost the tracker a PING and
-        // an ACK per viewer and announce interval, and ~2.5x its CPU per
-        // announce at the protocol's pacing (BENCHMARKS.md). The idle
+        // an ACK per viewer and announce interval: a third more packets and
+        // 20-30 % more CPU per announce at the protocol's pacing
+        // (BENCHMARKS.md). The idle
         // timeout is set well past the interval (quinn's default, 30 s, is
         // the interval itself); a connection idle longer than this is gone
         // and the next announce reconnects. A NAT that forgets the mapping

@@ -329,7 +329,7 @@ impl Hot {
             last,
             last_seen: u32::try_from(peer.last_seen.0).unwrap_or(u32::MAX),
             index,
-            back: u16::try_from(last - first).unwrap_or(u16::MAX),
+            back: u16::try_from(last.saturating_sub(first)).unwrap_or(u16::MAX),
             region: peer.region,
             isp: peer.isp,
             spare_log: (64 - peer.spare_upload_bps.leading_zeros()) as u8,
