@@ -176,7 +176,7 @@ pub struct Anomalies {
 /// Result of an announce.
 #[derive(Debug, Clone)]
 pub struct AnnounceOutcome {
-    /// Encoded `pb::AnnounceReply` body; wrap with [`wire::announce_response`].
+    /// Encoded `pb::AnnounceReply` body; frame with [`wire::announce_response_frame`].
     pub reply: Vec<u8>,
     /// Peers in the reply.
     pub peers: u32,
@@ -1666,9 +1666,6 @@ mod tests {
         book.check_invariants().unwrap();
     }
 
-    /// The reply cache names peers by position: a peer that leaves must
-    /// neither be listed from the cache nor shift another peer into its
-    /// place (a requester given its own entry).
     #[test]
     fn locality_names_beyond_what_an_id_holds_fold_into_other() {
         let mut names = Interner::new(usize::MAX);
@@ -1711,6 +1708,9 @@ mod tests {
         assert!(!hot.reachable());
     }
 
+    /// The reply cache names peers by position: a peer that leaves must
+    /// neither be listed from the cache nor shift another peer into its
+    /// place (a requester given its own entry).
     #[test]
     fn cached_replies_forget_peers_that_left() {
         let mut book = SwarmBook::new(SwarmConfig::default(), 5);
