@@ -113,14 +113,7 @@ pub(crate) const REPLY_INTERVAL: u32 = 3;
 pub(crate) const REPLY_SWARM_SIZE: u32 = 4;
 
 /// Wraps an encoded `pb::AnnounceReply` body as an encoded
-/// `pb::TrackerResponse { kind: announce }`.
-pub fn announce_response(reply_body: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(reply_body.len() + 6);
-    put_always_bytes_field(&mut buf, 2, reply_body);
-    buf
-}
-
-/// [`announce_response`] as one length-prefixed frame of
+/// `pb::TrackerResponse { kind: announce }`, in one length-prefixed frame of
 /// `loaves_proto::framing`, built in a single buffer (the reply is copied
 /// once, here, and handed to the QUIC stream as is).
 pub fn announce_response_frame(reply_body: &[u8]) -> Vec<u8> {
@@ -182,17 +175,23 @@ mod tests {
             is_seed: true,
         };
         assert_eq!(ours, expected.encode_to_vec());
-        let response = pb::TrackerResponse::decode(announce_response(&[]).as_slice()).unwrap();
-        let body = ours.repeat(3);
-        let frame = announce_response_frame(&body);
-        let (payload, used) = loaves_proto::framing::decode_frame(&frame, 1 << 20)
-            .unwrap()
-            .unwrap();
-        assert_eq!(used, frame.len());
-        assert_eq!(payload, announce_response(&body).as_slice());
-        assert!(matches!(
-            response.kind,
-            Some(pb::tracker_response::Kind::Announce(_))
-        ));
+        let reply = pb::AnnounceReply {
+            peers: vec![expected.clone(); 3],
+            interval_s: 30,
+            ..pb::AnnounceReply::default()
+        };
+        for body in [Vec::new(), reply.encode_to_vec()] {
+            let frame = announce_response_frame(&body);
+            let (payload, used) = loaves_proto::framing::decode_frame(&frame, 1 << 20)
+                .unwrap()
+                .unwrap();
+            assert_eq!(used, frame.len());
+            let expected = pb::TrackerResponse {
+                kind: Some(pb::tracker_response::Kind::Announce(
+                    decode_reply(&body).unwrap(),
+                )),
+            };
+            assert_eq!(payload, expected.encode_to_vec().as_slice());
+        }
     }
 }
