@@ -118,6 +118,20 @@ impl ClientEndpoint {
     }
 }
 
+/// Writes one already length-prefixed frame on a session stream (either
+/// side), bounded by `timeout`. `write_chunk` hands the buffer to quinn
+/// without another copy.
+pub async fn write_frame(
+    send: &mut quinn::SendStream,
+    frame: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), FrameError> {
+    tokio::time::timeout(timeout, send.write_chunk(frame.into()))
+        .await
+        .map_err(|_| FrameError::Timeout("write"))?
+        .map_err(|e| FrameError::Io(e.into()))
+}
+
 /// How long a tracker connection may stay silent before it is dropped,
 /// milliseconds: four announce intervals.
 pub const IDLE_TIMEOUT_MS: u32 = 120_000;
@@ -197,10 +211,7 @@ impl TrackerConnection {
             ));
         };
         let exchange = async {
-            tokio::time::timeout(self.timeout, send.write_chunk(frame.into()))
-                .await
-                .map_err(|_| FrameError::Timeout("write"))?
-                .map_err(|e| FrameError::Io(e.into()))?;
+            write_frame(&mut send, frame, self.timeout).await?;
             framing::read_frame(&mut recv, MAX_RESPONSE_LEN, self.timeout).await
         };
         let payload = match exchange.await {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use loaves_proto::framing::{self, FrameError};
 use loaves_proto::identity::{self, PeerIdentity};
 use loaves_proto::shard::ShardMap;
+use loaves_proto::tracker_client;
 use loaves_proto::{UnixSeconds, pb};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{Semaphore, watch};
@@ -338,18 +339,14 @@ enum ConnectionEnd {
     HelloTimeout,
 }
 
-/// Writes one already framed response on the session stream. `write_chunk`
-/// hands the buffer to quinn without another copy.
+/// Writes one already framed response on the session stream.
 async fn write_framed(
     send: &mut quinn::SendStream,
     frame: Vec<u8>,
     options: &FrontEndOptions,
 ) -> Result<(), ConnectionEnd> {
     let timeout = Duration::from_millis(options.io_timeout_ms);
-    tokio::time::timeout(timeout, send.write_chunk(frame.into()))
-        .await
-        .map_err(|_| FrameError::Timeout("write"))?
-        .map_err(|e| FrameError::Io(e.into()))?;
+    tracker_client::write_frame(send, frame, timeout).await?;
     Ok(())
 }
 
