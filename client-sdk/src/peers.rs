@@ -115,19 +115,10 @@ pub(crate) fn start(
         registry: Registry::default(),
         advertise,
     });
-    let announcer_done = if context.shared.options.tracker.is_some() {
-        let (done_tx, done) = watch::channel(());
+    let announcer_done = context.shared.options.tracker.is_some().then(|| {
         let client = ClientEndpoint::from_endpoint(context.endpoint.clone());
-        let role = Role::Swarm(context.clone());
-        let shared = context.shared.clone();
-        tokio::spawn(async move {
-            announcer(shared, client, role).await;
-            drop(done_tx);
-        });
-        Some(done)
-    } else {
-        None
-    };
+        spawn_announcer(context.shared.clone(), client, Role::Swarm(context.clone()))
+    });
     tokio::spawn(accept_loop(context, announcer_done.clone()));
     Ok((advertise, announcer_done))
 }
@@ -147,14 +138,7 @@ pub(crate) fn start_stats_only(shared: Arc<Shared>) -> Option<watch::Receiver<()
         0,
     );
     match ClientEndpoint::bind(bind) {
-        Ok(client) => {
-            let (done_tx, done) = watch::channel(());
-            tokio::spawn(async move {
-                announcer(shared, client, Role::StatsOnly).await;
-                drop(done_tx);
-            });
-            Some(done)
-        }
+        Ok(client) => Some(spawn_announcer(shared, client, Role::StatsOnly)),
         // Stats are not worth failing playback for (P2P may be off precisely
         // because UDP is unusable here).
         Err(e) => {
@@ -288,8 +272,8 @@ async fn accept_loop(context: Arc<Context>, announcer_done: Option<watch::Receiv
             drop(permit);
         });
     }
-    if let Some(mut done) = announcer_done {
-        let _ = tokio::time::timeout(CLOSE_WAIT, finished(&mut done)).await;
+    if let Some(done) = announcer_done {
+        finished(done).await;
     }
     context
         .endpoint
@@ -557,12 +541,24 @@ pub(crate) const FINAL_REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long `Session::close` waits for the announcer to finish: its own
 /// bound plus a margin for the task to notice the shutdown and be polled.
-pub(crate) const CLOSE_WAIT: Duration = Duration::from_millis(2_500);
+const CLOSE_WAIT: Duration = Duration::from_millis(2_500);
 
-/// Completes once the announcer task has finished (it holds the sender of
-/// `done` and never sends: the sender's drop is the signal).
-pub(crate) async fn finished(done: &mut watch::Receiver<()>) {
-    while done.changed().await.is_ok() {}
+/// Runs the announcer; the receiver returned is its end (see [`finished`]).
+fn spawn_announcer(shared: Arc<Shared>, client: ClientEndpoint, role: Role) -> watch::Receiver<()> {
+    let (done_tx, done) = watch::channel(());
+    tokio::spawn(async move {
+        announcer(shared, client, role).await;
+        drop(done_tx);
+    });
+    done
+}
+
+/// Waits until the announcer task has finished, at most [`CLOSE_WAIT`] (it
+/// bounds its own final stops; this is the backstop should the task not
+/// be polled). The task holds the sender of `done` and never sends: the
+/// sender's drop is the signal.
+pub(crate) async fn finished(mut done: watch::Receiver<()>) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, async { while done.changed().await.is_ok() {} }).await;
 }
 
 /// What the tracker has been told: the counters as of its last

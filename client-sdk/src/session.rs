@@ -1299,12 +1299,8 @@ impl Session {
         if let Some(stop) = self.license_stop.take() {
             let _ = stop.send(());
         }
-        if let Some(mut done) = self.announcer_done.take() {
-            // The announcer bounds its own stops; this bound is the
-            // backstop should the task not be polled.
-            let _ =
-                tokio::time::timeout(crate::peers::CLOSE_WAIT, crate::peers::finished(&mut done))
-                    .await;
+        if let Some(done) = self.announcer_done.take() {
+            crate::peers::finished(done).await;
         }
         let license = (&mut self.license).await.ok().flatten();
         if let Some((mut client, mut licensed)) = license {
