@@ -291,6 +291,13 @@ struct Segment {
     injection_decided: bool,
 }
 
+impl Segment {
+    /// Not held and nothing fetching it: `poll` would place it.
+    fn unplaced(&self) -> bool {
+        !self.held && self.transfer.is_none()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Peer {
     info: PeerInfo,
@@ -470,15 +477,10 @@ impl<P: Policy> Scheduler<P> {
         if !self.transfers.is_empty() {
             return true;
         }
-        let Some(playhead) = self.playhead else {
+        let Some(window) = self.window() else {
             return false;
         };
-        let window_end = playhead
-            .sequence
-            .saturating_add(self.config.lookahead_segments);
-        self.segments
-            .range(playhead.sequence..window_end)
-            .any(|(_, s)| !s.held && s.transfer.is_none())
+        self.segments.range(window).any(|(_, s)| s.unplaced())
     }
 
     /// Whether `sequence` is one `poll` would still place: listed, within
@@ -486,17 +488,15 @@ impl<P: Policy> Scheduler<P> {
     /// driver may use it to skip polling on news (a HAVE notice) about
     /// segments that are not.
     pub fn is_wanted(&self, sequence: u64) -> bool {
-        let Some(playhead) = self.playhead else {
-            return false;
-        };
-        let window_end = playhead
-            .sequence
-            .saturating_add(self.config.lookahead_segments);
-        (playhead.sequence..window_end).contains(&sequence)
-            && self
-                .segments
-                .get(&sequence)
-                .is_some_and(|s| !s.held && s.transfer.is_none())
+        self.window().is_some_and(|w| w.contains(&sequence))
+            && self.segments.get(&sequence).is_some_and(Segment::unplaced)
+    }
+
+    /// The look-ahead window: the segments from the playhead's on that
+    /// `poll` places.
+    fn window(&self) -> Option<std::ops::Range<u64>> {
+        let from = self.playhead?.sequence;
+        Some(from..from.saturating_add(self.config.lookahead_segments))
     }
 
     /// Where the player is: segment `sequence`, `offset_ms` into it, at
@@ -687,11 +687,7 @@ impl<P: Policy> Scheduler<P> {
     /// The next instant `poll` has work to do, if the driver has no event
     /// before it.
     pub fn next_timeout(&self, now: Millis) -> Option<Millis> {
-        let pending = !self.transfers.is_empty()
-            || self
-                .segments
-                .values()
-                .any(|s| !s.held && s.transfer.is_none());
+        let pending = !self.transfers.is_empty() || self.segments.values().any(Segment::unplaced);
         pending.then(|| now.plus(100))
     }
 
@@ -765,18 +761,15 @@ impl<P: Policy> Scheduler<P> {
     }
 
     fn plan_fetches(&mut self, now: Millis, actions: &mut Vec<Action>) {
-        let Some(playhead) = self.playhead else {
+        let (Some(playhead), Some(window)) = (self.playhead, self.window()) else {
             return;
         };
-        let window_end = playhead
-            .sequence
-            .saturating_add(self.config.lookahead_segments);
         // One pass over the window: each segment's deadline adds the
         // durations of the segments before it (as `deadline` does).
         let mut wanted: Vec<(u64, Millis, u32)> = Vec::new();
         let mut ahead_ms = 0u64;
-        for (&seq, s) in self.segments.range(playhead.sequence..window_end) {
-            if !s.held && s.transfer.is_none() {
+        for (&seq, s) in self.segments.range(window) {
+            if s.unplaced() {
                 wanted.push((seq, self.deadline_after(now, playhead, ahead_ms), s.holders));
             }
             ahead_ms += u64::from(s.duration_ms);
