@@ -41,6 +41,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Bytes viewers received, from every source.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_peer + self.bytes_seed + self.bytes_cdn
+    }
+
     /// `offload_peer` from the byte counts.
     pub fn peer_share(bytes_peer: u64, bytes_seed: u64, bytes_cdn: u64) -> f64 {
         let total = bytes_peer + bytes_seed + bytes_cdn;

@@ -30,8 +30,7 @@ fn peers_carry_most_bytes_and_quality_holds() {
     assert_eq!(p2p.viewers, 60);
     assert!(engine.polls > 0 && engine.transfers > 0);
     // Everyone watched roughly the same amount either way.
-    let total = |r: &loaves_loadtests::report::Report| r.bytes_peer + r.bytes_seed + r.bytes_cdn;
-    let ratio = total(&p2p) as f64 / total(&cdn) as f64;
+    let ratio = p2p.bytes_total() as f64 / cdn.bytes_total() as f64;
     assert!((0.9..1.1).contains(&ratio), "bytes p2p/cdn-only = {ratio}");
     // The baseline never uses peers.
     assert_eq!(cdn.bytes_peer, 0);
@@ -136,12 +135,11 @@ fn a_seed_refuses_uploads_beyond_its_slots() {
         one_slot.bytes_seed,
         unlimited.bytes_seed
     );
-    let total = |r: &loaves_loadtests::report::Report| r.bytes_peer + r.bytes_seed + r.bytes_cdn;
     assert!(
-        total(&one_slot) as f64 >= 0.98 * total(&unlimited) as f64,
+        one_slot.bytes_total() as f64 >= 0.98 * unlimited.bytes_total() as f64,
         "one slot delivered {} bytes against {}",
-        total(&one_slot),
-        total(&unlimited)
+        one_slot.bytes_total(),
+        unlimited.bytes_total()
     );
     assert!(one_slot.rebuffer_ratio < 1e-3, "{one_slot:?}");
     assert!(one_slot.bytes_seed > 0, "{one_slot:?}");
@@ -166,9 +164,8 @@ fn viewers_leaving_mid_event_do_not_stall_those_who_stay() {
         "{} departures",
         engine.departures
     );
-    let total = |r: &loaves_loadtests::report::Report| r.bytes_peer + r.bytes_seed + r.bytes_cdn;
     // Fewer viewer-seconds watched, so fewer bytes fetched.
-    assert!(total(&report) < total(&steady));
+    assert!(report.bytes_total() < steady.bytes_total());
     assert!(report.bytes_peer > 0, "{report:?}");
     assert!(report.rebuffer_ratio < 1e-3, "{report:?}");
     assert_eq!(report.corrupt_bytes_to_player, 0);

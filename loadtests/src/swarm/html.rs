@@ -91,7 +91,7 @@ fn titles_section(run: &SwarmRun, baseline: Option<&SwarmRun>) -> String {
             escape(&row.title),
             row.popularity,
             r.viewers,
-            (r.bytes_peer + r.bytes_seed + r.bytes_cdn) as f64 / 1e6,
+            r.bytes_total() as f64 / 1e6,
             r.offload_peer,
             r.offload_limit,
             r.rebuffer_ratio,

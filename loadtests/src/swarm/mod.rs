@@ -988,7 +988,7 @@ pub fn titles_table(run: &SwarmRun, baseline: Option<&SwarmRun>) -> String {
             row.title,
             row.popularity,
             r.viewers,
-            (r.bytes_peer + r.bytes_seed + r.bytes_cdn) as f64 / 1e6,
+            r.bytes_total() as f64 / 1e6,
             r.offload_peer,
             r.offload_limit,
             of_limit,
