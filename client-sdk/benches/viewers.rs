@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use edge_seed::synthetic::{SyntheticTrack, init_segment, media_segment};
 use loaves_client_sdk::scheduler::Source;
-use loaves_client_sdk::{Event, Loaves, player};
+use loaves_client_sdk::{Event, player};
 use loaves_proto::manifest::Scheme;
 
 const RENDITION: &str = "video_720p";
@@ -197,11 +197,13 @@ fn main() {
         .block_on(sdk_rt.spawn(async move {
             let mut plays = Vec::new();
             for i in 0..viewers {
-                let mut options = s.options(true);
-                options.playback_speed = 1.0;
-                options.buffer_target = Duration::from_secs(10);
-                options.event_capacity = 4096;
-                let loaves = Loaves::builder().options(options).build().unwrap();
+                let loaves = s
+                    .options(true)
+                    .playback_speed(1.0)
+                    .buffer_target(Duration::from_secs(10))
+                    .event_capacity(4096)
+                    .build()
+                    .unwrap();
                 let entitlement = s.entitlement(&format!("bench-{i}"));
                 plays.push(tokio::spawn(async move {
                     let opened = Instant::now();
@@ -209,7 +211,7 @@ fn main() {
                     let mut events = session.events();
                     let report = tokio::time::timeout(
                         Duration::from_secs(seconds * 3 + 60),
-                        player::play(&session, RENDITION, Duration::from_secs(10)),
+                        player::play(&session, &common::r(RENDITION), Duration::from_secs(10)),
                     )
                     .await
                     .expect("playback finishes in time")

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use loaves_http::parse_content_range;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 
@@ -19,7 +20,7 @@ use crate::scheduler::ByteRange;
 pub struct CdnConfig {
     /// Base URLs, in order of preference (e.g. `https://cdn-a.example/vod/`);
     /// a failing one is skipped in favour of the next.
-    pub base_urls: Vec<String>,
+    pub base_urls: Vec<url::Url>,
     /// Bound on each request, connection included.
     pub request_timeout: Duration,
     /// Largest body accepted.
@@ -36,10 +37,10 @@ impl Default for CdnConfig {
     }
 }
 
-/// An emulated access link (load tests): what a viewer's last mile would
-/// impose, reproduced in user space so that scenarios need no kernel
-/// traffic shaping. The default imposes nothing.
-#[doc(hidden)]
+/// An emulated access link (load tests, feature `test-faults`): what a
+/// viewer's last mile would impose, reproduced in user space so that
+/// scenarios need no kernel traffic shaping. The default imposes nothing.
+#[cfg_attr(not(feature = "test-faults"), doc(hidden))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkLimits {
     /// Download rate shared by every transfer of the session, bytes per
@@ -255,7 +256,7 @@ impl CdnClient {
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_content_range)
-                    .map(|(start, _)| start);
+                    .map(|answered| answered.start);
                 if start != Some(offset) {
                     return Err(CdnError::WrongRange {
                         url: url.to_owned(),
@@ -338,7 +339,7 @@ impl CdnClient {
                     .get(CONTENT_RANGE)
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_content_range);
-                if answered != Some((range.start, range.end)) {
+                if answered != Some(range.start..range.end) {
                     return Err(wrong_range(range));
                 }
                 None
@@ -371,36 +372,17 @@ impl CdnClient {
     }
 }
 
-fn join(base: &str, path: &str) -> String {
+fn join(base: &url::Url, path: &str) -> String {
     format!(
         "{}/{}",
-        base.trim_end_matches('/'),
+        base.as_str().trim_end_matches('/'),
         path.trim_start_matches('/')
     )
-}
-
-/// Parses `bytes START-END/TOTAL` into `(START, END + 1)`.
-fn parse_content_range(value: &str) -> Option<(u64, u64)> {
-    let spec = value.strip_prefix("bytes ")?;
-    let (range, _total) = spec.split_once('/')?;
-    let (start, end) = range.split_once('-')?;
-    let start: u64 = start.trim().parse().ok()?;
-    let end: u64 = end.trim().parse().ok()?;
-    (end >= start).then(|| (start, end + 1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_range_parsing() {
-        assert_eq!(parse_content_range("bytes 0-99/1000"), Some((0, 100)));
-        assert_eq!(parse_content_range("bytes 10-10/*"), Some((10, 11)));
-        assert_eq!(parse_content_range("bytes 10-9/100"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
-        assert_eq!(parse_content_range("bytes x-1/2"), None);
-    }
 
     #[tokio::test]
     async fn an_emulated_link_paces_transfers_and_adds_latency() {
@@ -435,7 +417,8 @@ mod tests {
 
     #[test]
     fn urls_join_with_one_slash() {
-        assert_eq!(join("http://a/b/", "/c/d"), "http://a/b/c/d");
-        assert_eq!(join("http://a/b", "c"), "http://a/b/c");
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        assert_eq!(join(&url("http://a/b/"), "/c/d"), "http://a/b/c/d");
+        assert_eq!(join(&url("http://a/b"), "c"), "http://a/b/c");
     }
 }

@@ -20,8 +20,23 @@
 //!   `403`, one that cannot be decrypted a `502`, never ciphertext.
 //! - Init and media segments honour single `Range: bytes=` requests.
 //! - `POST /clearkey/license`: the player's W3C ClearKey license request,
-//!   forwarded to the license server's ClearKey endpoint with the session
-//!   token as bearer credential.
+//!   forwarded to the license server's ClearKey endpoint with the session's
+//!   newest token as bearer credential (base64url of the encoded token).
+//!
+//! **Who may ask.** The endpoint is reachable by every web page the user
+//! opens, and it hands out the title's content keys (through the ClearKey
+//! proxy) and, with the decrypt option, clear media. So:
+//! - the `Host` header must be exactly the address the endpoint bound
+//!   (`127.0.0.1:PORT`): a DNS-rebinding page reaches it under its own name
+//!   and is refused (421);
+//! - a request with an `Origin` (every cross-origin read and every POST
+//!   from a page) is served only if that origin is one the app configured
+//!   ([`crate::LoavesBuilder::allowed_origins`], default none), and CORS
+//!   headers name that origin only, never `*`;
+//! - a request a browser marks as coming from another site
+//!   (`Sec-Fetch-Site: cross-site` / `same-site`) without such an origin is
+//!   refused too, so a foreign page cannot even make the SDK fetch
+//!   segments. Native players send neither header and are served.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,15 +45,23 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use loaves_cmaf::decrypt::{DecryptError, decrypt_segment};
+use loaves_http::range::unsatisfied_content_range;
+use loaves_http::{HttpServer, Limits, RangeRequest, parse_range};
+use loaves_proto::names::RenditionName;
 
-use loaves_proto::cmaf::decrypt::{DecryptError, decrypt_segment};
-
-use crate::session::{Error, Rendition, Shared, lock, valid_name};
-use crate::track::{TrackHandle, WantError, parse_segment_file};
+use crate::error::Error;
+use crate::lock;
+use crate::session::presentation::{parse_segment_file, segment_file};
+use crate::session::{Rendition, Shared};
+use crate::track::{TrackHandle, WantError};
 
 /// Largest ClearKey request body forwarded.
 const MAX_LICENSE_REQUEST: usize = 16 * 1024;
@@ -51,56 +74,158 @@ const LIVE_WINDOW: usize = 6;
 #[derive(Clone)]
 struct AppState {
     shared: Arc<Shared>,
-    tracks: Arc<HashMap<String, TrackHandle>>,
+    tracks: Arc<HashMap<RenditionName, TrackHandle>>,
     http: reqwest::Client,
+    /// The one `Host` value accepted: the bound address.
+    host: Arc<str>,
 }
 
-/// Binds 127.0.0.1:0 and serves until the session shuts down.
+/// The endpoint serves one app's player: a few connections, from this host.
+/// A request may wait for its segment up to the track's own bound, so the
+/// request timeout sits above it; half-sent and idle connections are shed
+/// as on every server (a local page or process could hold them).
+fn endpoint_limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_connections = 64;
+    limits.max_connections_per_ip = 64;
+    limits.request_timeout = Some(crate::track::WANT_TIMEOUT + Duration::from_secs(5));
+    limits.shutdown_grace = Duration::from_secs(2);
+    limits
+}
+
+/// Binds 127.0.0.1:0 and serves until the session is cancelled.
 pub(crate) async fn start(
     shared: Arc<Shared>,
-    tracks: Arc<HashMap<String, TrackHandle>>,
+    tracks: Arc<HashMap<RenditionName, TrackHandle>>,
 ) -> Result<SocketAddr, Error> {
     let http = reqwest::Client::builder()
         .timeout(LICENSE_TIMEOUT)
+        // Below the license server's idle timeout (10 s by default): a
+        // pooled connection is dropped here before the server closes it,
+        // not reused in the instant it does.
+        .pool_idle_timeout(PROXY_POOL_IDLE)
         .build()
-        .map_err(|e| Error::Setup(e.to_string()))?;
-    let mut shutdown = shared.shutdown.clone();
+        .map_err(|e| Error::setup("the ClearKey proxy's HTTP client", e))?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .map_err(|e| Error::setup("the player endpoint", e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::setup("the player endpoint", e))?;
+    let cancel = shared.cancel.clone();
     let state = AppState {
-        shared,
+        shared: shared.clone(),
         tracks,
         http,
+        host: Arc::from(addr.to_string()),
     };
     let router = Router::new()
         .route("/master.m3u8", get(master))
         .route("/manifest.mpd", get(dash))
-        .route("/clearkey/license", post(clearkey).options(preflight))
+        .route("/clearkey/license", post(clearkey))
         .route("/{rendition}/{file}", get(rendition_file))
         .layer(DefaultBodyLimit::max(MAX_LICENSE_REQUEST))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .map_err(|e| Error::Setup(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Setup(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                crate::session::stopped(&mut shutdown).await;
-            })
-            .await;
+    let server = HttpServer::builder(router)
+        .limits(endpoint_limits())
+        .build()
+        .map_err(|e| Error::setup("the player endpoint's limits", e))?;
+    shared.spawn(async move {
+        server.run(listener, cancel.cancelled_owned()).await;
     });
     Ok(addr)
 }
 
+/// Who may ask (see the module documentation): the exact `Host`, an
+/// allowed `Origin` or none, and no cross-site fetch without one. Answers
+/// CORS preflights for allowed origins and names the origin (never `*`) on
+/// their responses.
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host_ok = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|h| h == &*state.host);
+    if !host_ok {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this endpoint answers only to its own address\n",
+        )
+            .into_response();
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let allowed = match &origin {
+        Some(origin) => {
+            let allowed = state
+                .shared
+                .config
+                .allowed_origins
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(origin));
+            if !allowed {
+                return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+            }
+            Some(origin.clone())
+        }
+        None => {
+            let cross_site = headers
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == "cross-site" || v == "same-site");
+            if cross_site {
+                return (
+                    StatusCode::FORBIDDEN,
+                    "cross-site request without an allowed origin\n",
+                )
+                    .into_response();
+            }
+            None
+        }
+    };
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
+    };
+    if let Some(origin) = allowed
+        && let Ok(value) = HeaderValue::from_str(&origin)
+    {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST, OPTIONS"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("content-type, range"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        } else {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("content-range, content-length"),
+            );
+        }
+    }
+    response
+}
+
 fn body(content_type: &'static str, bytes: Bytes) -> Response {
     let mut response = bytes.into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
@@ -129,7 +254,7 @@ async fn dash(State(state): State<AppState>) -> Response {
             .fetch(&format!("{}/manifest.mpd", shared.title), None)
             .await
     {
-        let mpd = if shared.options.decrypt {
+        let mpd = if shared.config.decrypt {
             without_content_protection(&mpd)
         } else {
             mpd
@@ -142,54 +267,35 @@ async fn dash(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `Range: bytes=a-b` / `bytes=a-` / `bytes=-n` over a body of `len` bytes,
-/// as `[start, end)`; `None` when absent; `Some(None)` when unsatisfiable.
-fn requested_range(headers: &HeaderMap, len: usize) -> Option<Option<(usize, usize)>> {
-    let spec = headers.get(header::RANGE)?.to_str().ok()?;
-    let spec = spec.strip_prefix("bytes=")?;
-    if spec.contains(',') {
-        return None; // Multiple ranges: answer with the whole body.
-    }
-    let (a, b) = spec.split_once('-')?;
-    let range = match (a.trim(), b.trim()) {
-        ("", n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(|n| (len.saturating_sub(n), len)),
-        (a, "") => a.parse::<usize>().ok().map(|a| (a, len)),
-        (a, b) => match (a.parse::<usize>(), b.parse::<usize>()) {
-            (Ok(a), Ok(b)) if a <= b => Some((a, (b + 1).min(len))),
-            _ => None,
-        },
-    };
-    Some(range.filter(|(a, b)| a < b && *b <= len))
-}
-
-/// The body, or the part of it a `Range` header asks for.
+/// The body, or the part of it a `Range` header asks for (the tree's one
+/// Range parser, `loaves_http::parse_range`).
 fn ranged(content_type: &'static str, bytes: Bytes, headers: &HeaderMap) -> Response {
-    let len = bytes.len();
-    match requested_range(headers, len) {
-        None => {
+    let len = bytes.len() as u64;
+    let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    match parse_range(asked, len) {
+        RangeRequest::Partial(range) => match range.to_usize_range() {
+            Some(part) => {
+                let mut response = body(content_type, bytes.slice(part));
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(value) = HeaderValue::from_str(&range.content_range(len)) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                response
+            }
+            None => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        },
+        RangeRequest::Unsatisfiable => {
+            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(value) = HeaderValue::from_str(&unsatisfied_content_range(len)) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            response
+        }
+        _ => {
             let mut response = body(content_type, bytes);
             response
                 .headers_mut()
                 .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            response
-        }
-        Some(Some((start, end))) => {
-            let mut response = body(content_type, bytes.slice(start..end));
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)) {
-                response.headers_mut().insert(header::CONTENT_RANGE, value);
-            }
-            response
-        }
-        Some(None) => {
-            let mut response = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
-            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, value);
-            }
             response
         }
     }
@@ -200,9 +306,9 @@ async fn rendition_file(
     Path((rendition, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !valid_name(&rendition) {
+    let Ok(rendition) = RenditionName::new(rendition) else {
         return StatusCode::NOT_FOUND.into_response();
-    }
+    };
     let Some(info) = state.shared.renditions.get(&rendition) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -396,7 +502,7 @@ fn live_playlist(rendition: &Rendition) -> String {
             "#EXTINF:{:.3},",
             f64::from(segment.duration_ms) / 1000.0
         );
-        let _ = writeln!(out, "{}", crate::track::segment_file(segment.sequence));
+        let _ = writeln!(out, "{}", segment_file(segment.sequence));
     }
     if ended {
         out.push_str("#EXT-X-ENDLIST\n");
@@ -404,39 +510,37 @@ fn live_playlist(rendition: &Rendition) -> String {
     out
 }
 
-async fn preflight() -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        HeaderValue::from_static("*"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("POST, OPTIONS"),
-    );
-    headers.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type"),
-    );
-    response
-}
+/// How long the ClearKey proxy keeps an idle connection to the license
+/// server for reuse.
+const PROXY_POOL_IDLE: Duration = Duration::from_secs(5);
 
 async fn clearkey(State(state): State<AppState>, request: Bytes) -> Response {
-    let Some(url) = state.shared.options.clearkey_url.clone() else {
+    let Some(url) = state.shared.config.clearkey_url.clone() else {
         return (StatusCode::NOT_FOUND, "no ClearKey endpoint configured").into_response();
     };
-    let forwarded = state
-        .http
-        .post(url)
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", base64url(&state.shared.token)),
-        )
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(request)
-        .send()
-        .await;
+    let send = || {
+        state
+            .http
+            .post(url.clone())
+            .header(
+                header::AUTHORIZATION,
+                format!(
+                    "Bearer {}",
+                    URL_SAFE_NO_PAD.encode(&state.shared.credentials.current().token)
+                ),
+            )
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(request.clone())
+            .send()
+    };
+    // Once more when no answer came at all (a kept-alive connection the
+    // server closed as it was reused, a reset): the request only reads
+    // keys, so a repeat is harmless, and the player's module would
+    // otherwise see a failed license request.
+    let forwarded = match send().await {
+        Err(e) if e.is_request() || e.is_connect() => send().await,
+        other => other,
+    };
     let Ok(answer) = forwarded else {
         return StatusCode::BAD_GATEWAY.into_response();
     };
@@ -457,30 +561,11 @@ async fn clearkey(State(state): State<AppState>, request: Bytes) -> Response {
     }
 }
 
-/// Base64url without padding (RFC 4648 §5), as the ClearKey endpoint expects.
-pub(crate) fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{base64url, without_content_protection, without_hls_keys};
+    use super::{without_content_protection, without_hls_keys};
 
     #[test]
     fn key_tags_and_content_protection_are_removed() {
@@ -494,15 +579,5 @@ mod tests {
             std::str::from_utf8(&without_content_protection(mpd.as_bytes())).unwrap(),
             "<MPD>\n  <AdaptationSet>\n    <Representation id=\"v\"/>\n  </AdaptationSet>\n</MPD>\n"
         );
-    }
-
-    #[test]
-    fn base64url_matches_rfc4648_vectors() {
-        assert_eq!(base64url(b""), "");
-        assert_eq!(base64url(b"f"), "Zg");
-        assert_eq!(base64url(b"fo"), "Zm8");
-        assert_eq!(base64url(b"foo"), "Zm9v");
-        assert_eq!(base64url(b"foob"), "Zm9vYg");
-        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
     }
 }

@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
+use loaves_grpc::license_service_client::LicenseServiceClient;
 use loaves_proto::UnixSeconds;
 use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::keywrap::{SessionKeyPair, WrapError};
 use loaves_proto::license::{self, LicenseError, OpenedKey, VerifiedLicense};
 use loaves_proto::pb;
-use loaves_proto::pb::license_service_client::LicenseServiceClient;
 use loaves_proto::signed::{self, Purpose};
 use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -20,8 +20,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 /// How to reach and trust the license server.
 #[derive(Debug, Clone)]
 pub struct LicenseServerConfig {
-    /// `https://host:port` of the gRPC service.
-    pub url: String,
+    /// `https://host:port` of the gRPC service (`None`: not configured).
+    pub url: Option<url::Url>,
     /// PEM certificate(s) to trust for its TLS; `None` trusts the system
     /// roots (production certificates).
     pub ca_pem: Option<String>,
@@ -35,9 +35,25 @@ pub struct LicenseServerConfig {
     pub request_timeout: Duration,
 }
 
+impl Default for LicenseServerConfig {
+    /// No server yet, no trusted key, 10 s per call.
+    fn default() -> Self {
+        Self {
+            url: None,
+            ca_pem: None,
+            tls_server_name: None,
+            trusted_keys: Keyring::default(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Why a license call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LicenseClientError {
+    /// No license server URL is configured.
+    #[error("no license server configured")]
+    NotConfigured,
     /// The license server could not be reached (or TLS failed).
     #[error("license server unreachable: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -154,7 +170,11 @@ impl LicenseClient {
         if let Some(name) = &config.tls_server_name {
             tls = tls.domain_name(name.clone());
         }
-        let channel = Endpoint::from_shared(config.url.clone())?
+        let url = config
+            .url
+            .as_ref()
+            .ok_or(LicenseClientError::NotConfigured)?;
+        let channel = Endpoint::from_shared(url.as_str().trim_end_matches('/').to_owned())?
             .tls_config(tls)?
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout)

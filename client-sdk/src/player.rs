@@ -16,7 +16,48 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use loaves_proto::manifest::sha256;
 
-use crate::session::{Error, Session};
+use loaves_proto::names::RenditionName;
+
+use crate::error::Error;
+use crate::session::Session;
+use crate::session::presentation::segment_file;
+
+/// Why a simulated playback failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlayError {
+    /// The session refused (unknown rendition, closed, ...).
+    #[error(transparent)]
+    Session(#[from] Error),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// A request to the player endpoint failed.
+    #[error("{url}: {source}")]
+    Request {
+        /// The URL asked.
+        url: String,
+        /// Why.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The player endpoint answered with an error status.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The URL asked.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// A live rendition did not go on as a player needs.
+    #[error("rendition {rendition}: {problem}")]
+    Live {
+        /// The rendition.
+        rendition: RenditionName,
+        /// What went wrong.
+        problem: String,
+    },
+}
 
 /// How often the model advances while the player waits.
 const TICK: Duration = Duration::from_millis(20);
@@ -33,7 +74,7 @@ const LIVE_WAIT_MIN: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlaybackReport {
     /// Rendition played.
-    pub rendition: String,
+    pub rendition: RenditionName,
     /// SHA-256 of the init segment and of every media segment received, in
     /// order (index 0 is the init segment, index `i` segment
     /// `first_sequence + i - 1`).
@@ -55,13 +96,11 @@ pub struct PlaybackReport {
 /// player keeps requested ahead of its playhead.
 pub async fn play(
     session: &Session,
-    rendition: &str,
+    rendition: &RenditionName,
     buffer_ahead: Duration,
-) -> Result<PlaybackReport, Error> {
-    let count = session
-        .segment_count(rendition)
-        .ok_or_else(|| Error::Presentation(format!("no rendition {rendition}")))?;
-    let durations = session.segment_durations(rendition);
+) -> Result<PlaybackReport, PlayError> {
+    let count = session.segment_count(rendition)?;
+    let durations = session.segment_durations(rendition)?;
     let ahead = buffer_ahead.div_f64(session.playback_speed());
     let mut playback = Playback::start(session, rendition, 0).await?;
     for (sequence, duration) in (0..count as u64).zip(durations) {
@@ -79,13 +118,16 @@ pub async fn play(
 /// at least 10 s).
 pub async fn play_live(
     session: &Session,
-    rendition: &str,
+    rendition: &RenditionName,
     latency_segments: u64,
     duration: Duration,
-) -> Result<PlaybackReport, Error> {
+) -> Result<PlaybackReport, PlayError> {
     let range = session
         .segment_range(rendition)
-        .ok_or_else(|| Error::Presentation(format!("no segment of {rendition} yet")))?;
+        .ok_or_else(|| PlayError::Live {
+            rendition: rendition.clone(),
+            problem: "no segment listed yet".into(),
+        })?;
     let first = range
         .end()
         .saturating_sub(latency_segments)
@@ -115,9 +157,9 @@ pub async fn play_live(
 /// duration), or returns `None` when the event ended before it.
 async fn next_listed(
     session: &Session,
-    rendition: &str,
+    rendition: &RenditionName,
     sequence: u64,
-) -> Result<Option<Duration>, Error> {
+) -> Result<Option<Duration>, PlayError> {
     let speed = session.playback_speed();
     let since = Instant::now();
     loop {
@@ -131,21 +173,22 @@ async fn next_listed(
         if edge.is_some_and(|edge| edge > sequence) {
             // Listed before and forgotten since: the player fell too far
             // behind the live window.
-            return Err(Error::Presentation(format!(
-                "{rendition}: segment {sequence} left the live window"
-            )));
+            return Err(PlayError::Live {
+                rendition: rendition.clone(),
+                problem: format!("segment {sequence} left the live window"),
+            });
         }
         let typical = session
-            .segment_durations(rendition)
+            .segment_durations(rendition)?
             .into_iter()
             .max()
             .unwrap_or_default()
             .div_f64(speed);
         if since.elapsed() > (typical * LIVE_WAIT_SEGMENTS).max(LIVE_WAIT_MIN) {
-            return Err(Error::Presentation(format!(
-                "{rendition}: no segment {sequence} after {:?}",
-                since.elapsed()
-            )));
+            return Err(PlayError::Live {
+                rendition: rendition.clone(),
+                problem: format!("no segment {sequence} after {:?}", since.elapsed()),
+            });
         }
         tokio::time::sleep(TICK).await;
     }
@@ -157,7 +200,7 @@ async fn next_listed(
 /// time divided by the playback speed).
 struct Playback<'a> {
     session: &'a Session,
-    rendition: &'a str,
+    rendition: &'a RenditionName,
     speed: f64,
     http: reqwest::Client,
     base: String,
@@ -180,13 +223,13 @@ impl<'a> Playback<'a> {
     /// Fetches the init segment; playback will start at `first_sequence`.
     async fn start(
         session: &'a Session,
-        rendition: &'a str,
+        rendition: &'a RenditionName,
         first_sequence: u64,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, PlayError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
-            .map_err(|e| Error::Setup(e.to_string()))?;
+            .map_err(PlayError::Client)?;
         let base = format!("http://{}/{rendition}", session.player_addr());
         let begin = Instant::now();
         let init = get(http.clone(), format!("{base}/init.mp4")).await?;
@@ -197,7 +240,7 @@ impl<'a> Playback<'a> {
             http,
             base,
             report: PlaybackReport {
-                rendition: rendition.to_owned(),
+                rendition: rendition.clone(),
                 sha256: vec![sha256(&init)],
                 bytes: init.len() as u64,
                 startup: Duration::ZERO,
@@ -245,7 +288,8 @@ impl<'a> Playback<'a> {
             Some(&(sequence, _)) => (sequence, self.played.saturating_sub(self.front_at)),
             None => (self.next_sequence, Duration::ZERO),
         };
-        self.session.set_playhead(
+        // The rendition is the session's own: the report cannot be refused.
+        let _ = self.session.set_playhead(
             self.rendition,
             sequence,
             offset.mul_f64(self.speed),
@@ -272,8 +316,8 @@ impl<'a> Playback<'a> {
     /// Fetches segment `sequence` (of `media` duration) from the endpoint
     /// and adds it to the buffer; the first one starts playback, one that
     /// ends a stall reports it.
-    async fn fetch(&mut self, sequence: u64, media: Duration) -> Result<(), Error> {
-        let url = format!("{}/{}", self.base, crate::track::segment_file(sequence));
+    async fn fetch(&mut self, sequence: u64, media: Duration) -> Result<(), PlayError> {
+        let url = format!("{}/{}", self.base, segment_file(sequence));
         let bytes = self.wait(get(self.http.clone(), url)).await?;
         self.advance(false);
         self.report.sha256.push(sha256(&bytes));
@@ -313,20 +357,19 @@ impl<'a> Playback<'a> {
 }
 
 /// One GET on the endpoint: the body of a 2xx answer.
-async fn get(http: reqwest::Client, url: String) -> Result<Bytes, Error> {
-    let response = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| Error::Presentation(format!("{url}: {e}")))?;
+async fn get(http: reqwest::Client, url: String) -> Result<Bytes, PlayError> {
+    let response = match http.get(&url).send().await {
+        Ok(response) => response,
+        Err(source) => return Err(PlayError::Request { url, source }),
+    };
     if !response.status().is_success() {
-        return Err(Error::Presentation(format!(
-            "{url}: HTTP {}",
-            response.status()
-        )));
+        return Err(PlayError::Status {
+            url,
+            status: response.status().as_u16(),
+        });
     }
-    response
-        .bytes()
-        .await
-        .map_err(|e| Error::Presentation(format!("{url}: {e}")))
+    match response.bytes().await {
+        Ok(bytes) => Ok(bytes),
+        Err(source) => Err(PlayError::Request { url, source }),
+    }
 }

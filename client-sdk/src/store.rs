@@ -13,7 +13,7 @@ use lru::LruCache;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SegmentKey {
     /// Rendition.
-    pub rendition: String,
+    pub rendition: loaves_proto::names::RenditionName,
     /// Sequence number.
     pub sequence: u64,
 }
@@ -100,7 +100,7 @@ mod tests {
 
     fn key(sequence: u64) -> SegmentKey {
         SegmentKey {
-            rendition: "720p".into(),
+            rendition: loaves_proto::names::RenditionName::new("720p").unwrap(),
             sequence,
         }
     }

@@ -3,20 +3,23 @@
 //! task moves bytes, verifies them against the signed manifest, stores them
 //! and reports outcomes.
 //!
-//! Everything reaches the task as a [`TrackMsg`] on one bounded channel:
-//! requests from the player endpoint, playhead reports, peers coming and
-//! going (from [`crate::peers`]), HAVE notices, and the pieces and ends of
-//! the transfers it spawned. A 50 ms tick drives `poll` when nothing else
-//! happens. Time for the scheduler is milliseconds since the task started.
+//! Player requests, peers coming and going (from [`crate::peers`]), HAVE
+//! notices and the pieces and ends of the transfers it spawned reach the
+//! task as [`TrackMsg`]s on one bounded channel, every one of them sent
+//! with `send().await`: none is ever dropped. What is state rather than
+//! news (the player's reported playhead, the swarm's size) is a `watch`
+//! value, of which the newest always arrives however busy the queue is.
+//! The session's cancellation stops the task. Between events the task
+//! sleeps until the instant the scheduler asks to be polled again
+//! ([`Scheduler::poll_timeout`]); time for the scheduler is milliseconds
+//! since the task started.
 //!
 //! Live renditions (manifest not final at `open`) have a second, small task,
-//! [`follow_live`], that re-reads the manifest's new bytes (a byte range
-//! from what it already consumed) every half segment, verifies each new
-//! chunk and appends it to the rendition's shared manifest. The track gives
-//! the scheduler (in [`Mode::Live`]) the listed segments from the playhead
-//! to a little past its look-ahead on every tick, and forgets manifest
-//! entries far behind the playhead, so an event of any length takes bounded
-//! memory.
+//! [`crate::live::follow`], that appends verified chunks to the rendition's
+//! manifest and nudges this one. The track gives the scheduler (in
+//! [`Mode::Live`]) the listed segments from the playhead to a little past
+//! its look-ahead, and forgets manifest entries far behind the playhead,
+//! so an event of any length takes bounded memory.
 //!
 //! Invariants:
 //! - Only bytes that verified against the manifest leave this task (to the
@@ -31,25 +34,26 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use loaves_proto::UnixSeconds;
-use loaves_proto::keys::SigningKeyPair;
+use loaves_proto::names::RenditionName;
 use loaves_proto::pb::segment_response_header::Status;
-use loaves_proto::peerwire::{self, Limits};
-use tokio::sync::{mpsc, oneshot};
+use loaves_wire::peerwire::{self, Limits};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use crate::license::{LicenseClient, LicensedSession};
+use crate::events::Event;
+use crate::lock;
 use crate::scheduler::{
     Action, AnyPolicy, ByteRange, CdnOnly, DeadlineFirst, Millis, Mode, Outcome, PeerId, PeerInfo,
-    Scheduler, SchedulerConfig, Source,
+    Scheduler, SchedulerConfig, Source, TransferId,
 };
-use crate::session::{Event, Rendition, Shared, lock};
+use crate::session::presentation::segment_file;
+use crate::session::{Rendition, Shared};
+use crate::stats::Counters;
 use crate::store::SegmentKey;
-use loaves_proto::manifest::verify_chunk;
 
 /// Bytes asked of a peer per request of a peer transfer.
 const PEER_PIECE: u64 = 64 * 1024;
@@ -70,11 +74,9 @@ pub(crate) const LIVE_HISTORY: u64 = 120;
 /// Live: segments past the playhead given to the scheduler (beyond its
 /// look-ahead window they are not needed yet; they are added as it moves).
 const LIVE_AHEAD_SLACK: u64 = 4;
-/// Live manifest polling: bounds of the interval (half a segment).
-const POLL_MIN: Duration = Duration::from_millis(100);
-const POLL_MAX: Duration = Duration::from_secs(5);
-/// Live manifest polling: longest delay after repeated failures.
-const POLL_BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// Longest sleep between polls when the scheduler asks for none (a
+/// backstop: every event that can change a decision polls at once).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Why a player request for a segment failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -97,19 +99,26 @@ pub(crate) struct PeerLink {
     pub(crate) name: String,
     pub(crate) cross_isp: bool,
     pub(crate) cross_region: bool,
+    /// Generation of the session token this viewer last presented on the
+    /// connection (its hello, or a refresh riding on a request): when the
+    /// session's token is newer, the next request carries it.
+    pub(crate) presented: Arc<AtomicU64>,
 }
 
-/// What a track task is told.
+/// Where the player says it is (see [`crate::Session::set_playhead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Playhead {
+    pub(crate) sequence: u64,
+    pub(crate) offset_ms: u64,
+    pub(crate) playing: bool,
+}
+
+/// What a track task is told. Every message is sent with `send().await`.
 #[derive(Debug)]
 pub(crate) enum TrackMsg {
     Want {
         sequence: u64,
         reply: oneshot::Sender<Result<Bytes, WantError>>,
-    },
-    Playhead {
-        sequence: u64,
-        offset_ms: u64,
-        playing: bool,
     },
     PeerUp {
         peer: PeerId,
@@ -123,46 +132,54 @@ pub(crate) enum TrackMsg {
     PeerDown {
         peer: PeerId,
     },
-    /// Viewers in the swarm, as the tracker counts them.
-    SwarmSize {
-        viewers: usize,
-    },
     Piece {
-        transfer: crate::scheduler::TransferId,
+        transfer: TransferId,
         bytes: Bytes,
     },
     Done {
-        transfer: crate::scheduler::TransferId,
+        transfer: TransferId,
         end: TransferEnd,
     },
-    /// The live manifest grew (a nudge: the track also looks on every tick).
-    ManifestGrew,
-    Tick,
-    Stop,
 }
 
 /// A handle to a track task.
 #[derive(Debug, Clone)]
 pub(crate) struct TrackHandle {
     tx: mpsc::Sender<TrackMsg>,
+    /// The player's reported playhead (newest wins).
+    playhead: Arc<watch::Sender<Option<Playhead>>>,
+    /// Viewers in the swarm, as the tracker counts them (newest wins).
+    swarm_size: Arc<watch::Sender<Option<usize>>>,
+    /// "Look again": the live manifest grew.
+    nudge: Arc<Notify>,
 }
 
 impl TrackHandle {
-    /// Sends without waiting; a full queue drops the message (every message
-    /// sent this way is advisory or repeated).
-    pub(crate) fn send(&self, msg: TrackMsg) {
-        let _ = self.tx.try_send(msg);
+    /// Sends, waiting for room; false once the track has ended.
+    pub(crate) async fn send(&self, msg: TrackMsg) -> bool {
+        self.tx.send(msg).await.is_ok()
     }
 
-    /// Sends, waiting for room.
-    pub(crate) async fn send_wait(&self, msg: TrackMsg) -> bool {
-        self.tx.send(msg).await.is_ok()
+    /// The player's position (state: the newest report always arrives).
+    pub(crate) fn set_playhead(&self, playhead: Playhead) {
+        self.playhead.send_replace(Some(playhead));
+    }
+
+    /// The swarm's size from the tracker's latest reply.
+    pub(crate) fn set_swarm_size(&self, viewers: usize) {
+        self.swarm_size.send_replace(Some(viewers));
+    }
+
+    /// Something changed that the track should look at (the live manifest
+    /// grew); nudges coalesce.
+    pub(crate) fn nudge(&self) {
+        self.nudge.notify_one();
     }
 
     /// The verified bytes of segment `sequence`, through the scheduler.
     pub(crate) async fn want(&self, sequence: u64) -> Result<Bytes, WantError> {
         let (reply, rx) = oneshot::channel();
-        if !self.send_wait(TrackMsg::Want { sequence, reply }).await {
+        if !self.send(TrackMsg::Want { sequence, reply }).await {
             return Err(WantError::Closed);
         }
         match tokio::time::timeout(WANT_TIMEOUT, rx).await {
@@ -188,7 +205,7 @@ struct Track {
     scheduler: Scheduler<AnyPolicy>,
     epoch: Instant,
     active: bool,
-    transfers: HashMap<crate::scheduler::TransferId, Transfer>,
+    transfers: HashMap<TransferId, Transfer>,
     /// Prefixes kept from cancelled peer transfers: (peer, bytes).
     partials: HashMap<u64, (PeerId, Bytes)>,
     waiters: HashMap<u64, Vec<oneshot::Sender<Result<Bytes, WantError>>>>,
@@ -209,20 +226,20 @@ struct Track {
 /// Starts the driver task of `rendition`.
 pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let options = &shared.options;
-    let speed = options.playback_speed;
+    let config = &shared.config;
+    let speed = config.playback_speed;
     let typical_ms = (f64::from(rendition.typical_ms()) / speed).max(1.0);
     let lookahead =
-        ((options.buffer_target.as_secs_f64() * 1000.0 / speed) / typical_ms).ceil() as u64;
+        ((config.buffer_target.as_secs_f64() * 1000.0 / speed) / typical_ms).ceil() as u64;
     let lookahead = lookahead.clamp(1, 64);
-    let config = SchedulerConfig {
+    let scheduler_config = SchedulerConfig {
         mode: if rendition.live {
             Mode::Live
         } else {
             Mode::Vod
         },
         lookahead_segments: lookahead,
-        max_peers: options.max_peers,
+        max_peers: config.max_peers,
         seed: u64::from_le_bytes(
             shared.identity.public_key().as_bytes()[..8]
                 .try_into()
@@ -230,12 +247,12 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         ),
         ..SchedulerConfig::default()
     };
-    let policy = if options.p2p {
+    let policy = if config.p2p {
         AnyPolicy::DeadlineFirst(DeadlineFirst::default())
     } else {
         AnyPolicy::CdnOnly(CdnOnly)
     };
-    let mut scheduler = Scheduler::new(config, policy);
+    let mut scheduler = Scheduler::new(scheduler_config, policy);
     // VOD: the whole book at once. Live: segments are added near the
     // playhead as the manifest grows (`sync_live`).
     if !rendition.live {
@@ -248,8 +265,14 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         }
     }
     let live = rendition.live;
+    let handle = TrackHandle {
+        tx: tx.clone(),
+        playhead: Arc::new(watch::channel(None).0),
+        swarm_size: Arc::new(watch::channel(None).0),
+        nudge: Arc::new(Notify::new()),
+    };
     let track = Track {
-        shared,
+        shared: shared.clone(),
         rendition,
         scheduler,
         epoch: Instant::now(),
@@ -258,7 +281,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         partials: HashMap::new(),
         waiters: HashMap::new(),
         peers: HashMap::new(),
-        tx: tx.clone(),
+        tx,
         explicit_playhead_at: None,
         playhead: 0,
         limits: Arc::new(Limits::default()),
@@ -266,8 +289,8 @@ pub(crate) fn spawn(shared: Arc<Shared>, rendition: Arc<Rendition>) -> TrackHand
         next_add: 0,
         live_ahead: lookahead + LIVE_AHEAD_SLACK,
     };
-    tokio::spawn(track.run(rx));
-    TrackHandle { tx }
+    shared.spawn(track.run(rx, handle.clone()));
+    handle
 }
 
 impl Track {
@@ -275,19 +298,48 @@ impl Track {
         Millis(self.epoch.elapsed().as_millis() as u64)
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<TrackMsg>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// The instant of a scheduler time.
+    fn instant(&self, at: Millis) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.epoch + Duration::from_millis(at.0))
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<TrackMsg>, handle: TrackHandle) {
+        let mut playhead = handle.playhead.subscribe();
+        let mut swarm_size = handle.swarm_size.subscribe();
+        let nudge = handle.nudge.clone();
+        // The handle's senders stay with the session's handles, not here:
+        // the task ends on the cancellation, never by waiting for them.
+        drop(handle);
+        let cancel = self.shared.cancel.clone();
         loop {
-            let msg = tokio::select! {
-                msg = rx.recv() => msg,
-                _ = tick.tick() => Some(TrackMsg::Tick),
-            };
-            let Some(msg) = msg else { break };
-            if matches!(msg, TrackMsg::Stop) {
-                break;
+            let wake = self
+                .active
+                .then(|| self.scheduler.poll_timeout())
+                .flatten()
+                .map(|at| self.instant(at))
+                .unwrap_or_else(|| tokio::time::Instant::now() + IDLE_POLL);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                Ok(()) = playhead.changed() => {
+                    let reported = *playhead.borrow_and_update();
+                    if let Some(reported) = reported {
+                        self.reported_playhead(reported);
+                    }
+                }
+                Ok(()) = swarm_size.changed() => {
+                    let viewers = *swarm_size.borrow_and_update();
+                    if let Some(viewers) = viewers {
+                        self.scheduler.set_swarm_size(viewers);
+                    }
+                }
+                () = nudge.notified() => self.sync_live(),
+                () = tokio::time::sleep_until(wake) => self.sync_live(),
             }
-            self.handle(msg);
             if self.active {
                 let actions = self.scheduler.poll(self.now());
                 self.execute(actions);
@@ -307,6 +359,17 @@ impl Track {
         }
     }
 
+    /// The player reported where it is.
+    fn reported_playhead(&mut self, reported: Playhead) {
+        let now = self.now();
+        self.active = true;
+        self.explicit_playhead_at = Some(Instant::now());
+        self.move_playhead(reported.sequence);
+        self.scheduler
+            .set_playhead(now, reported.sequence, reported.offset_ms, reported.playing);
+        self.sync_live();
+    }
+
     fn publish_stats(&self) {
         lock(&self.shared.scheduler_stats)
             .insert(self.rendition.name.clone(), self.scheduler.stats());
@@ -316,18 +379,6 @@ impl Track {
         let now = self.now();
         match msg {
             TrackMsg::Want { sequence, reply } => self.want(sequence, reply),
-            TrackMsg::Playhead {
-                sequence,
-                offset_ms,
-                playing,
-            } => {
-                self.active = true;
-                self.explicit_playhead_at = Some(Instant::now());
-                self.move_playhead(sequence);
-                self.scheduler
-                    .set_playhead(now, sequence, offset_ms, playing);
-                self.sync_live();
-            }
             TrackMsg::PeerUp { peer, info, link } => {
                 self.scheduler.add_peer(peer, info);
                 if let Some(old) = self.peers.insert(peer, link) {
@@ -346,7 +397,6 @@ impl Track {
                 self.peers.remove(&peer);
                 self.scheduler.remove_peer(peer);
             }
-            TrackMsg::SwarmSize { viewers } => self.scheduler.set_swarm_size(viewers),
             TrackMsg::Piece { transfer, bytes } => {
                 if let Some(t) = self.transfers.get_mut(&transfer) {
                     // The source cannot send more than the range asked.
@@ -358,8 +408,6 @@ impl Track {
                 }
             }
             TrackMsg::Done { transfer, end } => self.finish(transfer, end),
-            TrackMsg::Tick | TrackMsg::ManifestGrew => self.sync_live(),
-            TrackMsg::Stop => {}
         }
     }
 
@@ -371,7 +419,7 @@ impl Track {
         if !self.live {
             return;
         }
-        let speed = self.shared.options.playback_speed;
+        let speed = self.shared.config.playback_speed;
         let mut fresh = Vec::new();
         let (oldest, newest) = {
             let manifest = self.rendition.manifest();
@@ -435,7 +483,7 @@ impl Track {
         self.active = true;
         // A segment behind the playhead may have left the scheduler's book
         // (seek back) or the store (eviction): make it wanted again.
-        let duration = scaled(duration_ms, self.shared.options.playback_speed);
+        let duration = scaled(duration_ms, self.shared.config.playback_speed);
         self.scheduler.add_segment(sequence, size, duration);
         if self.scheduler.is_held(sequence) {
             self.scheduler.forget_held(sequence);
@@ -497,7 +545,7 @@ impl Track {
                             peerwire::close_code::DONE
                         };
                         link.connection.close(code.into(), b"dropped");
-                        self.shared.counters.banned.fetch_add(1, Ordering::Relaxed);
+                        Counters::add(&self.shared.counters.banned, 1);
                         self.shared.emit(Event::PeerBanned {
                             rendition: self.rendition.name.clone(),
                             peer: link.name,
@@ -511,13 +559,7 @@ impl Track {
         self.publish_stats();
     }
 
-    fn start(
-        &mut self,
-        transfer: crate::scheduler::TransferId,
-        sequence: u64,
-        source: Source,
-        range: ByteRange,
-    ) {
+    fn start(&mut self, transfer: TransferId, sequence: u64, source: Source, range: ByteRange) {
         let tx = self.tx.clone();
         let task = match source {
             Source::Cdn => {
@@ -534,7 +576,7 @@ impl Track {
                     .segment(sequence)
                     .map_or(0, |s| s.size);
                 let asked = (range.start > 0 || range.end < size).then_some(range);
-                tokio::spawn(async move {
+                self.shared.spawn(async move {
                     let end = match shared.cdn.fetch(&path, asked).await {
                         Ok(bytes) => match tx.send(TrackMsg::Piece { transfer, bytes }).await {
                             Ok(()) => TransferEnd::Complete,
@@ -546,19 +588,23 @@ impl Track {
                 })
             }
             Source::Peer(peer) | Source::Seed(peer) => {
-                let connection = self.peers.get(&peer).map(|l| l.connection.clone());
+                let link = self.peers.get(&peer).map(|l| PeerRequester {
+                    connection: l.connection.clone(),
+                    presented: l.presented.clone(),
+                });
                 let rendition = self.rendition.name.clone();
                 let limits = self.limits.clone();
-                let link = self.shared.cdn.link().clone();
-                tokio::spawn(async move {
-                    let end = match connection {
-                        Some(connection) => {
+                let shared = self.shared.clone();
+                self.shared.spawn(async move {
+                    let end = match link {
+                        Some(link) => {
                             peer_transfer(
-                                &connection,
+                                &shared,
+                                &link,
                                 &rendition,
                                 sequence,
                                 range.start..range.end,
-                                (&limits, &link),
+                                &limits,
                                 transfer,
                                 &tx,
                             )
@@ -583,7 +629,7 @@ impl Track {
         );
     }
 
-    fn finish(&mut self, id: crate::scheduler::TransferId, end: TransferEnd) {
+    fn finish(&mut self, id: TransferId, end: TransferEnd) {
         let Some(transfer) = self.transfers.remove(&id) else {
             return;
         };
@@ -685,27 +731,48 @@ impl Track {
     }
 }
 
+/// The connection a peer transfer asks on, and what this viewer presented
+/// on it.
+struct PeerRequester {
+    connection: quinn::Connection,
+    presented: Arc<AtomicU64>,
+}
+
 /// A peer transfer: `range` in pieces of [`PEER_PIECE`], each reported as it
 /// arrives. True when every piece arrived. The session's emulated link (if
-/// any) delays each piece request and paces each piece's bytes.
+/// any) delays each piece request and paces each piece's bytes. When the
+/// session's token is newer than the one presented on the connection, the
+/// next request carries it (the uploader re-checks the requester's token on
+/// every request, and the one of the hello expires).
+#[allow(clippy::too_many_arguments)]
 async fn peer_transfer(
-    connection: &quinn::Connection,
-    rendition: &str,
+    shared: &Shared,
+    link: &PeerRequester,
+    rendition: &RenditionName,
     sequence: u64,
     range: Range<u64>,
-    (limits, link): (&Limits, &crate::cdn::Link),
-    transfer: crate::scheduler::TransferId,
+    limits: &Limits,
+    transfer: TransferId,
     tx: &mpsc::Sender<TrackMsg>,
 ) -> TransferEnd {
+    let emulated = shared.cdn.link();
     let mut at = range.start;
     while at < range.end {
         let end = (at + PEER_PIECE).min(range.end);
-        link.request_delay().await;
-        match peerwire::request_segment(connection, rendition, sequence, Some(at..end), limits)
-            .await
-        {
+        emulated.request_delay().await;
+        let credential = shared.credentials.current();
+        let refresh = (credential.generation > link.presented.load(Ordering::Relaxed))
+            .then(|| credential.token.to_vec());
+        let refreshing = refresh.is_some();
+        let request =
+            peerwire::segment_request(rendition.as_str(), sequence, Some(at..end), refresh);
+        match peerwire::request(&link.connection, &request, limits).await {
             Ok(bytes) if bytes.len() as u64 == end - at => {
-                link.pace(bytes.len()).await;
+                if refreshing {
+                    link.presented
+                        .fetch_max(credential.generation, Ordering::Relaxed);
+                }
+                emulated.pace(bytes.len()).await;
                 if tx.send(TrackMsg::Piece { transfer, bytes }).await.is_err() {
                     return TransferEnd::Failed;
                 }
@@ -743,158 +810,64 @@ fn scaled(duration_ms: u32, speed: f64) -> u32 {
     (f64::from(duration_ms) / speed).round().max(1.0) as u32
 }
 
-/// Follows a live rendition's manifest until it is final or the session
-/// stops: every half segment (wall time at the playback speed, bounded),
-/// asks the CDN for the bytes past those already consumed, verifies each
-/// new chunk and appends it to the shared manifest, then nudges the track.
-/// A chunk that fails verification is never applied: an event is emitted
-/// and following resumes from the last good chunk, with backoff (the
-/// origin may correct the file). Fetch failures back off the same way.
-pub(crate) async fn follow_live(
-    shared: Arc<Shared>,
-    rendition: Arc<Rendition>,
-    track: TrackHandle,
-) {
-    let path = crate::session::manifest_path(&shared.title, &rendition.name);
-    let playlist_path = format!("{}/{}/media.m3u8", shared.title, rendition.name);
-    // Key tags are learned from the origin's playlist only if it has any.
-    let keyed = !lock(&rendition.key_lines).is_empty();
-    let mut shutdown = shared.shutdown.clone();
-    let mut failures: u32 = 0;
-    loop {
-        let typical = match rendition.typical_ms() {
-            0 => 2_000,
-            ms => ms,
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn handle(queue: usize) -> (TrackHandle, mpsc::Receiver<TrackMsg>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let handle = TrackHandle {
+            tx,
+            playhead: Arc::new(watch::channel(None).0),
+            swarm_size: Arc::new(watch::channel(None).0),
+            nudge: Arc::new(Notify::new()),
         };
-        let half = Duration::from_millis(u64::from(typical) / 2)
-            .div_f64(shared.options.playback_speed)
-            .clamp(POLL_MIN, POLL_MAX);
-        let delay = (half * 2u32.pow(failures.min(6))).min(POLL_BACKOFF_MAX.max(half));
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = crate::session::stopped(&mut shutdown) => return,
-        }
-        let offset = rendition.consumed.load(Ordering::Relaxed);
-        let tail = match shared.cdn.fetch_from(&path, offset).await {
-            Ok(tail) => tail,
-            Err(error) => {
-                if failures == 0 {
-                    shared.emit(Event::ManifestUnavailable {
-                        rendition: rendition.name.clone(),
-                        message: error.to_string(),
-                    });
-                }
-                failures = failures.saturating_add(1);
-                continue;
-            }
-        };
-        match append_chunks(&shared, &rendition, &tail) {
-            Ok(0) => failures = 0,
-            Ok(_) => {
-                failures = 0;
-                track.send(TrackMsg::ManifestGrew);
-                if keyed && missing_key_lines(&rendition) {
-                    // The playlist is written after the manifest: a period
-                    // still missing is looked for again at the next poll.
-                    if let Ok(playlist) = shared.cdn.fetch(&playlist_path, None).await {
-                        rendition.learn_key_lines(&playlist);
-                    }
-                }
-            }
-            Err(message) => {
-                shared.emit(Event::ManifestRejected {
-                    rendition: rendition.name.clone(),
-                    message,
-                });
-                failures = failures.saturating_add(1);
-            }
-        }
-        if rendition.manifest().is_final() {
-            track.send(TrackMsg::ManifestGrew);
-            return;
-        }
+        (handle, rx)
     }
-}
 
-/// Verifies and appends the whole chunks in `tail` (the manifest file's
-/// bytes past those consumed); returns how many were appended. Stops at the
-/// first chunk that fails: it and everything after it are left unapplied
-/// and unconsumed.
-fn append_chunks(shared: &Shared, rendition: &Rendition, tail: &[u8]) -> Result<usize, String> {
-    let (frames, _) = crate::session::manifest_frames(tail).map_err(|e| e.to_string())?;
-    let mut appended = 0;
-    for frame in frames {
-        let chunk =
-            verify_chunk(&shared.options.manifest_keys, frame).map_err(|e| e.to_string())?;
-        let durations: Vec<u32> = chunk.segments.iter().map(|s| s.duration_ms).collect();
-        rendition
-            .manifest_mut()
-            .append(chunk)
-            .map_err(|e| e.to_string())?;
-        rendition.saw_durations(durations.into_iter());
-        // The frame's prefix and payload are now consumed.
-        let frame_len = (frame.len() + loaves_proto::framing::LENGTH_PREFIX_LEN) as u64;
-        rendition.consumed.fetch_add(frame_len, Ordering::Relaxed);
-        appended += 1;
-    }
-    Ok(appended)
-}
-
-/// Whether a listed segment's key period has no known key tags.
-fn missing_key_lines(rendition: &Rendition) -> bool {
-    let known = lock(&rendition.key_lines);
-    let manifest = rendition.manifest();
-    manifest
-        .segments()
-        .any(|s| !known.contains_key(&s.key_period))
-}
-
-/// The file name of segment `sequence` in the packager's layout.
-pub(crate) fn segment_file(sequence: u64) -> String {
-    format!("seg_{sequence:05}.m4s")
-}
-
-/// The sequence number of a segment file name.
-pub(crate) fn parse_segment_file(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("seg_")?.strip_suffix(".m4s")?;
-    if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// The license heartbeat: renews on the policy's interval (or the
-/// configured one, when shorter) until stopped; returns the client and
-/// session for the release.
-pub(crate) async fn heartbeat(
-    shared: Arc<Shared>,
-    mut client: LicenseClient,
-    mut licensed: LicensedSession,
-    key: Arc<SigningKeyPair>,
-    mut stop: oneshot::Receiver<()>,
-) -> Option<(LicenseClient, LicensedSession)> {
-    loop {
-        let policy = Duration::from_secs(u64::from(licensed.renewal_interval_s().max(1)));
-        let interval = match shared.options.renewal_interval {
-            Some(configured) => configured.min(policy),
-            None => policy,
-        };
-        tokio::select! {
-            _ = &mut stop => return Some((client, licensed)),
-            () = tokio::time::sleep(interval) => {}
+    /// With the queue full, a `PeerDown` waits for room instead of being
+    /// dropped (a peer that is gone must never stay a candidate), and the
+    /// playhead and the swarm's size, which are state, keep only their
+    /// newest values however many reports come in.
+    #[tokio::test]
+    async fn nothing_is_dropped_when_the_queue_is_full() {
+        let (handle, mut rx) = handle(1);
+        let mut playhead = handle.playhead.subscribe();
+        let mut swarm_size = handle.swarm_size.subscribe();
+        assert!(
+            handle
+                .send(TrackMsg::PeerHas {
+                    peer: PeerId(1),
+                    sequences: vec![3],
+                })
+                .await
+        );
+        let sender = handle.clone();
+        let down =
+            tokio::spawn(async move { sender.send(TrackMsg::PeerDown { peer: PeerId(7) }).await });
+        for sequence in 0..10_000 {
+            handle.set_playhead(Playhead {
+                sequence,
+                offset_ms: 0,
+                playing: true,
+            });
+            handle.set_swarm_size(sequence as usize);
         }
-        match client
-            .renew(&mut licensed, &key, None, UnixSeconds::now())
-            .await
-        {
-            Ok(()) => {
-                // A renewal may carry keys of new key periods.
-                shared.learn_keys(&licensed);
-                shared.emit(Event::LicenseRenewed);
-            }
-            Err(e) => shared.emit(Event::LicenseRenewalFailed {
-                message: e.to_string(),
-            }),
-        }
+        tokio::task::yield_now().await;
+        assert!(!down.is_finished(), "the PeerDown waits for room");
+        assert!(matches!(rx.recv().await, Some(TrackMsg::PeerHas { .. })));
+        assert!(down.await.unwrap());
+        assert!(matches!(
+            rx.recv().await,
+            Some(TrackMsg::PeerDown { peer: PeerId(7) })
+        ));
+        assert!(playhead.has_changed().unwrap());
+        assert_eq!(playhead.borrow_and_update().unwrap().sequence, 9_999);
+        assert_eq!(*swarm_size.borrow_and_update(), Some(9_999));
+        // A track that has ended says so instead of losing the message.
+        drop(rx);
+        assert!(!handle.send(TrackMsg::PeerDown { peer: PeerId(8) }).await);
     }
 }

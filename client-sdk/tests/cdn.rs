@@ -46,7 +46,7 @@ async fn ranged(headers: HeaderMap) -> Response {
 
 fn client(bases: Vec<String>, max_body_bytes: u64) -> CdnClient {
     CdnClient::new(CdnConfig {
-        base_urls: bases,
+        base_urls: bases.iter().map(|b| b.parse().unwrap()).collect(),
         request_timeout: Duration::from_millis(800),
         max_body_bytes,
     })

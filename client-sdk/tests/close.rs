@@ -13,12 +13,16 @@ use std::time::{Duration, Instant};
 use common::{TITLE, stack};
 use loaves_client_sdk::license::{LicenseClient, LicenseRequest};
 use loaves_client_sdk::{Event, player};
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::SigningKeyPair;
-use loaves_proto::tracker_client::{ClientEndpoint, TrackerConnection};
 use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::tracker_client::{ClientEndpoint, TrackerConnection};
 
 const RENDITION: &str = "audio";
+
+fn rendition() -> loaves_client_sdk::RenditionName {
+    common::r(RENDITION)
+}
 const AHEAD: Duration = Duration::from_secs(8);
 /// Bound on waiting for the tracker to learn of a viewer.
 const JOIN_WAIT: Duration = Duration::from_secs(20);
@@ -34,16 +38,17 @@ struct Observer {
 
 impl Observer {
     async fn join(stack: &common::Stack, account: &str) -> Self {
-        let options = stack.options(true);
         let key = SigningKeyPair::generate().unwrap();
-        let mut license = LicenseClient::connect(&options.license).await.unwrap();
+        let mut license = LicenseClient::connect(&stack.license_config())
+            .await
+            .unwrap();
         let licensed = license
             .acquire(
                 &LicenseRequest {
                     entitlement: stack.entitlement(account),
                     title: TITLE.into(),
-                    region: options.region.clone(),
-                    isp: options.isp.clone(),
+                    region: "eu-west".into(),
+                    isp: "as1".into(),
                     ..LicenseRequest::default()
                 },
                 &key,
@@ -79,24 +84,26 @@ impl Observer {
     }
 }
 
-fn names(reply: &pb::AnnounceReply, address: SocketAddr) -> bool {
-    reply
-        .peers
-        .iter()
-        .any(|p| p.addresses.contains(&address.to_string()))
+fn names(reply: &pb::AnnounceReply, addresses: &[SocketAddr]) -> bool {
+    reply.peers.iter().any(|p| {
+        addresses
+            .iter()
+            .any(|address| p.addresses.contains(&address.to_string()))
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_viewer_is_no_longer_named_to_others() {
     let stack = stack(true).await;
     let leaving = stack.viewer("leaving", stack.options(true)).await;
-    let address = leaving.peer_addr().unwrap();
-    player::play(&leaving, RENDITION, AHEAD).await.unwrap();
+    let address = leaving.peer_candidates();
+    assert!(!address.is_empty(), "the viewer advertises no address");
+    player::play(&leaving, &rendition(), AHEAD).await.unwrap();
     let observer = Observer::join(&stack, "observer").await;
     let since = Instant::now();
     loop {
         let reply = observer.announce().await;
-        if reply.swarm_size == 2 && names(&reply, address) {
+        if reply.swarm_size == 2 && names(&reply, &address) {
             break;
         }
         assert!(
@@ -111,17 +118,16 @@ async fn a_closed_viewer_is_no_longer_named_to_others() {
     // before the departed viewer would expire.
     let reply = observer.announce().await;
     assert_eq!(reply.swarm_size, 1, "{reply:?}");
-    assert!(!names(&reply, address), "{reply:?}");
+    assert!(!names(&reply, &address), "{reply:?}");
 }
 
 /// Plays to the end with announces too far apart to carry the counters,
 /// closes, and checks the tracker counted exactly the session's bytes.
 async fn last_counters_reach_the_tracker(p2p: bool) {
     let stack = stack(true).await;
-    let mut options = stack.options(p2p);
-    options.max_announce_interval = LONG_INTERVAL;
+    let options = stack.options(p2p).max_announce_interval(LONG_INTERVAL);
     let session = stack.viewer("short", options).await;
-    player::play(&session, RENDITION, AHEAD).await.unwrap();
+    player::play(&session, &rendition(), AHEAD).await.unwrap();
     let stats = session.stats();
     assert!(stats.bytes_from_cdn > 0, "{stats:?}");
     let cohort = if p2p {
@@ -177,7 +183,7 @@ async fn close_is_bounded_when_the_tracker_is_gone() {
     let mut stack = stack(true).await;
     let session = stack.viewer("orphan", stack.options(true)).await;
     let mut events = session.events();
-    player::play(&session, RENDITION, AHEAD).await.unwrap();
+    player::play(&session, &rendition(), AHEAD).await.unwrap();
     let since = Instant::now();
     while stack
         .tracker

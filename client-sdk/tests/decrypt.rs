@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Stack, TITLE, stack_with};
-use loaves_client_sdk::{Loaves, Session};
+use loaves_client_sdk::Session;
 use loaves_proto::manifest::Scheme;
 
 fn have_ffmpeg() -> bool {
@@ -59,9 +59,7 @@ async fn get(url: &str) -> reqwest::Response {
 }
 
 async fn decrypting_session(stack: &Stack, account: &str, max_height: u32) -> Session {
-    let mut options = stack.options(false);
-    options.decrypt = true;
-    let loaves = Loaves::builder().options(options).build().unwrap();
+    let loaves = stack.options(false).decrypt(true).build().unwrap();
     loaves
         .open(TITLE, stack.entitlement_up_to(account, max_height))
         .await
@@ -71,6 +69,7 @@ async fn decrypting_session(stack: &Stack, account: &str, max_height: u32) -> Se
 /// Reads `rendition` through the endpoint (playlist, init, every segment)
 /// into one clear file and checks it decodes like the clear sample.
 async fn plays_clear(stack: &Stack, session: &Session, rendition: &str, work: &Path) -> usize {
+    let name = common::r(rendition);
     let base = format!("http://{}/{rendition}", session.player_addr());
     let playlist = get(&format!("{base}/media.m3u8"))
         .await
@@ -111,7 +110,7 @@ async fn plays_clear(stack: &Stack, session: &Session, rendition: &str, work: &P
         clear.extend(std::fs::read(sample_dir(rendition).join(segment)).unwrap());
         // What the store holds, and so what peers are served, is still the
         // packaged ciphertext.
-        let stored = session.segment(rendition, i as u64).await.unwrap();
+        let stored = session.segment(&name, i as u64).await.unwrap();
         assert_eq!(loaves_proto::manifest::sha256(&stored), packaged[i + 1]);
         assert_ne!(stored, bytes);
     }

@@ -27,6 +27,12 @@ struct Stack {
 async fn license_server() -> Stack {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
+    // Secret files must be private to their owner.
+    std::fs::set_permissions(
+        dir.path().join("kek"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -57,7 +63,11 @@ async fn license_server() -> Stack {
 
 fn client_config(stack: &Stack, trusted: Keyring) -> LicenseServerConfig {
     LicenseServerConfig {
-        url: format!("https://{}", stack.server.grpc_addr),
+        url: Some(
+            format!("https://{}", stack.server.grpc_addr)
+                .parse()
+                .unwrap(),
+        ),
         ca_pem: Some(stack.server.tls_cert_pem.clone()),
         tls_server_name: Some("localhost".into()),
         trusted_keys: trusted,

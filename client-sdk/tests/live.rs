@@ -19,7 +19,7 @@ use edge_seed::live::{LiveEvent, LivePackager};
 use edge_seed::package::read_manifest_frames;
 use loaves_client_sdk::player::{self, PlaybackReport};
 use loaves_client_sdk::scheduler::Source;
-use loaves_client_sdk::{Event, Events, Options, Session};
+use loaves_client_sdk::{Event, Events, LoavesBuilder, Session};
 use loaves_proto::UnixSeconds;
 use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::manifest::{Scheme, sha256};
@@ -137,11 +137,11 @@ impl LiveFeed {
     }
 }
 
-fn live_options(stack: &Stack, origin: std::net::SocketAddr, p2p: bool) -> Options {
-    let mut options = stack.options(p2p);
-    options.cdn.base_urls = vec![format!("http://{origin}/")];
-    options.playback_speed = SPEED;
-    options
+fn live_options(stack: &Stack, origin: std::net::SocketAddr, p2p: bool) -> LoavesBuilder {
+    stack
+        .options(p2p)
+        .cdn_urls([format!("http://{origin}/")])
+        .playback_speed(SPEED)
 }
 
 fn drain(events: &mut Events) -> Vec<Event> {
@@ -151,7 +151,7 @@ fn drain(events: &mut Events) -> Vec<Event> {
 /// Every object the player got is the packaged object (init, then
 /// `first_sequence` onwards).
 fn assert_exact(out: &Path, report: &PlaybackReport) {
-    let dir = out.join(&report.rendition);
+    let dir = out.join(report.rendition.as_str());
     let init = std::fs::read(dir.join("init.mp4")).unwrap();
     assert_eq!(report.sha256[0], sha256(&init), "init differs");
     for (i, digest) in report.sha256.iter().enumerate().skip(1) {
@@ -223,12 +223,12 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
                 .viewer(&format!("live-{i}"), live_options(&stack, origin, true))
                 .await,
         );
-        assert!(session.is_live(VIDEO));
-        joined_at.push(session.live_edge(VIDEO).unwrap());
+        assert!(session.is_live(&common::r(VIDEO)));
+        joined_at.push(session.live_edge(&common::r(VIDEO)).unwrap());
         let events = session.events();
         let s = session.clone();
         plays.push(tokio::spawn(async move {
-            player::play_live(&s, VIDEO, 4, Duration::MAX).await
+            player::play_live(&s, &common::r(VIDEO), 4, Duration::MAX).await
         }));
         sessions.push((session, events));
     }
@@ -264,7 +264,7 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
     assert!(playlist.contains("#EXT-X-TARGETDURATION:2"), "{playlist}");
     assert!(playlist.contains("#EXT-X-KEY:"), "{playlist}");
     let window = listed(&playlist);
-    let edge = sessions[0].0.live_edge(VIDEO).unwrap();
+    let edge = sessions[0].0.live_edge(&common::r(VIDEO)).unwrap();
     assert!(window.len() >= 3 && window.len() <= 6, "{playlist}");
     assert!(
         playlist.contains(&format!("#EXT-X-MEDIA-SEQUENCE:{}", window[0])),
@@ -332,10 +332,10 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
     // The event ended: the endpoint's playlist says so.
     let session = &sessions[0].0;
     until("the final chunk", Duration::from_secs(10), || {
-        !session.is_live(VIDEO)
+        !session.is_live(&common::r(VIDEO))
     })
     .await;
-    assert_eq!(session.live_edge(VIDEO), Some(TOTAL - 1));
+    assert_eq!(session.live_edge(&common::r(VIDEO)), Some(TOTAL - 1));
     let (_, playlist) = http_get(&playlist_url).await;
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
     assert_eq!(listed(&playlist).last(), Some(&(TOTAL - 1)), "{playlist}");
@@ -375,7 +375,7 @@ fn put(path: &Path, bytes: &[u8]) {
 fn framed(chunks: &[Vec<u8>]) -> Vec<u8> {
     chunks
         .iter()
-        .flat_map(|c| loaves_proto::framing::encode_frame(c, 1 << 20).unwrap())
+        .flat_map(|c| loaves_wire::framing::encode_frame(c, 1 << 20).unwrap())
         .collect()
 }
 
@@ -401,9 +401,9 @@ async fn rejected(events: &mut Events) -> String {
 /// The SDK must not offer or deliver segment 4 while only a tampered
 /// append lists it.
 async fn assert_not_offered(session: &Session) {
-    assert_eq!(session.live_edge(VIDEO), Some(3));
-    assert!(session.is_live(VIDEO));
-    assert!(session.segment(VIDEO, 4).await.is_err());
+    assert_eq!(session.live_edge(&common::r(VIDEO)), Some(3));
+    assert!(session.is_live(&common::r(VIDEO)));
+    assert!(session.segment(&common::r(VIDEO), 4).await.is_err());
     let base = format!("http://{}/{VIDEO}", session.player_addr());
     let (status, _) = http_get(&format!("{base}/seg_00004.m4s")).await;
     assert_eq!(status, 404);
@@ -429,9 +429,9 @@ async fn a_tampered_append_is_refused_and_its_segment_never_delivered() {
         .viewer("tamper", live_options(&stack, origin, false))
         .await;
     let mut events = session.events();
-    assert!(session.is_live(VIDEO));
-    assert_eq!(session.live_edge(VIDEO), Some(3));
-    assert_eq!(session.segment_range(VIDEO), Some(0..=3));
+    assert!(session.is_live(&common::r(VIDEO)));
+    assert_eq!(session.live_edge(&common::r(VIDEO)), Some(3));
+    assert_eq!(session.segment_range(&common::r(VIDEO)), Some(0..=3));
 
     // Segment 4 is packaged, but what is served is tampered.
     assert_eq!(feed.next().await, 4);
@@ -472,17 +472,17 @@ async fn a_tampered_append_is_refused_and_its_segment_never_delivered() {
     // 3. The origin is repaired: following resumes from the last good chunk.
     publish(&packaged, &served, VIDEO);
     until("segment 4 listed", Duration::from_secs(20), || {
-        session.live_edge(VIDEO) == Some(4)
+        session.live_edge(&common::r(VIDEO)) == Some(4)
     })
     .await;
-    let bytes = session.segment(VIDEO, 4).await.unwrap();
+    let bytes = session.segment(&common::r(VIDEO), 4).await.unwrap();
     assert_eq!(sha256(&bytes), sha256(&genuine_segment));
 
     // The end of the event reaches the endpoint's playlist.
     feed.finish().await;
     publish(&packaged, &served, VIDEO);
     until("the final chunk", Duration::from_secs(20), || {
-        !session.is_live(VIDEO)
+        !session.is_live(&common::r(VIDEO))
     })
     .await;
     let (_, playlist) = http_get(&format!(

@@ -17,7 +17,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{TITLE, stack};
-use loaves_client_sdk::Loaves;
 
 fn have_ffmpeg() -> bool {
     let found = Command::new("ffmpeg").arg("-version").output().is_ok();
@@ -84,10 +83,7 @@ async fn ffmpeg_plays_the_endpoint_and_clearkey_requests_are_proxied() {
         return;
     }
     let stack = stack(false).await;
-    let loaves = Loaves::builder()
-        .options(stack.options(false))
-        .build()
-        .unwrap();
+    let loaves = stack.options(false).build().unwrap();
     let session = loaves
         .open(TITLE, stack.entitlement("stock"))
         .await

@@ -30,7 +30,9 @@ async fn p2p_off_reports_the_cdn_only_cohort_without_peers() {
     let stack = stack(true).await;
     let session = stack.viewer("cdn-only", stack.options(false)).await;
     assert!(session.peer_addr().is_none());
-    player::play(&session, RENDITION, AHEAD).await.unwrap();
+    player::play(&session, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     let stats = session.stats();
     assert!(stats.bytes_from_cdn > 0);
     assert_eq!(stats.bytes_from_peers + stats.bytes_from_seeds, 0);
@@ -71,7 +73,9 @@ async fn p2p_on_reports_played_time() {
     let session = stack.viewer("p2p", stack.options(true)).await;
     let opened = Instant::now();
     assert!(session.peer_addr().is_some());
-    player::play(&session, RENDITION, AHEAD).await.unwrap();
+    player::play(&session, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     let stats = session.stats();
     assert!(stats.played_time > Duration::ZERO, "{stats:?}");
     assert!(
@@ -85,7 +89,9 @@ async fn p2p_on_reports_played_time() {
         if stalled {
             session.player_rebuffer_start();
         } else {
-            session.set_playhead(RENDITION, 0, Duration::ZERO, false);
+            session
+                .set_playhead(&common::r(RENDITION), 0, Duration::ZERO, false)
+                .unwrap();
         }
         let before = session.stats().played_time;
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -27,7 +27,7 @@ fn drain(session: &Session, events: &mut loaves_client_sdk::Events) -> Vec<Event
 }
 
 fn assert_exact(stack: &common::Stack, report: &PlaybackReport) {
-    let expected = stack.packaged_sha256(&report.rendition);
+    let expected = stack.packaged_sha256(report.rendition.as_str());
     assert_eq!(expected.len(), report.sha256.len(), "segment count");
     for (i, (a, b)) in expected.iter().zip(&report.sha256).enumerate() {
         assert_eq!(
@@ -51,7 +51,7 @@ async fn viewers_play_to_the_end_with_most_bytes_from_peers() {
         let session = std::sync::Arc::new(session);
         let s = session.clone();
         plays.push(tokio::spawn(async move {
-            player::play(&s, RENDITION, AHEAD).await
+            player::play(&s, &common::r(RENDITION), AHEAD).await
         }));
         sessions.push((session, events));
         // Staggered joins: later viewers find the earlier ones' segments.
@@ -116,10 +116,14 @@ async fn viewers_play_to_the_end_with_most_bytes_from_peers() {
 async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
     let stack = stack(true).await;
     // The liar plays first, so it holds every segment the others want.
-    let mut liar_options = stack.options(true);
-    liar_options.tamper_uploads = true;
+    let liar_options = stack.options(true).faults(loaves_client_sdk::Faults {
+        tamper_uploads: true,
+        ..Default::default()
+    });
     let liar = stack.viewer("liar", liar_options).await;
-    let liar_report = player::play(&liar, RENDITION, AHEAD).await.unwrap();
+    let liar_report = player::play(&liar, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     assert_exact(&stack, &liar_report);
     let liar_key_events = liar.events();
     drop(liar_key_events);
@@ -135,7 +139,7 @@ async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
         let events = session.events();
         let s = session.clone();
         plays.push(tokio::spawn(async move {
-            player::play(&s, RENDITION, AHEAD).await
+            player::play(&s, &common::r(RENDITION), AHEAD).await
         }));
         sessions.push((session, events));
         tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -185,17 +189,20 @@ async fn corrupt_peer_is_banned_and_players_get_only_verified_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_off_plays_from_the_cdn_only_renews_and_releases_the_license() {
     let stack = stack(false).await;
-    let mut options = stack.options(false);
-    options.renewal_interval = Some(Duration::from_millis(500));
     // The first CDN is down: everything fails over to the second.
-    options
-        .cdn
-        .base_urls
-        .insert(0, "http://127.0.0.1:9/".to_owned());
+    let options = stack
+        .options(false)
+        .renewal_interval(Duration::from_millis(500))
+        .cdn_urls([
+            "http://127.0.0.1:9/".to_owned(),
+            format!("http://{}/", stack.cdn),
+        ]);
     let session = stack.viewer("solo", options.clone()).await;
     let mut events = session.events();
     assert!(session.peer_addr().is_none());
-    let report = player::play(&session, "audio", AHEAD).await.unwrap();
+    let report = player::play(&session, &common::r("audio"), AHEAD)
+        .await
+        .unwrap();
     assert_exact(&stack, &report);
     let stats = session.stats();
     assert_eq!(stats.bytes_from_peers, 0);
@@ -218,10 +225,12 @@ async fn p2p_off_plays_from_the_cdn_only_renews_and_releases_the_license() {
 async fn losing_the_tracker_mid_play_causes_no_stall() {
     let mut stack = stack(true).await;
     let first = stack.viewer("early", stack.options(true)).await;
-    player::play(&first, RENDITION, AHEAD).await.unwrap();
+    player::play(&first, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     let second = std::sync::Arc::new(stack.viewer("late", stack.options(true)).await);
     let s = second.clone();
-    let play = tokio::spawn(async move { player::play(&s, RENDITION, AHEAD).await });
+    let play = tokio::spawn(async move { player::play(&s, &common::r(RENDITION), AHEAD).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stack.tracker.take().unwrap().shutdown().await;
     let report = tokio::time::timeout(Duration::from_secs(40), play)
@@ -243,13 +252,16 @@ async fn losing_the_tracker_mid_play_causes_no_stall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_upload_on_a_metered_network_when_asked() {
     let stack = stack(true).await;
-    let mut options = stack.options(true);
-    options.upload_only_unmetered = true;
+    let options = stack.options(true).upload_only_unmetered(true);
     let metered = stack.viewer("cellular", options).await;
     metered.set_network(loaves_client_sdk::NetworkType::Metered);
-    player::play(&metered, RENDITION, AHEAD).await.unwrap();
+    player::play(&metered, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     let other = stack.viewer("other", stack.options(true)).await;
-    let report = player::play(&other, RENDITION, AHEAD).await.unwrap();
+    let report = player::play(&other, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     assert_exact(&stack, &report);
     assert_eq!(metered.stats().bytes_uploaded, 0);
     assert_eq!(other.stats().bytes_from_peers, 0);
@@ -262,12 +274,15 @@ async fn an_uploader_behind_its_cap_answers_busy_instead_of_queueing() {
     let stack = stack(true).await;
     // One uploader holding everything, on a 20 kB/s uplink: a single 64 KiB
     // piece puts it seconds behind its cap.
-    let mut options = stack.options(true);
-    options.upload = loaves_client_sdk::Upload::Capped {
-        bytes_per_second: 20_000,
-    };
+    let options = stack
+        .options(true)
+        .upload(loaves_client_sdk::Upload::Capped {
+            bytes_per_second: 20_000,
+        });
     let uploader = stack.viewer("slow-uplink", options).await;
-    player::play(&uploader, RENDITION, AHEAD).await.unwrap();
+    player::play(&uploader, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     // Two viewers then ask it at once, for the same early segments.
     let mut plays = Vec::new();
     for i in 0..2 {
@@ -279,7 +294,7 @@ async fn an_uploader_behind_its_cap_answers_busy_instead_of_queueing() {
         let v = viewer.clone();
         plays.push((
             viewer,
-            tokio::spawn(async move { player::play(&v, RENDITION, AHEAD).await }),
+            tokio::spawn(async move { player::play(&v, &common::r(RENDITION), AHEAD).await }),
         ));
     }
     for (viewer, play) in plays {
@@ -304,15 +319,16 @@ async fn an_uploader_behind_its_cap_answers_busy_instead_of_queueing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_store_stays_within_budget_and_seeking_back_refetches() {
     let stack = stack(false).await;
-    let mut options = stack.options(false);
-    options.store_budget_bytes = 200_000;
+    let options = stack.options(false).store_budget_bytes(200_000);
     let session = stack.viewer("small", options).await;
-    let report = player::play(&session, RENDITION, AHEAD).await.unwrap();
+    let report = player::play(&session, &common::r(RENDITION), AHEAD)
+        .await
+        .unwrap();
     assert_exact(&stack, &report);
     let stats = session.stats();
     assert!(stats.store_bytes <= 200_000, "{stats:?}");
     // Segment 0 was evicted long ago: asking again fetches and verifies it.
-    let first = session.segment(RENDITION, 0).await.unwrap();
+    let first = session.segment(&common::r(RENDITION), 0).await.unwrap();
     assert_eq!(
         loaves_proto::manifest::sha256(&first),
         stack.packaged_sha256(RENDITION)[1]
@@ -329,7 +345,7 @@ async fn an_edge_seed_serves_viewers_and_losing_it_causes_no_stall() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let first = std::sync::Arc::new(stack.viewer("seeded", stack.options(true)).await);
     let s = first.clone();
-    let play = tokio::spawn(async move { player::play(&s, RENDITION, AHEAD).await });
+    let play = tokio::spawn(async move { player::play(&s, &common::r(RENDITION), AHEAD).await });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let from_seed_before_kill = first.stats().bytes_from_seeds;
     stack.seed.take().unwrap().shutdown().await;

@@ -25,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use edge_seed::serve::{SeedConfig, SeedKeys};
 use loaves_proto::UnixSeconds;
-use loaves_proto::framing::encode_frame;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::manifest::{MAX_CHUNK_LEN, ManifestWriter, Scheme, SegmentInfo};
 use loaves_proto::pb;
-use loaves_proto::peerwire::{self, CredentialVerifier, Limits, TransportOptions};
 use loaves_proto::token::SessionToken;
+use loaves_wire::framing::encode_frame;
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::peerwire::{self, CredentialVerifier, Limits, TransportOptions};
 
 const TITLE: &str = "bench";
 const RENDITION: &str = "720p";
@@ -181,7 +181,7 @@ async fn bench_quic(
     // Client sockets (real viewers would each have their own).
     let sockets = env_or("BENCH_CLIENT_SOCKETS", 20).max(1);
     let endpoints: Vec<quinn::Endpoint> = (0..sockets)
-        .map(|_| peerwire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap())
+        .map(|_| loaves_wire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap())
         .collect();
     let mut peers = Vec::new();
     for n in 0..connections {

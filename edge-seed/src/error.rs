@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use crate::keysource::KeySourceError;
 
 /// Why an init or media segment could not be read or protected (defined
-/// with the shared CMAF code in `loaves_proto::cmaf`).
-pub use loaves_proto::cmaf::Mp4Error;
+/// with the shared CMAF code in `loaves-cmaf`).
+pub use loaves_cmaf::Mp4Error;
 
 /// Why packaging failed. Every variant names the file concerned.
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,8 @@
 
 mod dash;
 
+pub use dash::parse_mpd;
+
 use std::path::{Path, PathBuf};
 
 use crate::error::PackageError;

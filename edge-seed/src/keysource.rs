@@ -159,8 +159,12 @@ impl std::fmt::Debug for GrpcKeySource {
 
 impl GrpcKeySource {
     /// A client of `endpoint` (`https://host:port` or `http://host:port`).
-    /// `ca_pem` is the PEM of the CA, or of the server's self-signed
-    /// certificate, that the server's certificate must chain to.
+    /// `ca_pem` is what the server's certificate must chain to: the PEM of
+    /// the CA that signed it, or the server's own certificate if that is
+    /// self-signed without the CA flag (as the license server's generated
+    /// development certificate is). A self-signed certificate marked as a
+    /// CA does not work as the server's own: TLS refuses a CA certificate
+    /// as the end entity (`CaUsedAsEndEntity`), see [`certificate_hint`].
     pub fn new(
         endpoint: impl Into<String>,
         token: Option<String>,
@@ -204,11 +208,14 @@ impl GrpcKeySource {
                 .tls_config(tls)
                 .map_err(|e| KeySourceError::Config(format!("TLS: {e}")))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| unavailable(error_chain(&e)))?;
-        let mut client = pb::key_service_client::KeyServiceClient::new(channel);
+        let channel = endpoint.connect().await.map_err(|e| {
+            let chain = error_chain(&e);
+            match certificate_hint(&chain) {
+                Some(hint) => unavailable(format!("{chain}: {hint}")),
+                None => unavailable(chain),
+            }
+        })?;
+        let mut client = loaves_grpc::key_service_client::KeyServiceClient::new(channel);
         let mut req = tonic::Request::new(request);
         if let Some(token) = &self.token {
             let value = format!("Bearer {token}").parse().map_err(|_| {
@@ -226,6 +233,28 @@ impl GrpcKeySource {
                 status: format!("{:?}: {}", status.code(), status.message()),
             }),
         }
+    }
+}
+
+/// What to do about a TLS certificate error, recognised in `error` (the
+/// rustls error's name, which it carries through tonic's error chain).
+pub fn certificate_hint(error: &str) -> Option<&'static str> {
+    if error.contains("CaUsedAsEndEntity") {
+        Some(
+            "the key service presents a CA certificate (basicConstraints CA:TRUE) as its own, \
+             which TLS refuses; give the server a leaf certificate signed by a CA and pass that \
+             CA's certificate as --ca-cert, or use a self-signed certificate without the CA flag \
+             (such as the license server's generated development certificate, tls.dev_cert_out)",
+        )
+    } else if error.contains("UnknownIssuer") || error.contains("BadSignature") {
+        Some(
+            "the key service's certificate is not signed by --ca-cert: pass the CA that signed \
+             it, or the server's own self-signed certificate",
+        )
+    } else if error.contains("NotValidForName") {
+        Some("the key service's certificate does not name the host in --key-service")
+    } else {
+        None
     }
 }
 

@@ -9,9 +9,9 @@
 //! writer. Keys come through the [`keysource::KeySource`] trait.
 
 // The box, cipher, init and segment code is shared with the client SDK
-// (its `decrypt` option), so it lives in `loaves_proto::cmaf`; these paths
+// (its `decrypt` option), so it is the `loaves-cmaf` crate; these paths
 // stay for the packager's modules and its users.
-pub use loaves_proto::cmaf::{boxes, cenc, init, segment};
+pub use loaves_cmaf::{boxes, cenc, init, segment};
 pub mod error;
 pub mod input;
 pub mod keysource;

@@ -46,6 +46,13 @@ enum Command {
     /// Run the edge seed: QUIC peer wire server and HTTP origin for the
     /// packaged titles, with verified origin pulls, caches, live prefetch and
     /// tracker registration (see `edge_seed::serve`).
+    ///
+    /// Configuration: built-in defaults, then the TOML file (--config), then
+    /// LOAVES_SEED_<FIELD> / LOAVES_SEED_<SECTION>__<FIELD> environment
+    /// variables (e.g. LOAVES_SEED_TRACKER__ADDRESSES; the older
+    /// LOAVES_SEED_TRACKERS still works), then these flags. `edge-seed serve
+    /// print-config` shows the result, `print-config --commented` every
+    /// setting.
     Serve(edge_seed::serve::cli::ServeArgs),
     /// Mint the signed seed credential an edge seed presents to trackers
     /// and viewers (operators' tool; signed with the license server's key).
@@ -96,12 +103,21 @@ struct PackageArgs {
         default_value = "https://127.0.0.1:7443"
     )]
     key_service: String,
-    /// Admin bearer token for the KeyService.
+    /// Admin bearer token for the KeyService (prefer the environment or
+    /// --admin-token-file: a flag shows in `ps`).
     #[arg(long, env = "LOAVES_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// PEM of the CA (or of the server's self-signed certificate) the key
-    /// service's certificate must chain to.
-    #[arg(long, env = "LOAVES_KEY_SERVICE_CA")]
+    /// File holding the admin bearer token (its trimmed content), readable
+    /// by its owner only. --admin-token / LOAVES_ADMIN_TOKEN wins over it.
+    #[arg(long, env = "LOAVES_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// PEM certificate the key service's TLS certificate must chain to:
+    /// the CA that signed it, or the server's own certificate if that is
+    /// self-signed without the CA flag (like the license server's generated
+    /// development certificate, tls.dev_cert_out). A self-signed
+    /// certificate with the CA flag set cannot serve as the server's own:
+    /// TLS refuses it (CaUsedAsEndEntity).
+    #[arg(long, env = "LOAVES_KEY_SERVICE_CA", value_name = "FILE")]
     ca_cert: Option<PathBuf>,
     /// Secret of the local development key source.
     #[arg(
@@ -260,13 +276,18 @@ fn setup(
                 None => None,
             };
             if args.key_service.starts_with("https://") && ca.is_none() {
-                bail!("--ca-cert is required for an https key service");
+                bail!(
+                    "--ca-cert is required for an https key service: the CA that signed its \
+                     certificate, or its own self-signed certificate without the CA flag"
+                );
             }
-            Box::new(GrpcKeySource::new(
-                args.key_service.clone(),
-                args.admin_token.clone(),
-                ca,
-            ))
+            let token = loaves_service::secret::secret(
+                "LOAVES_ADMIN_TOKEN",
+                args.admin_token.as_deref(),
+                args.admin_token_file.as_deref(),
+            )?
+            .map(|(token, _source)| token.as_str().to_owned());
+            Box::new(GrpcKeySource::new(args.key_service.clone(), token, ca))
         }
     };
     let options = PackageOptions {

@@ -13,7 +13,7 @@
 //! NAME/manifest.lvm      signed manifest: the chunks of the rendition's
 //!                        chain, each an encoded `Signed` envelope as one
 //!                        length-delimited frame (4-byte big-endian length,
-//!                        then the bytes; `loaves_proto::framing`)
+//!                        then the bytes; `loaves_wire::framing`)
 //! ```
 //!
 //! Everything is written under `.OUT.partial-PID` next to `OUT`, then
@@ -23,11 +23,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use loaves_proto::UnixSeconds;
-use loaves_proto::framing::encode_frame;
 use loaves_proto::keys::{ContentKey, SigningKeyPair};
 use loaves_proto::manifest::{
     MAX_CHUNK_LEN, MAX_SEGMENTS_PER_CHUNK, ManifestWriter, Scheme, SegmentInfo,
 };
+use loaves_wire::framing::encode_frame;
 
 use crate::error::{Mp4Error, PackageError};
 use crate::init::{InitProtection, TrackInfo, inspect_init, protect_init};
@@ -496,11 +496,11 @@ fn package_rendition(
 /// Reads a `manifest.lvm` file into its encoded chunks.
 pub fn read_manifest_frames(
     bytes: &[u8],
-) -> Result<Vec<Vec<u8>>, loaves_proto::framing::FrameError> {
+) -> Result<Vec<Vec<u8>>, loaves_wire::framing::FrameError> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
-        match loaves_proto::framing::decode_frame(rest, MAX_CHUNK_LEN)? {
+        match loaves_wire::framing::decode_frame(rest, MAX_CHUNK_LEN)? {
             Some((payload, used)) => {
                 out.push(payload.to_vec());
                 rest = &rest[used..];
@@ -510,7 +510,7 @@ pub fn read_manifest_frames(
                     [a, b, c, d, ..] => 4 + u64::from(u32::from_be_bytes([*a, *b, *c, *d])),
                     _ => 4,
                 };
-                return Err(loaves_proto::framing::FrameError::Truncated {
+                return Err(loaves_wire::framing::FrameError::Truncated {
                     expected,
                     received: rest.len() as u64,
                 });

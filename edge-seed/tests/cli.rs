@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::SigningKeyPair;
-use loaves_proto::{UnixSeconds, framing, pb, peerwire};
+use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::framing;
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::peerwire;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_edge-seed"));
@@ -465,7 +467,10 @@ async fn recording_tracker() -> (u16, Arc<Mutex<Vec<pb::SeedRegistration>>>) {
                         _ => return,
                     }
                     let ack = pb::TrackerResponse {
-                        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack { interval_s: 1 })),
+                        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack {
+                            interval_s: 1,
+                            ..Default::default()
+                        })),
                     };
                     if framing::write_message(&mut send, &ack, 65536, timeout)
                         .await
@@ -539,4 +544,91 @@ async fn serve_registers_with_a_tracker_named_by_host_name() {
         assert!(Instant::now() < deadline, "no exit after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `serve` without any LOAVES_SEED_* variable of the test's environment.
+fn bare_serve() -> Command {
+    let mut command = bin();
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LOAVES_SEED_") {
+            command.env_remove(name);
+        }
+    }
+    command.arg("serve");
+    command
+}
+
+#[test]
+fn serve_print_config_commented_is_the_defaults_in_full() {
+    let o = bare_serve()
+        .args(["print-config", "--commented"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8(o.stdout).unwrap();
+    for needle in [
+        "# Precedence: built-in defaults, then this file, then the environment,",
+        "LOAVES_SEED_<SECTION>__<FIELD>",
+        "[origin_fetch]",
+        "#drain_timeout_s = 10",
+    ] {
+        assert!(text.contains(needle), "--commented lacks {needle}:\n{text}");
+    }
+    let defaults = edge_seed::serve::SeedConfig::default();
+    assert_eq!(
+        edge_seed::serve::SeedConfig::from_toml(&text).unwrap(),
+        defaults
+    );
+    let uncommented = loaves_service::config::uncomment_defaults(&text);
+    assert_eq!(
+        edge_seed::serve::SeedConfig::from_toml(&uncommented).unwrap(),
+        defaults
+    );
+}
+
+#[test]
+fn serve_print_config_shows_file_environment_and_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seed.toml");
+    std::fs::write(
+        &file,
+        "name = \"from-file\"\ndrain_timeout_s = 3\n[capacity]\nmax_connections = 10\n",
+    )
+    .unwrap();
+    let o = bare_serve()
+        .arg("--config")
+        .arg(&file)
+        .args(["--max-connections", "30", "print-config"])
+        .env("LOAVES_SEED_CAPACITY__MAX_CONNECTIONS", "20")
+        .env("LOAVES_SEED_TRACKERS", "tracker-0:4433,tracker-1:4433")
+        .env("LOAVES_SEED_DRAIN_TIMEOUT_S", "4")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed =
+        edge_seed::serve::SeedConfig::from_toml(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    assert_eq!(printed.name, "from-file");
+    assert_eq!(printed.drain_timeout_s, 4, "environment over file");
+    assert_eq!(
+        printed.capacity.max_connections, 30,
+        "flag over environment"
+    );
+    assert_eq!(
+        printed.tracker.addresses,
+        ["tracker-0:4433", "tracker-1:4433"],
+        "the older variable name"
+    );
+
+    let o = bare_serve()
+        .arg("print-config")
+        .env("LOAVES_SEED_TRACKERS", "a:1")
+        .env("LOAVES_SEED_TRACKER__ADDRESSES", "b:1")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("both set tracker.addresses"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -28,10 +28,21 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("kek"), "01".repeat(32)).unwrap();
-        std::fs::write(d.join("admin-token"), ADMIN).unwrap();
+        // Secret files must be private to their owner.
+        for (name, value) in [("kek", "01".repeat(32)), ("admin-token", ADMIN.to_owned())] {
+            std::fs::write(d.join(name), value).unwrap();
+            std::fs::set_permissions(
+                d.join(name),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
+        }
         let signin = loaves_proto::keygen::write_key_pair(d, "signin", true).unwrap();
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -45,6 +56,7 @@ impl Server {
         config.keys.admin_token_file = Some(d.join("admin-token"));
         config.keys.entitlement_public_keys = vec![signin.public_key];
         // The default catalog has the title "demo" with audio, sd and hd.
+        tweak(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -179,5 +191,109 @@ fn packaging_uses_the_license_server_keys() {
             init.windows(16).any(|w| w == kid0),
             "tenc names the server's KID"
         );
+    }
+}
+
+/// The license server with its TLS certificate and key from files.
+fn server_with_certificate(cert_pem: &str, key_pem: &str) -> (tempfile::TempDir, Server) {
+    let files = tempfile::tempdir().unwrap();
+    let cert = files.path().join("tls.crt");
+    let key = files.path().join("tls.key");
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let server = Server::start_with(|config| {
+        config.tls.cert_file = Some(cert.clone());
+        config.tls.key_file = Some(key.clone());
+    });
+    (files, server)
+}
+
+fn names() -> Vec<String> {
+    vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+}
+
+#[test]
+fn a_self_signed_ca_certificate_is_refused_with_what_works_instead() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    // A self-signed certificate with the CA flag, served as the server's own.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(names()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let (_files, server) = server_with_certificate(&ca_cert.pem(), &ca_key.serialize_pem());
+    let s = server.server.as_ref().unwrap();
+    let source = GrpcKeySource::new(
+        format!("https://127.0.0.1:{}", s.grpc_addr.port()),
+        Some(ADMIN.into()),
+        Some(ca_cert.pem().into_bytes()),
+    )
+    .with_timeout(Duration::from_secs(5));
+    let error = source
+        .get_keys("demo", &requests())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("CaUsedAsEndEntity")
+            && error.contains("presents a CA certificate")
+            && error.contains("leaf certificate signed by a CA")
+            && error.contains("without the CA flag"),
+        "{error}"
+    );
+    drop(server);
+
+    // What works: that CA signs the server's leaf, the client trusts the CA.
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(names())
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca_params, &ca_key))
+        .unwrap();
+    let (_files, server) = server_with_certificate(&leaf.pem(), &leaf_key.serialize_pem());
+    let s = server.server.as_ref().unwrap();
+    let source = GrpcKeySource::new(
+        format!("https://127.0.0.1:{}", s.grpc_addr.port()),
+        Some(ADMIN.into()),
+        Some(ca_cert.pem().into_bytes()),
+    )
+    .with_timeout(Duration::from_secs(5));
+    assert_eq!(
+        source.get_keys("demo", &requests()).unwrap().len(),
+        requests().len()
+    );
+
+    // And a self-signed certificate without the CA flag, trusted as itself.
+    let own_key = KeyPair::generate().unwrap();
+    let own = CertificateParams::new(names())
+        .unwrap()
+        .self_signed(&own_key)
+        .unwrap();
+    drop(server);
+    let (_files, server) = server_with_certificate(&own.pem(), &own_key.serialize_pem());
+    let s = server.server.as_ref().unwrap();
+    let source = GrpcKeySource::new(
+        format!("https://127.0.0.1:{}", s.grpc_addr.port()),
+        Some(ADMIN.into()),
+        Some(own.pem().into_bytes()),
+    )
+    .with_timeout(Duration::from_secs(5));
+    assert_eq!(
+        source.get_keys("demo", &requests()).unwrap().len(),
+        requests().len()
+    );
+}
+
+#[test]
+fn package_help_says_which_certificate_works() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-seed"))
+        .args(["package", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "CA that signed it",
+        "without the CA flag",
+        "CaUsedAsEndEntity",
+        "--admin-token-file",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::pb;
 use loaves_proto::pb::segment_response_header::Status;
-use loaves_proto::peerwire::{self, HaveReceiver, close_code};
+use loaves_wire::peerwire::{self, HaveReceiver, close_code};
 use serve_common::*;
 
 const SIZE: usize = 200_000;
@@ -385,14 +385,13 @@ async fn connection_limits_and_a_silent_flood_do_not_starve_honest_clients() {
     let mut silent = Vec::new();
     for n in 0..30u8 {
         let identity =
-            loaves_proto::identity::PeerIdentity::new(&SigningKeyPair::from_seed(&[n; 32]))
-                .unwrap();
+            loaves_wire::identity::PeerIdentity::new(&SigningKeyPair::from_seed(&[n; 32])).unwrap();
         let client = peerwire::client_config(&identity, &Default::default()).unwrap();
         let connection = endpoint
             .connect_with(
                 client,
                 seed.quic_address,
-                loaves_proto::identity::SERVER_NAME,
+                loaves_wire::identity::SERVER_NAME,
             )
             .unwrap()
             .await
@@ -416,13 +415,12 @@ async fn connection_limits_and_a_silent_flood_do_not_starve_honest_clients() {
     let mut held = Vec::new();
     for n in 0..40u8 {
         let identity =
-            loaves_proto::identity::PeerIdentity::new(&SigningKeyPair::from_seed(&[n; 32]))
-                .unwrap();
+            loaves_wire::identity::PeerIdentity::new(&SigningKeyPair::from_seed(&[n; 32])).unwrap();
         let client = peerwire::client_config(&identity, &Default::default()).unwrap();
         if let Ok(connecting) = endpoint.connect_with(
             client,
             seed.quic_address,
-            loaves_proto::identity::SERVER_NAME,
+            loaves_wire::identity::SERVER_NAME,
         ) {
             held.push(connecting.await);
         }

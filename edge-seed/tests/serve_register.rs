@@ -8,11 +8,11 @@ mod serve_common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use loaves_proto::framing;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::SigningKeyPair;
-use loaves_proto::peerwire;
 use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::framing;
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::peerwire;
 use serve_common::*;
 
 type Registrations = Arc<Mutex<Vec<pb::SeedRegistration>>>;
@@ -68,7 +68,10 @@ async fn fake_tracker() -> (std::net::SocketAddr, Registrations) {
                         other => panic!("unexpected request {other:?}"),
                     }
                     let ack = pb::TrackerResponse {
-                        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack { interval_s: 1 })),
+                        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack {
+                            interval_s: 1,
+                            ..Default::default()
+                        })),
                     };
                     framing::write_message(&mut send, &ack, 65536, timeout)
                         .await

@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 
 use license_server::config::Config;
 use license_server::{SystemClock, start};
+use loaves_grpc::license_service_client::LicenseServiceClient;
+use loaves_grpc::license_service_server::{LicenseService, LicenseServiceServer};
 use loaves_proto::UnixSeconds;
 use loaves_proto::entitlement::Entitlement;
 use loaves_proto::keys::random_array;
 use loaves_proto::pb;
-use loaves_proto::pb::license_service_client::LicenseServiceClient;
-use loaves_proto::pb::license_service_server::{LicenseService, LicenseServiceServer};
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
 };
@@ -218,6 +218,12 @@ fn main() {
         let signin = loaves_proto::keygen::write_key_pair(path, "signin", false).unwrap();
         let signer = loaves_proto::keygen::read_signing_key(&signin.private_key).unwrap();
         std::fs::write(path.join("admin"), "bench-admin").unwrap();
+        // A secret file must be private to its owner.
+        std::fs::set_permissions(
+            path.join("admin"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
 
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -231,6 +237,9 @@ fn main() {
         config.keys.entitlement_public_keys = vec![signin.public_key.clone()];
         config.keys.admin_token_file = Some(path.join("admin"));
         config.policy.max_concurrent_streams_cap = 100_000;
+        // Every client connects from 127.0.0.1: the per-address cap would
+        // refuse the 65th.
+        config.limits.grpc.max_connections_per_ip = config.limits.grpc.max_connections;
         let server = start(config, Arc::new(SystemClock)).await.unwrap();
 
         // One account per client, each allowed far more streams than the

@@ -1,5 +1,9 @@
-//! Service configuration: a TOML file, then environment variables and flags
-//! on top (applied by the binary), then [`Config::validate`].
+//! Service configuration, loaded by `loaves_service::config`: defaults,
+//! then a TOML file, then the environment (`LOAVES_LICENSE_<FIELD>`,
+//! `LOAVES_LICENSE_<SECTION>__<FIELD>`, and the older names in
+//! [`ENV`]`.aliases`), then flags; then [`Config::validate`].
+//! `license-server print-config --commented` prints every setting with
+//! these doc comments.
 //!
 //! Every field has a default, so an empty file (or none) gives a server that
 //! runs as it is on one machine: TLS with a generated development
@@ -9,115 +13,196 @@
 //! own files and at PostgreSQL.
 //!
 //! Secrets are never read from the TOML file or flags (they would leak into
-//! version control and `ps`): the key-encryption key and the admin
-//! credential come from files or from the `LOAVES_LICENSE_KEK` and
-//! `LOAVES_LICENSE_ADMIN_TOKEN` environment variables.
+//! version control and `ps`): the key-encryption key, the admin credential
+//! and a store URL with a password come from the environment
+//! (`LOAVES_LICENSE_KEK`, `LOAVES_LICENSE_ADMIN_TOKEN`,
+//! `LOAVES_LICENSE_STORE__URL`) or from files named by `*_file` settings,
+//! which must not be readable by group or others
+//! (`loaves_service::secret`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use loaves_service::config::{self as service_config, Alias, EnvScheme, Overrides};
+use loaves_service::confique;
+use loaves_service::secret::SecretError;
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 /// Environment variable holding the key-encryption key as 64 hex digits.
 pub const ENV_KEK: &str = "LOAVES_LICENSE_KEK";
 /// Environment variable holding the admin (packager) credential.
 pub const ENV_ADMIN_TOKEN: &str = "LOAVES_LICENSE_ADMIN_TOKEN";
+/// Variable of the `--config` flag (not a setting).
+pub const ENV_CONFIG: &str = "LOAVES_LICENSE_CONFIG";
 
-/// Why a configuration was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("reading {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for [`Config`].
-    #[error("parsing {path}: {source}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: Box<toml::de::Error>,
-    },
-    /// A value is out of its allowed range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+/// How the license server's settings are named in the environment: the
+/// derived names, and the names its flags read before (still accepted).
+pub const ENV: EnvScheme = EnvScheme {
+    binary: "license-server",
+    prefix: "LOAVES_LICENSE_",
+    aliases: &[
+        Alias {
+            old: "LOAVES_LICENSE_STORE_URL",
+            setting: "store.url",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_TLS_CERT",
+            setting: "tls.cert_file",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_TLS_KEY",
+            setting: "tls.key_file",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_DEV_CERT_OUT",
+            setting: "tls.dev_cert_out",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_SIGNING_KEY",
+            setting: "keys.signing_key_file",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_KEK_FILE",
+            setting: "keys.kek_file",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_ADMIN_TOKEN_FILE",
+            setting: "keys.admin_token_file",
+        },
+        Alias {
+            old: "LOAVES_LICENSE_ENTITLEMENT_KEYS",
+            setting: "keys.entitlement_public_keys",
+        },
+    ],
+    reserved: &[ENV_CONFIG, ENV_KEK, ENV_ADMIN_TOKEN],
+};
+
+/// The header lines of `print-config --commented` about secrets.
+const SECRET_NOTES: &[&str] = &[
+    "Secrets are not settings: LOAVES_LICENSE_KEK (64 hex digits) or",
+    "keys.kek_file, LOAVES_LICENSE_ADMIN_TOKEN or keys.admin_token_file, and a",
+    "store URL with a password in LOAVES_LICENSE_STORE__URL or store.url_file.",
+    "A *_file names a file whose trimmed content is the secret; it must not be",
+    "readable by group or others (chmod 600). A value in the environment wins",
+    "over the file. print-config shows no secret.",
+];
+
+pub use loaves_service::config::ConfigError;
 
 /// The whole service configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct Config {
     /// gRPC (TLS) address of the license and key services.
+    #[config(default = "127.0.0.1:7443")]
     pub listen: SocketAddr,
     /// Plain HTTP address of `/metrics` and `/healthz` (keep it internal).
+    #[config(default = "127.0.0.1:9464")]
     pub metrics_listen: SocketAddr,
-    /// HTTP address of the W3C ClearKey endpoint (`POST /clearkey`); absent
+    /// HTTP address of the W3C ClearKey endpoint (`POST /clearkey`); "off"
     /// disables it. Put TLS in front of it outside development.
-    pub clearkey_listen: Option<SocketAddr>,
+    #[config(default = "127.0.0.1:7480", deserialize_with = addr_or_off)]
+    #[serde(serialize_with = "serialize_addr_or_off")]
+    pub clearkey_listen: AddrOrOff,
     /// Where generated development material and the default SQLite database
-    /// live. Created if missing.
+    /// live. Created (mode 0700) if missing.
+    #[config(default = "license-server-data")]
     pub data_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[config(default = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn")]
+    pub log: String,
     /// The durable store.
+    #[config(nested)]
     pub store: StoreConfig,
     /// TLS of the gRPC listener.
+    #[config(nested)]
     pub tls: TlsConfig,
     /// Key material.
+    #[config(nested)]
     pub keys: KeysConfig,
     /// License policy.
+    #[config(nested)]
     pub policy: PolicyConfig,
     /// Admission and size limits.
+    #[config(nested)]
     pub limits: LimitsConfig,
     /// The titles this server licenses. Requests for any other title are
-    /// refused with `NOT_FOUND`.
+    /// refused with `NOT_FOUND`. Each is a table, `{ id = "...",
+    /// key_period_s = 0, period_epoch = 0, renditions = [{ name = "720p",
+    /// track_type = "hd", height = 720 }, ...] }` (`key_period_s`: length
+    /// of a key period for live key rotation, 0 for VOD; `period_epoch`:
+    /// Unix time period 0 starts; `track_type`: the key protecting the
+    /// rendition; `height`: checked against an entitlement's `max_height`),
+    /// or the name of the built-in demonstration title, `"demo"` (audio,
+    /// 360p sd, 720p and 1080p hd).
+    #[config(default = ["demo"])]
     pub titles: Vec<TitleConfig>,
 }
 
 impl Default for Config {
+    /// The `#[config(default = ...)]` values.
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
-            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            clearkey_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7480))),
-            data_dir: PathBuf::from("license-server-data"),
-            store: StoreConfig::default(),
-            tls: TlsConfig::default(),
-            keys: KeysConfig::default(),
-            policy: PolicyConfig::default(),
-            limits: LimitsConfig::default(),
-            titles: vec![TitleConfig::demo()],
-        }
+        service_config::defaults()
+    }
+}
+
+/// An address that can be turned off. A named alias, because confique
+/// reads a field spelled `Option<_>` as a setting without a default, and
+/// this one has a default: "off" is how to turn it off.
+pub type AddrOrOff = Option<SocketAddr>;
+
+/// `clearkey_listen`: an address, or "off" (or empty) for none.
+fn addr_or_off<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match text.trim() {
+        "" | "off" => Ok(None),
+        addr => addr.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+fn serialize_addr_or_off<S: serde::Serializer>(
+    addr: &Option<SocketAddr>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => serializer.collect_str(addr),
+        None => serializer.serialize_str("off"),
     }
 }
 
 /// The durable store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct StoreConfig {
     /// `sqlite://PATH` or `postgres://USER@HOST/DB`. Absent means
-    /// `sqlite://<data_dir>/license-server.db`. Use PostgreSQL when more than
-    /// one replica serves the same keys.
+    /// `sqlite://<data_dir>/license-server.db` (created mode 0600). Use
+    /// PostgreSQL when more than one replica serves the same keys. A URL
+    /// with a password is a secret: give it in the environment
+    /// (`LOAVES_LICENSE_STORE__URL`) or in `url_file`, not in this file.
     pub url: Option<String>,
+    /// File whose trimmed content is the store URL (a secret file: not
+    /// readable by group or others). `url` wins when both are set.
+    pub url_file: Option<PathBuf>,
     /// Largest number of pooled database connections.
+    #[config(default = 8)]
     pub max_connections: u32,
 }
 
 impl Default for StoreConfig {
+    /// The `#[config(default = ...)]` values.
     fn default() -> Self {
-        Self {
-            url: None,
-            max_connections: 8,
-        }
+        loaves_service::config::defaults()
     }
 }
 
 /// TLS of the gRPC listener.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct TlsConfig {
     /// PEM certificate chain. With `key_file`; when both are absent a
     /// self-signed development certificate for `localhost` and 127.0.0.1 is
@@ -132,100 +217,294 @@ pub struct TlsConfig {
 
 /// Key material. Files that are absent are generated in `data_dir` on first
 /// start (development); production sets them explicitly.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct KeysConfig {
     /// Ed25519 license signing key (PKCS#8 PEM). Default
     /// `<data_dir>/license.key`, generated if missing; its public half
     /// (`license.pub`) is the root of trust of trackers, seeds and clients.
     pub signing_key_file: Option<PathBuf>,
     /// Key-encryption key sealing content keys at rest: 32 raw bytes or 64
-    /// hex digits. The `LOAVES_LICENSE_KEK` variable (64 hex digits) takes
-    /// precedence. Default `<data_dir>/kek`, generated if missing.
+    /// hex digits (a secret file: not readable by group or others). The
+    /// `LOAVES_LICENSE_KEK` variable (64 hex digits) takes precedence.
+    /// Default `<data_dir>/kek`, generated (mode 0600) if missing.
     pub kek_file: Option<PathBuf>,
     /// Public keys (SPKI PEM) of the sign-in systems whose entitlements are
     /// trusted. Empty means a development signer
     /// `<data_dir>/entitlement-dev.key` / `.pub`, generated if missing, for
     /// use with `license-server mint-entitlement`.
+    #[config(default = [])]
     pub entitlement_public_keys: Vec<PathBuf>,
     /// File holding the packager / operator credential expected as
-    /// `authorization: Bearer <secret>` on the key service. The
+    /// `authorization: Bearer <secret>` on the key service (a secret file:
+    /// not readable by group or others; its content trimmed). The
     /// `LOAVES_LICENSE_ADMIN_TOKEN` variable takes precedence. Default
     /// `<data_dir>/admin-token`, generated (mode 0600) if missing.
     pub admin_token_file: Option<PathBuf>,
 }
 
+impl Default for KeysConfig {
+    /// The `#[config(default = ...)]` values.
+    fn default() -> Self {
+        service_config::defaults()
+    }
+}
+
 /// License policy.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct PolicyConfig {
     /// Seconds between heartbeats a client is asked to keep.
+    #[config(default = 60)]
     pub renewal_interval_s: u32,
     /// Extra seconds after a missed heartbeat before the session is over and
     /// its concurrency slot free. A license and its token expire at
     /// `issued_at + renewal_interval_s + renewal_grace_s`.
+    #[config(default = 30)]
     pub renewal_grace_s: u32,
     /// How many key periods past the title's current one a client may ask
     /// for (live key rotation delivers the next periods ahead of time).
+    #[config(default = 2)]
     pub key_period_lookahead: u32,
     /// Most key periods in one license request.
+    #[config(default = 8)]
     pub max_periods_per_request: u32,
     /// Upper bound on an entitlement's `max_concurrent_streams`, whatever
     /// the sign-in system says.
+    #[config(default = 16)]
     pub max_concurrent_streams_cap: u32,
     /// Clock skew tolerated on entitlements, in seconds.
+    #[config(default = 30)]
     pub max_clock_skew_s: u64,
     /// Whether licenses allow persisting keys offline.
+    #[config(default = false)]
     pub can_persist: bool,
 }
 
 impl Default for PolicyConfig {
+    /// The `#[config(default = ...)]` values.
     fn default() -> Self {
-        Self {
-            renewal_interval_s: 60,
-            renewal_grace_s: 30,
-            key_period_lookahead: 2,
-            max_periods_per_request: 8,
-            max_concurrent_streams_cap: 16,
-            max_clock_skew_s: 30,
-            can_persist: false,
-        }
+        loaves_service::config::defaults()
     }
 }
 
 /// Admission and size limits.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct LimitsConfig {
     /// Most requests processed at once across all connections; others wait
     /// up to `admission_timeout_ms`, then get `RESOURCE_EXHAUSTED`.
+    #[config(default = 256)]
     pub max_in_flight: usize,
     /// How long a request may wait for admission.
+    #[config(default = 2000)]
     pub admission_timeout_ms: u64,
-    /// Largest encoded gRPC request accepted (bigger ones get `OUT_OF_RANGE`
-    /// before they are decoded).
+    /// Largest encoded gRPC request accepted (bigger ones get
+    /// `RESOURCE_EXHAUSTED` before they are decoded).
+    #[config(default = 65_536)]
     pub max_request_bytes: usize,
     /// Most keys in one key-service request.
+    #[config(default = 64)]
     pub max_keys_per_request: usize,
     /// Seconds in-flight requests get to finish on SIGTERM.
+    #[config(default = 20)]
     pub shutdown_grace_s: u64,
+    /// Connection limits of the gRPC (TLS) listener.
+    #[config(nested)]
+    pub grpc: GrpcLimitsConfig,
+    /// Connection limits of each plain HTTP listener (ClearKey, and the
+    /// operators' `/metrics` and `/healthz`; each has its own caps).
+    #[config(nested)]
+    pub http: HttpLimitsConfig,
 }
 
 impl Default for LimitsConfig {
+    /// The `#[config(default = ...)]` values.
     fn default() -> Self {
-        Self {
-            max_in_flight: 256,
-            admission_timeout_ms: 2000,
-            max_request_bytes: 64 * 1024,
-            max_keys_per_request: 64,
-            shutdown_grace_s: 20,
+        loaves_service::config::defaults()
+    }
+}
+
+/// Connection limits of the gRPC listener: caps and a handshake timeout
+/// before TLS, HTTP/2 bounds after it. Without them one client could hold
+/// a thousand connections that never finish a ClientHello, or open ten
+/// thousand streams on one connection that never send their bodies.
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
+pub struct GrpcLimitsConfig {
+    /// Most connections open at once, handshaking or serving; more are
+    /// reset at accept. Keep the sum of every listener's cap below the
+    /// process's file descriptor limit.
+    #[config(default = 1024)]
+    pub max_connections: usize,
+    /// Most connections open at once from one address (IPv4, or IPv6 /64).
+    /// Viewers behind one NAT share an address: raise it where they do.
+    #[config(default = 256)]
+    pub max_connections_per_ip: usize,
+    /// Time from accept to a finished TLS handshake and HTTP/2 preface.
+    #[config(default = 5000)]
+    pub handshake_timeout_ms: u64,
+    /// HTTP/2 `MAX_CONCURRENT_STREAMS`: streams one connection may have
+    /// open; extra streams are refused.
+    #[config(default = 64)]
+    pub max_concurrent_streams: u32,
+    /// Requests one connection may have in service at once (the rest of
+    /// its open streams wait).
+    #[config(default = 16)]
+    pub concurrency_per_connection: usize,
+    /// Time a call may take from its headers to its answer, including
+    /// waiting for its request body; then it is answered `CANCELLED`.
+    #[config(default = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Seconds between HTTP/2 PINGs on a quiet connection (finds peers
+    /// that vanished without closing).
+    #[config(default = 30)]
+    pub keepalive_interval_s: u64,
+    /// Seconds a PING may go unanswered before the connection is closed.
+    #[config(default = 10)]
+    pub keepalive_timeout_s: u64,
+    /// Largest decoded header list of one request.
+    #[config(default = 16_384)]
+    pub max_header_list_bytes: u32,
+    /// Seconds after which a connection is asked to go away (clients
+    /// reconnect); 0 for no limit. HTTP/2 has no idle timeout, so this
+    /// bounds how long a connection that never calls keeps its place.
+    #[config(default = 3600)]
+    pub max_connection_age_s: u64,
+}
+
+impl Default for GrpcLimitsConfig {
+    /// The `#[config(default = ...)]` values: `loaves_http`'s recommended
+    /// limits, but for the per-address cap (viewers behind one carrier-grade
+    /// or corporate NAT share an address and each keeps a connection for
+    /// its renewals; a quarter of the total still keeps one address from
+    /// taking all). A test keeps them equal to `loaves_http`'s.
+    fn default() -> Self {
+        service_config::defaults()
+    }
+}
+
+impl GrpcLimitsConfig {
+    /// The limits of the TLS front end.
+    pub fn tls_limits(&self) -> loaves_http::tls::TlsLimits {
+        let mut limits = loaves_http::tls::TlsLimits::default();
+        limits.max_connections = self.max_connections;
+        limits.max_connections_per_ip = self.max_connections_per_ip;
+        limits.handshake_timeout = Duration::from_millis(self.handshake_timeout_ms);
+        limits
+    }
+
+    /// The HTTP/2 and tonic limits.
+    pub fn grpc_limits(&self) -> loaves_http::tls::GrpcLimits {
+        let mut limits = loaves_http::tls::GrpcLimits::default();
+        limits.max_concurrent_streams = self.max_concurrent_streams;
+        limits.concurrency_per_connection = self.concurrency_per_connection;
+        limits.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        limits.keepalive_interval = Duration::from_secs(self.keepalive_interval_s);
+        limits.keepalive_timeout = Duration::from_secs(self.keepalive_timeout_s);
+        limits.max_header_list_bytes = self.max_header_list_bytes;
+        limits.max_connection_age =
+            (self.max_connection_age_s > 0).then(|| Duration::from_secs(self.max_connection_age_s));
+        limits
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "max_concurrent_streams",
+                u64::from(self.max_concurrent_streams),
+            ),
+            (
+                "concurrency_per_connection",
+                self.concurrency_per_connection as u64,
+            ),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("keepalive_interval_s", self.keepalive_interval_s),
+            ("keepalive_timeout_s", self.keepalive_timeout_s),
+            (
+                "max_header_list_bytes",
+                u64::from(self.max_header_list_bytes),
+            ),
+        ];
+        match positive.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(format!("limits.grpc.{name} must be positive")),
+            None => Ok(()),
         }
     }
 }
 
-/// One licensed title.
+/// Connection limits of a plain HTTP listener (see `loaves_http::Limits`
+/// for why each exists). Without them a few hundred half-sent requests
+/// held every connection the process could open.
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
+pub struct HttpLimitsConfig {
+    /// Time allowed for a request head, from the connection's start or the
+    /// end of the previous response.
+    #[config(default = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Time a keep-alive connection may wait for its next request; at most
+    /// `header_read_timeout_ms`.
+    #[config(default = 10_000)]
+    pub idle_timeout_ms: u64,
+    /// Largest request head; at least 8192.
+    #[config(default = 16_384)]
+    pub max_header_bytes: usize,
+    /// Most connections open at once on the listener.
+    #[config(default = 256)]
+    pub max_connections: usize,
+    /// Most connections open at once from one address (IPv4, or IPv6 /64).
+    #[config(default = 64)]
+    pub max_connections_per_ip: usize,
+    /// Time the handler may take, request body included (answered 408).
+    #[config(default = 30_000)]
+    pub request_timeout_ms: u64,
+    /// Time a response write may make no progress (a client that stopped
+    /// reading) before the connection is closed.
+    #[config(default = 30_000)]
+    pub write_timeout_ms: u64,
+}
+
+impl Default for HttpLimitsConfig {
+    /// The `#[config(default = ...)]` values: `loaves_http`'s, but for
+    /// `max_connections` (the ClearKey and operators' listeners serve a few
+    /// requests per viewer session and per scrape: a quarter of the gRPC
+    /// port's descriptors each is plenty). A test keeps them equal to
+    /// `loaves_http`'s.
+    fn default() -> Self {
+        service_config::defaults()
+    }
+}
+
+impl HttpLimitsConfig {
+    /// The server limits, with the shutdown grace of the whole service.
+    pub fn limits(&self, shutdown_grace: Duration) -> loaves_http::Limits {
+        let mut limits = loaves_http::Limits::default();
+        limits.header_read_timeout = Duration::from_millis(self.header_read_timeout_ms);
+        limits.idle_timeout = Duration::from_millis(self.idle_timeout_ms);
+        limits.max_header_bytes = self.max_header_bytes;
+        limits.max_connections = self.max_connections;
+        limits.max_connections_per_ip = self.max_connections_per_ip;
+        limits.request_timeout = Some(Duration::from_millis(self.request_timeout_ms));
+        limits.write_timeout = Duration::from_millis(self.write_timeout_ms);
+        limits.shutdown_grace = shutdown_grace;
+        limits
+    }
+}
+
+#[cfg(test)]
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One licensed title. Read from a table, or from the name of a built-in
+/// title (`"demo"`, [`TitleConfig::demo`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct TitleConfig {
     /// The title id, as the packager and players name it.
     pub id: String,
@@ -238,6 +517,39 @@ pub struct TitleConfig {
     pub period_epoch: u64,
     /// The renditions of the title.
     pub renditions: Vec<RenditionConfig>,
+}
+
+impl Serialize for TitleConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Self::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for TitleConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Title;
+        impl<'de> serde::de::Visitor<'de> for Title {
+            type Value = TitleConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a title table or the name of a built-in title (\"demo\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<TitleConfig, E> {
+                match name {
+                    "demo" => Ok(TitleConfig::demo()),
+                    other => Err(E::custom(format!(
+                        "{other:?} is not a built-in title (only \"demo\" is): write the title as a table"
+                    ))),
+                }
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TitleConfig, A::Error> {
+                TitleConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_any(Title)
+    }
 }
 
 impl TitleConfig {
@@ -276,47 +588,71 @@ pub struct RenditionConfig {
 }
 
 /// Longest title id, track type or rendition name.
-pub const MAX_NAME_LEN: usize = 128;
+pub use loaves_proto::names::MAX_NAME_LEN;
 
+/// Title ids, track types and rendition names follow the contracts' one
+/// rule ([`loaves_proto::names`]), so that the catalogue never holds a name
+/// the packager, the seed or the SDK would refuse.
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
+    loaves_proto::names::is_valid_name(name)
 }
 
 impl Config {
+    /// Loads `path` (if given) over the defaults, then `env` (pass
+    /// `loaves_service::config::process_env()`), then `flags`; validated.
+    pub fn load(
+        path: Option<&Path>,
+        env: &[(String, String)],
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let config: Self = service_config::load(&ENV, path, env, flags)?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Reads a TOML file; missing fields take their defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        service_config::load(&ENV, Some(path), &[], &Overrides::new())
     }
 
     /// Parses TOML text; missing fields take their defaults.
-    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        service_config::from_toml(text)
     }
 
-    /// The configuration as TOML (e.g. to print the defaults).
+    /// The configuration as TOML. It holds no secret value unless
+    /// `store.url` carries a password; [`Self::redacted`] hides that.
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))
+        service_config::to_toml(self)
     }
 
-    /// The store URL, with the default filled in.
-    pub fn store_url(&self) -> String {
-        match &self.store.url {
-            Some(url) => url.clone(),
-            None => format!(
+    /// A copy fit for printing: the store URL without its password.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        copy.store.url = copy.store.url.as_deref().map(service_config::redact_url);
+        copy
+    }
+
+    /// The full commented reference (`print-config --commented`).
+    pub fn commented() -> String {
+        service_config::template::<Self>(&ENV, SECRET_NOTES)
+    }
+
+    /// Every setting's environment variable.
+    pub fn settings() -> Vec<service_config::Setting> {
+        ENV.settings::<Self>()
+    }
+
+    /// The store URL: `store.url`, else the content of `store.url_file`,
+    /// else the SQLite database in `data_dir`.
+    pub fn store_url(&self) -> Result<Zeroizing<String>, SecretError> {
+        match (&self.store.url, &self.store.url_file) {
+            (Some(url), _) => Ok(Zeroizing::new(url.clone())),
+            (None, Some(path)) => loaves_service::secret::read_secret_file(path),
+            (None, None) => Ok(Zeroizing::new(format!(
                 "sqlite://{}",
                 self.data_dir.join("license-server.db").display()
-            ),
+            ))),
         }
     }
 
@@ -340,6 +676,16 @@ impl Config {
                  max_request_bytes at least 1024"
                     .into(),
             );
+        }
+        if let Err(msg) = l.grpc.validate() {
+            return invalid(msg);
+        }
+        if let Err(e) = l
+            .http
+            .limits(Duration::from_secs(l.shutdown_grace_s))
+            .validate()
+        {
+            return invalid(format!("limits.http: {e}"));
         }
         if self.store.max_connections == 0 {
             return invalid("store.max_connections must be positive".into());
@@ -391,9 +737,83 @@ mod tests {
     fn defaults_round_trip_and_validate() {
         let config = Config::default();
         config.validate().unwrap();
+        assert_eq!(config.titles, vec![TitleConfig::demo()]);
+        assert_eq!(
+            config.clearkey_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 7480)))
+        );
         let text = config.to_toml().unwrap();
         assert_eq!(Config::from_toml(&text).unwrap(), config);
         assert_eq!(Config::from_toml("").unwrap(), config);
+    }
+
+    #[test]
+    fn the_commented_reference_parses_back_to_the_defaults() {
+        let text = Config::commented();
+        for needle in [
+            "LOAVES_LICENSE_STORE_URL = LOAVES_LICENSE_STORE__URL",
+            "# Most requests processed at once",
+            "[limits]",
+            "LOAVES_LICENSE_KEK",
+        ] {
+            assert!(text.contains(needle), "{needle} missing:\n{text}");
+        }
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+        let uncommented = service_config::uncomment_defaults(&text);
+        assert!(
+            uncommented.contains("\nmax_in_flight = 256"),
+            "{uncommented}"
+        );
+        assert!(uncommented.contains("\ntitles = "), "{uncommented}");
+        assert_eq!(Config::from_toml(&uncommented).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn older_variable_names_still_work() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let config = Config::load(
+            None,
+            &env(&[
+                ("LOAVES_LICENSE_STORE_URL", "postgres://u:pw@db/x"),
+                ("LOAVES_LICENSE_ENTITLEMENT_KEYS", "a.pub,b.pub"),
+                ("LOAVES_LICENSE_TLS_CERT", "c.pem"),
+                ("LOAVES_LICENSE_TLS__KEY_FILE", "k.pem"),
+                ("LOAVES_LICENSE_LIMITS__MAX_IN_FLIGHT", "9"),
+                ("LOAVES_LICENSE_CLEARKEY_LISTEN", "off"),
+                ("LOAVES_LICENSE_KEK", "not a setting, read by setup"),
+            ]),
+            &Overrides::new(),
+        )
+        .unwrap();
+        assert_eq!(config.store.url.as_deref(), Some("postgres://u:pw@db/x"));
+        assert_eq!(config.keys.entitlement_public_keys.len(), 2);
+        assert_eq!(config.tls.cert_file, Some(PathBuf::from("c.pem")));
+        assert_eq!(config.limits.max_in_flight, 9);
+        assert_eq!(config.clearkey_listen, None);
+        let printed = config.redacted().to_toml().unwrap();
+        assert!(!printed.contains("pw"), "{printed}");
+        assert!(printed.contains("clearkey_listen = \"off\""), "{printed}");
+        assert_eq!(Config::from_toml(&printed).unwrap().clearkey_listen, None);
+    }
+
+    #[test]
+    fn the_store_url_can_come_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store-url");
+        std::fs::write(&path, "postgres://u:pw@db/x\n").unwrap();
+        let mut config = Config::default();
+        config.store.url_file = Some(path.clone());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = config.store_url().unwrap_err().to_string();
+        assert!(error.contains("readable by group or others"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(config.store_url().unwrap().as_str(), "postgres://u:pw@db/x");
     }
 
     #[test]
@@ -408,6 +828,7 @@ mod tests {
             Config::from_toml("lisen = \"x\"").is_err(),
             "unknown keys are refused"
         );
+        assert!(Config::from_toml("[policy]\nrenewal_grace = 1").is_err());
     }
 
     #[test]
@@ -421,5 +842,63 @@ mod tests {
         let mut config = Config::default();
         config.tls.cert_file = Some("x.pem".into());
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.http.idle_timeout_ms = config.limits.http.header_read_timeout_ms + 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.grpc.max_concurrent_streams = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn connection_limits_parse_from_their_tables() {
+        let config = Config::from_toml(
+            "[limits.grpc]\nmax_concurrent_streams = 8\nmax_connection_age_s = 0\n\
+             [limits.http]\nheader_read_timeout_ms = 500\nidle_timeout_ms = 500\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.limits.grpc.grpc_limits().max_concurrent_streams, 8);
+        assert_eq!(config.limits.grpc.grpc_limits().max_connection_age, None);
+        let http = config.limits.http.limits(Duration::from_secs(3));
+        assert_eq!(http.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(http.shutdown_grace, Duration::from_secs(3));
+        assert_eq!(config.limits.http.max_connections, 256);
+    }
+
+    #[test]
+    fn connection_limit_defaults_are_loaves_https() {
+        let tls = loaves_http::tls::TlsLimits::default();
+        let grpc = loaves_http::tls::GrpcLimits::default();
+        let ours = GrpcLimitsConfig::default();
+        assert_eq!(ours.max_connections, tls.max_connections);
+        assert_eq!(ours.handshake_timeout_ms, millis(tls.handshake_timeout));
+        assert_eq!(ours.max_concurrent_streams, grpc.max_concurrent_streams);
+        assert_eq!(
+            ours.concurrency_per_connection,
+            grpc.concurrency_per_connection
+        );
+        assert_eq!(ours.request_timeout_ms, millis(grpc.request_timeout));
+        assert_eq!(ours.keepalive_interval_s, grpc.keepalive_interval.as_secs());
+        assert_eq!(ours.keepalive_timeout_s, grpc.keepalive_timeout.as_secs());
+        assert_eq!(ours.max_header_list_bytes, grpc.max_header_list_bytes);
+        assert_eq!(
+            ours.max_connection_age_s,
+            grpc.max_connection_age.map_or(0, |age| age.as_secs())
+        );
+        let http = loaves_http::Limits::default();
+        let ours = HttpLimitsConfig::default();
+        assert_eq!(
+            ours.header_read_timeout_ms,
+            millis(http.header_read_timeout)
+        );
+        assert_eq!(ours.idle_timeout_ms, millis(http.idle_timeout));
+        assert_eq!(ours.max_header_bytes, http.max_header_bytes);
+        assert_eq!(ours.max_connections_per_ip, http.max_connections_per_ip);
+        assert_eq!(
+            ours.request_timeout_ms,
+            http.request_timeout.map_or(30_000, millis)
+        );
+        assert_eq!(ours.write_timeout_ms, millis(http.write_timeout));
     }
 }

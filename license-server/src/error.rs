@@ -10,9 +10,25 @@ use crate::store::StoreError;
 /// A refused or failed request.
 #[derive(Debug, thiserror::Error)]
 pub enum Denial {
-    /// A field is missing, has the wrong length or is not valid protobuf.
+    /// A field is missing, has the wrong length or is out of its bounds.
     #[error("invalid request: {0}")]
     InvalidArgument(String),
+    /// The request message is not valid protobuf for its method (checked
+    /// before tonic decodes it: [`crate::precheck`]).
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The request message is larger than `limits.max_request_bytes`
+    /// (refused from its length prefix, before it is read).
+    #[error("request message of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// Declared size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The client reset the stream while sending its request.
+    #[error("the request was aborted: {0}")]
+    RequestAborted(String),
     /// The entitlement was refused (malformed, forged, expired...).
     #[error("entitlement refused: {0}")]
     Entitlement(#[from] EntitlementError),
@@ -75,6 +91,7 @@ impl Denial {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument(_)
+            | Self::Malformed(_)
             | Self::InvalidClientKey(_)
             | Self::InvalidPeerKey
             | Self::UnknownTrackType => Code::InvalidArgument,
@@ -92,7 +109,10 @@ impl Denial {
             }
             Self::KeyPeriodsOutOfRange(_) => Code::OutOfRange,
             Self::Replay => Code::AlreadyExists,
-            Self::ConcurrencyLimit(_) | Self::Overloaded => Code::ResourceExhausted,
+            Self::ConcurrencyLimit(_) | Self::Overloaded | Self::TooLarge { .. } => {
+                Code::ResourceExhausted
+            }
+            Self::RequestAborted(_) => Code::Cancelled,
             Self::SessionOver => Code::FailedPrecondition,
             Self::BadRequestSignature | Self::AdminUnauthenticated => Code::Unauthenticated,
             Self::Store(_) => Code::Unavailable,
@@ -104,6 +124,9 @@ impl Denial {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::InvalidArgument(_) => "invalid_argument",
+            Self::Malformed(_) => "malformed_request",
+            Self::TooLarge { .. } => "request_too_large",
+            Self::RequestAborted(_) => "request_aborted",
             Self::Entitlement(e) => match e.reason() {
                 "too_large" => "entitlement_too_large",
                 "malformed" => "entitlement_malformed",
@@ -138,5 +161,124 @@ impl Denial {
     /// in the server's log.
     pub fn to_status(&self) -> tonic::Status {
         tonic::Status::new(self.code(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use loaves_proto::UnixSeconds;
+    use loaves_proto::keys::KeyId;
+    use loaves_proto::signed::SignatureError;
+
+    use super::*;
+
+    /// One of each refusal. The match below stops compiling when a variant
+    /// is added, so that it is added here, and so to the documented table.
+    fn every_denial() -> Vec<Denial> {
+        let all = vec![
+            Denial::InvalidArgument(String::new()),
+            Denial::Malformed(String::new()),
+            Denial::TooLarge { size: 2, limit: 1 },
+            Denial::RequestAborted(String::new()),
+            Denial::Entitlement(EntitlementError::TooLarge { len: 2, max: 1 }),
+            Denial::Entitlement(EntitlementError::Malformed(String::new())),
+            Denial::Entitlement(EntitlementError::InvalidField("account")),
+            Denial::Entitlement(EntitlementError::Signature(SignatureError::UnknownSigner(
+                KeyId([0; 8]),
+            ))),
+            Denial::Entitlement(EntitlementError::Signature(SignatureError::BadSignature)),
+            Denial::Entitlement(EntitlementError::NotYetValid {
+                issued_at: UnixSeconds(2),
+                now: UnixSeconds(1),
+            }),
+            Denial::Entitlement(EntitlementError::Expired {
+                expires_at: UnixSeconds(1),
+                now: UnixSeconds(2),
+            }),
+            Denial::UnknownTitle,
+            Denial::TitleNotEntitled,
+            Denial::NoAllowedRendition,
+            Denial::InvalidClientKey(WrapError::InvalidPublicKey),
+            Denial::InvalidClientKey(WrapError::LowOrderPublicKey),
+            Denial::InvalidPeerKey,
+            Denial::KeyPeriodsOutOfRange(String::new()),
+            Denial::UnknownTrackType,
+            Denial::Replay,
+            Denial::ConcurrencyLimit(1),
+            Denial::UnknownSession,
+            Denial::SessionOver,
+            Denial::BadRequestSignature,
+            Denial::EntitlementLapsed,
+            Denial::AdminUnauthenticated,
+            Denial::Overloaded,
+            Denial::Store(StoreError::UnsupportedUrl),
+            Denial::Internal(String::new()),
+        ];
+        for denial in &all {
+            match denial {
+                Denial::InvalidArgument(_)
+                | Denial::Malformed(_)
+                | Denial::TooLarge { .. }
+                | Denial::RequestAborted(_)
+                | Denial::Entitlement(_)
+                | Denial::UnknownTitle
+                | Denial::TitleNotEntitled
+                | Denial::NoAllowedRendition
+                | Denial::InvalidClientKey(_)
+                | Denial::InvalidPeerKey
+                | Denial::KeyPeriodsOutOfRange(_)
+                | Denial::UnknownTrackType
+                | Denial::Replay
+                | Denial::ConcurrencyLimit(_)
+                | Denial::UnknownSession
+                | Denial::SessionOver
+                | Denial::BadRequestSignature
+                | Denial::EntitlementLapsed
+                | Denial::AdminUnauthenticated
+                | Denial::Overloaded
+                | Denial::Store(_)
+                | Denial::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    /// The gRPC name of a code, as gRPC's table and the docs write it.
+    fn grpc_name(code: Code) -> String {
+        let mut name = String::new();
+        for (i, c) in format!("{code:?}").chars().enumerate() {
+            if c.is_ascii_uppercase() && i > 0 {
+                name.push('_');
+            }
+            name.push(c.to_ascii_uppercase());
+        }
+        name
+    }
+
+    #[test]
+    fn the_operations_table_lists_every_refusal_with_its_status() {
+        let doc = include_str!("../../docs/operations.md");
+        let mut reasons = std::collections::HashSet::new();
+        for denial in every_denial() {
+            assert!(reasons.insert(denial.reason()), "{} twice", denial.reason());
+            let row = format!("| `{}` | `{}` |", grpc_name(denial.code()), denial.reason());
+            assert!(
+                doc.contains(&row),
+                "docs/operations.md lacks the row {row} ({denial})"
+            );
+        }
+        assert_eq!(grpc_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+    }
+
+    #[test]
+    fn decoding_refusals_have_grpcs_statuses() {
+        assert_eq!(
+            Denial::Malformed(String::new()).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            Denial::TooLarge { size: 2, limit: 1 }.code(),
+            Code::ResourceExhausted
+        );
     }
 }

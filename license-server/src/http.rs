@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -69,9 +70,12 @@ struct ClearKeyState {
 /// The ClearKey router: `POST /clearkey` (and CORS preflight).
 pub fn clearkey_router(core: Arc<LicenseCore>) -> Router {
     let keyring: Keyring = [core.license_public_key()].into_iter().collect();
+    // The policy's skew, as every other check of this server's tokens: the
+    // verifier's default would keep an expired token good for 30 s more.
+    let skew = core.policy().max_clock_skew_s;
     let state = ClearKeyState {
         core,
-        tokens: TokenVerifier::new(keyring),
+        tokens: TokenVerifier::new(keyring).with_max_clock_skew(skew),
     };
     Router::new()
         .route("/clearkey", post(clearkey).options(preflight))
@@ -138,8 +142,33 @@ fn decode_b64url(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-async fn clearkey(State(state): State<ClearKeyState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn clearkey(
+    State(state): State<ClearKeyState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let core = &state.core;
+    // Taken as a Result so that a body over the limit is refused (and
+    // counted) here rather than by the extractor.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(
+                core,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "clearkey_too_large",
+                "request body over 16 KiB",
+            );
+        }
+        Err(_) => {
+            return refuse(
+                core,
+                StatusCode::BAD_REQUEST,
+                "clearkey_malformed",
+                "unreadable request body",
+            );
+        }
+    };
     let now = core.now();
     let token = headers
         .get(header::AUTHORIZATION)

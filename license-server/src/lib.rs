@@ -15,6 +15,7 @@
 //! Code map: [`config`] (TOML + defaults), [`setup`] (key material),
 //! [`store`] (durable keys and sessions, SQLite or PostgreSQL), [`seal`] (keys
 //! at rest), [`catalog`] (titles), [`service`] (the request logic and gRPC),
+//! [`precheck`] (request size and protobuf checks before tonic decodes),
 //! [`http`] (metrics, health, ClearKey), [`server`] (wiring and shutdown),
 //! [`clock`] (time as an input).
 
@@ -25,6 +26,7 @@ pub mod error;
 mod files;
 pub mod http;
 pub mod metrics;
+pub mod precheck;
 pub mod seal;
 pub mod server;
 pub mod service;

@@ -17,11 +17,15 @@ use loaves_proto::keygen;
 /// The Loaves license server: per-session content keys over gRPC/TLS, a
 /// packager key service, a ClearKey endpoint, and a durable sealed key store.
 ///
-/// Configuration is read from a TOML file (--config), then overridden by
-/// LOAVES_LICENSE_* environment variables and flags. Every setting has a
-/// default that runs as is (see `license-server print-config`). Secrets come
-/// from files or the environment only: LOAVES_LICENSE_KEK (64 hex digits)
-/// and LOAVES_LICENSE_ADMIN_TOKEN.
+/// Configuration: built-in defaults, then the TOML file (--config), then
+/// LOAVES_LICENSE_<FIELD> / LOAVES_LICENSE_<SECTION>__<FIELD> environment
+/// variables (e.g. LOAVES_LICENSE_STORE__URL; the older LOAVES_LICENSE_STORE_URL
+/// still works), then flags. `print-config` shows the result,
+/// `print-config --commented` every setting. Secrets come from the
+/// environment or from files readable by their owner only:
+/// LOAVES_LICENSE_KEK (64 hex digits) or keys.kek_file,
+/// LOAVES_LICENSE_ADMIN_TOKEN or keys.admin_token_file, a store URL with a
+/// password in LOAVES_LICENSE_STORE__URL or store.url_file.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
@@ -35,77 +39,77 @@ struct Cli {
 enum Command {
     /// Serve (the default when no subcommand is given).
     Serve,
-    /// Print the effective configuration as TOML (defaults, file, env, flags).
-    PrintConfig,
+    /// Print the effective configuration as TOML (defaults, file, env,
+    /// flags; the store URL's password redacted), or with --commented the
+    /// full commented reference of every setting and its default.
+    PrintConfig {
+        /// Every setting with its documentation and default, commented out.
+        #[arg(long)]
+        commented: bool,
+    },
     /// Mint an entitlement token signed by a sign-in key (development and
     /// tests). Prints it as base64url.
     MintEntitlement(Mint),
 }
 
+/// Flags: each overrides its setting (named in brackets) from the file and
+/// the environment.
 #[derive(Debug, Args)]
 struct Overrides {
     /// TOML configuration file.
     #[arg(long, short, env = "LOAVES_LICENSE_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// gRPC (TLS) listen address.
-    #[arg(long, env = "LOAVES_LICENSE_LISTEN", global = true)]
+    /// gRPC (TLS) listen address [listen].
+    #[arg(long, global = true)]
     listen: Option<SocketAddr>,
-    /// HTTP listen address of /metrics and /healthz.
-    #[arg(long, env = "LOAVES_LICENSE_METRICS_LISTEN", global = true)]
+    /// HTTP listen address of /metrics and /healthz [metrics_listen].
+    #[arg(long, global = true)]
     metrics_listen: Option<SocketAddr>,
-    /// HTTP listen address of the ClearKey endpoint.
-    #[arg(long, env = "LOAVES_LICENSE_CLEARKEY_LISTEN", global = true)]
-    clearkey_listen: Option<SocketAddr>,
-    /// Directory of generated development material and the default database.
-    #[arg(long, env = "LOAVES_LICENSE_DATA_DIR", global = true)]
+    /// HTTP listen address of the ClearKey endpoint, or "off"
+    /// [clearkey_listen].
+    #[arg(long, global = true)]
+    clearkey_listen: Option<String>,
+    /// Directory of generated development material and the default
+    /// database [data_dir].
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
-    /// Store URL: sqlite://PATH or postgres://USER@HOST/DB.
-    #[arg(long, env = "LOAVES_LICENSE_STORE_URL", global = true)]
+    /// Store URL: sqlite://PATH or postgres://USER@HOST/DB [store.url]. A
+    /// URL with a password belongs in LOAVES_LICENSE_STORE__URL or
+    /// store.url_file, not on the command line.
+    #[arg(long, global = true)]
     store_url: Option<String>,
-    /// TLS certificate chain (PEM).
-    #[arg(
-        long,
-        env = "LOAVES_LICENSE_TLS_CERT",
-        global = true,
-        requires = "tls_key"
-    )]
+    /// File holding the store URL, readable by its owner only
+    /// [store.url_file].
+    #[arg(long, global = true)]
+    store_url_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) [tls.cert_file].
+    #[arg(long, global = true, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    #[arg(
-        long,
-        env = "LOAVES_LICENSE_TLS_KEY",
-        global = true,
-        requires = "tls_cert"
-    )]
+    /// TLS private key (PEM) [tls.key_file].
+    #[arg(long, global = true, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Write the generated development certificate here (PEM).
-    #[arg(long, env = "LOAVES_LICENSE_DEV_CERT_OUT", global = true)]
+    /// Write the generated development certificate here (PEM)
+    /// [tls.dev_cert_out].
+    #[arg(long, global = true)]
     dev_cert_out: Option<PathBuf>,
-    /// License signing key (PKCS#8 PEM).
-    #[arg(long, env = "LOAVES_LICENSE_SIGNING_KEY", global = true)]
+    /// License signing key (PKCS#8 PEM) [keys.signing_key_file].
+    #[arg(long, global = true)]
     signing_key: Option<PathBuf>,
-    /// Key-encryption key file (32 bytes or 64 hex digits).
-    #[arg(long, env = "LOAVES_LICENSE_KEK_FILE", global = true)]
+    /// Key-encryption key file (32 bytes or 64 hex digits), readable by
+    /// its owner only [keys.kek_file].
+    #[arg(long, global = true)]
     kek_file: Option<PathBuf>,
-    /// File holding the admin (packager) credential.
-    #[arg(long, env = "LOAVES_LICENSE_ADMIN_TOKEN_FILE", global = true)]
+    /// File holding the admin (packager) credential, readable by its owner
+    /// only [keys.admin_token_file].
+    #[arg(long, global = true)]
     admin_token_file: Option<PathBuf>,
-    /// Trusted entitlement public key (SPKI PEM); repeat for several.
-    #[arg(
-        long = "entitlement-key",
-        env = "LOAVES_LICENSE_ENTITLEMENT_KEYS",
-        value_delimiter = ',',
-        global = true
-    )]
+    /// Trusted entitlement public key (SPKI PEM); repeat for several
+    /// [keys.entitlement_public_keys].
+    #[arg(long = "entitlement-key", value_delimiter = ',', global = true)]
     entitlement_keys: Vec<PathBuf>,
-    /// Log filter (tracing EnvFilter syntax).
-    #[arg(
-        long,
-        env = "LOAVES_LICENSE_LOG",
-        default_value = "info,sqlx=warn,h2=warn,hyper=warn,tower=warn",
-        global = true
-    )]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax) [log].
+    #[arg(long, global = true)]
+    log: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -138,51 +142,28 @@ struct Mint {
 }
 
 impl Overrides {
-    fn apply(&self, config: &mut Config) {
-        if let Some(v) = self.listen {
-            config.listen = v;
-        }
-        if let Some(v) = self.metrics_listen {
-            config.metrics_listen = v;
-        }
-        if let Some(v) = self.clearkey_listen {
-            config.clearkey_listen = Some(v);
-        }
-        if let Some(v) = &self.data_dir {
-            config.data_dir = v.clone();
-        }
-        if let Some(v) = &self.store_url {
-            config.store.url = Some(v.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            config.tls.cert_file = Some(cert.clone());
-            config.tls.key_file = Some(key.clone());
-        }
-        if let Some(v) = &self.dev_cert_out {
-            config.tls.dev_cert_out = Some(v.clone());
-        }
-        if let Some(v) = &self.signing_key {
-            config.keys.signing_key_file = Some(v.clone());
-        }
-        if let Some(v) = &self.kek_file {
-            config.keys.kek_file = Some(v.clone());
-        }
-        if let Some(v) = &self.admin_token_file {
-            config.keys.admin_token_file = Some(v.clone());
-        }
-        if !self.entitlement_keys.is_empty() {
-            config.keys.entitlement_public_keys = self.entitlement_keys.clone();
-        }
-    }
-
     fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        self.apply(&mut config);
-        config.validate()?;
-        Ok(config)
+        let mut flags = loaves_service::config::Overrides::new();
+        flags
+            .set_some("listen", self.listen)
+            .set_some("metrics_listen", self.metrics_listen)
+            .set_some("clearkey_listen", self.clearkey_listen.as_ref())
+            .set_some("data_dir", self.data_dir.as_ref())
+            .set_some("store.url", self.store_url.as_ref())
+            .set_some("store.url_file", self.store_url_file.as_ref())
+            .set_some("tls.cert_file", self.tls_cert.as_ref())
+            .set_some("tls.key_file", self.tls_key.as_ref())
+            .set_some("tls.dev_cert_out", self.dev_cert_out.as_ref())
+            .set_some("keys.signing_key_file", self.signing_key.as_ref())
+            .set_some("keys.kek_file", self.kek_file.as_ref())
+            .set_some("keys.admin_token_file", self.admin_token_file.as_ref())
+            .set_list("keys.entitlement_public_keys", &self.entitlement_keys)
+            .set_some("log", self.log.as_ref());
+        Ok(Config::load(
+            self.config.as_deref(),
+            &loaves_service::config::process_env(),
+            &flags,
+        )?)
     }
 }
 
@@ -209,46 +190,22 @@ fn mint(args: &Mint) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn terminated() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; ctrl-c only");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::MintEntitlement(args)) => return mint(args),
-        Some(Command::PrintConfig) => {
-            print!("{}", cli.overrides.config()?.to_toml()?);
+        Some(Command::PrintConfig { commented: true }) => {
+            print!("{}", Config::commented());
+            return Ok(());
+        }
+        Some(Command::PrintConfig { commented: false }) => {
+            print!("{}", cli.overrides.config()?.redacted().to_toml()?);
             return Ok(());
         }
         Some(Command::Serve) | None => {}
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.overrides.log)
-                .context("parsing the log filter")?,
-        )
-        .init();
     let config = cli.overrides.config()?;
+    loaves_service::telemetry::init_tracing(&config.log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -257,7 +214,8 @@ fn main() -> anyhow::Result<()> {
         let server = start(config, Arc::new(SystemClock))
             .await
             .context("starting the license server")?;
-        terminated().await;
+        let signal = loaves_service::signal::shutdown_signal().await;
+        tracing::info!(?signal, "signal received");
         server.shutdown().await.context("shutting down")?;
         Ok(())
     })

@@ -7,11 +7,17 @@
 //! - `active_sessions`: live sessions in the store (all replicas), read at scrape
 //! - `request_duration_seconds{method}`: latency of every gRPC call
 //! - `requests_in_flight`: admitted requests being processed
+//! - `http_connections_shed_total{listener, reason}`: connections refused
+//!   or closed by a connection limit (`listener` is `grpc`, `clearkey` or
+//!   `ops`; reasons in `loaves_http::ShedReason`)
+//! - `http_connections_open{listener}`: connections open now
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+
+use loaves_http::ConnMetrics;
 
 use crate::error::Denial;
 
@@ -35,12 +41,24 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Requests being processed.
     pub in_flight: IntGauge,
+    /// Connections of the gRPC listener.
+    pub grpc_connections: ConnMetrics,
+    /// Connections of the ClearKey listener.
+    pub clearkey_connections: ConnMetrics,
+    /// Connections of the operators' listener.
+    pub ops_connections: ConnMetrics,
 }
 
 /// Why the metrics could not be registered or encoded.
 #[derive(Debug, thiserror::Error)]
-#[error("metrics: {0}")]
-pub struct MetricsError(#[from] prometheus::Error);
+pub enum MetricsError {
+    /// A series of this crate.
+    #[error("metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+    /// The connection series.
+    #[error(transparent)]
+    Connections(#[from] loaves_http::MetricsError),
+}
 
 impl Metrics {
     /// Registers every series in a fresh registry.
@@ -74,7 +92,14 @@ impl Metrics {
             &["method"],
         )?;
         registry.register(Box::new(request_duration.clone()))?;
+        let connections = |listener| ConnMetrics::register(&registry, "", listener);
+        let grpc_connections = connections("grpc")?;
+        let clearkey_connections = connections("clearkey")?;
+        let ops_connections = connections("ops")?;
         Ok(Self {
+            grpc_connections,
+            clearkey_connections,
+            ops_connections,
             registry,
             licenses_issued,
             renewals,

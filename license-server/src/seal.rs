@@ -34,6 +34,9 @@ pub enum SealError {
         /// The error.
         source: std::io::Error,
     },
+    /// The KEK file is readable by others, empty or unreadable.
+    #[error("key-encryption key: {0}")]
+    Secret(#[from] loaves_service::secret::SecretError),
     /// The random source failed.
     #[error("random source: {0}")]
     Random(#[from] loaves_proto::keys::KeyError),
@@ -67,12 +70,10 @@ impl Kek {
         Self::from_bytes(&bytes)
     }
 
-    /// A KEK from a file holding 32 raw bytes or 64 hex digits.
+    /// A KEK from a file holding 32 raw bytes or 64 hex digits; the file
+    /// must not be readable by group or others.
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| SealError::Io {
-            path: path.to_owned(),
-            source,
-        })?);
+        let bytes = loaves_service::secret::read_secret_bytes(path)?;
         if bytes.len() == 32 {
             return Self::from_bytes(&bytes);
         }

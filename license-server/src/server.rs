@@ -9,19 +9,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use loaves_grpc::key_service_server::KeyServiceServer;
+use loaves_grpc::license_service_server::LicenseServiceServer;
+use loaves_http::HttpServer;
+use loaves_http::tls::TlsIncoming;
 use loaves_proto::entitlement::EntitlementVerifier;
-use loaves_proto::pb::key_service_server::KeyServiceServer;
-use loaves_proto::pb::license_service_server::LicenseServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, MetricsError};
+use crate::precheck::PrecheckLayer;
 use crate::service::{AdmissionGate, CoreParts, GrpcKeyService, GrpcLicenseService, LicenseCore};
 use crate::setup::{Material, SetupError};
 use crate::store::{Store, StoreError};
@@ -61,9 +63,12 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    /// An HTTP server failed.
-    #[error("HTTP server: {0}")]
-    Http(std::io::Error),
+    /// The TLS front end of the gRPC listener could not start.
+    #[error("gRPC listener: {0}")]
+    TlsFrontEnd(#[from] loaves_http::tls::TlsError),
+    /// The limits of an HTTP listener are inconsistent.
+    #[error("HTTP listener limits: {0}")]
+    HttpLimits(#[from] loaves_http::LimitsError),
     /// A server task panicked or was cancelled.
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -138,18 +143,7 @@ pub async fn start_with(
         );
     }
 
-    let store_url = config.store_url();
-    if let Some(path) = store_url.strip_prefix("sqlite://")
-        && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(|source| {
-            ServerError::Setup(SetupError::Io {
-                path: dir.to_owned(),
-                source,
-            })
-        })?;
-    }
+    let store_url = config.store_url().map_err(SetupError::from)?;
     let store = Store::open(
         &store_url,
         config.store.max_connections,
@@ -197,12 +191,23 @@ pub async fn start_with(
     health_reporter
         .set_serving::<KeyServiceServer<GrpcKeyService>>()
         .await;
-    let router = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(tls.identity))?
+    // TLS is terminated by the front end, which caps connections and
+    // bounds the handshake; tonic gets the handshaken streams.
+    let incoming = TlsIncoming::builder(tls.server_config)
+        .limits(config.limits.grpc.tls_limits())
+        .metrics(core.metrics.grpc_connections.clone())
+        .serve(grpc_listener)?;
+    let router = config
+        .limits
+        .grpc
+        .grpc_limits()
+        .apply(Server::builder())
+        // Before tonic decodes: size and protobuf checks with gRPC's
+        // statuses, counted (crate::precheck).
+        .layer(PrecheckLayer::new(max, core.metrics.clone()))
         .add_service(health_service)
         .add_service(license)
         .add_service(keys);
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {
@@ -220,16 +225,20 @@ pub async fn start_with(
             .map_err(ServerError::from)
     }));
 
+    let grace = Duration::from_secs(config.limits.shutdown_grace_s);
+    let http_limits = config.limits.http.limits(grace);
+
     // Operators' HTTP.
     let metrics_listener = bind(config.metrics_listen).await?;
     let metrics_addr = local_addr(&metrics_listener, config.metrics_listen)?;
     let rx = shutdown_rx.clone();
-    let ops = crate::http::ops_router(core.clone());
+    let ops = HttpServer::builder(crate::http::ops_router(core.clone()))
+        .limits(http_limits.clone())
+        .metrics(core.metrics.ops_connections.clone())
+        .build()?;
     tasks.push(tokio::spawn(async move {
-        axum::serve(metrics_listener, ops)
-            .with_graceful_shutdown(wait_for(rx))
-            .await
-            .map_err(ServerError::Http)
+        ops.run(metrics_listener, wait_for(rx)).await;
+        Ok(())
     }));
 
     // ClearKey HTTP.
@@ -239,12 +248,13 @@ pub async fn start_with(
             let listener = bind(addr).await?;
             let bound = local_addr(&listener, addr)?;
             let rx = shutdown_rx.clone();
-            let router = crate::http::clearkey_router(core.clone());
+            let clearkey = HttpServer::builder(crate::http::clearkey_router(core.clone()))
+                .limits(http_limits)
+                .metrics(core.metrics.clearkey_connections.clone())
+                .build()?;
             tasks.push(tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(wait_for(rx))
-                    .await
-                    .map_err(ServerError::Http)
+                clearkey.run(listener, wait_for(rx)).await;
+                Ok(())
             }));
             Some(bound)
         }
@@ -287,7 +297,7 @@ pub async fn start_with(
         core,
         shutdown,
         gate,
-        grace: Duration::from_secs(config.limits.shutdown_grace_s),
+        grace,
         tasks,
     })
 }

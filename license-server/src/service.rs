@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use loaves_grpc::key_service_server::KeyService;
+use loaves_grpc::license_service_server::LicenseService;
 use loaves_proto::UnixSeconds;
 use loaves_proto::entitlement::{Entitlement, EntitlementVerifier};
 use loaves_proto::keys::{
@@ -19,8 +21,6 @@ use loaves_proto::keys::{
 };
 use loaves_proto::keywrap::{self, WrapError, X25519_KEY_LEN};
 use loaves_proto::pb;
-use loaves_proto::pb::key_service_server::KeyService;
-use loaves_proto::pb::license_service_server::LicenseService;
 use loaves_proto::signed::{self, Purpose};
 use loaves_proto::token::SessionToken;
 use prost::Message;

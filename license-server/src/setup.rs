@@ -32,6 +32,9 @@ pub enum SetupError {
     /// The admin credential is empty.
     #[error("the admin credential is empty")]
     EmptyAdminToken,
+    /// A secret file is readable by others, empty or unreadable.
+    #[error("admin credential: {0}")]
+    Secret(#[from] loaves_service::secret::SecretError),
     /// An environment variable holds something unusable.
     #[error("environment variable {0} is not valid")]
     BadEnv(&'static str),
@@ -96,7 +99,7 @@ impl Material {
         env_admin_token: Option<&str>,
     ) -> Result<Self, SetupError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::files::private_dir(dir).map_err(io(dir))?;
         let mut generated = Vec::new();
 
         let signing_key = match &config.keys.signing_key_file {
@@ -116,15 +119,16 @@ impl Material {
             }
         };
 
-        let admin_token = match (env_admin_token, &config.keys.admin_token_file) {
-            (Some(token), _) => Zeroizing::new(token.trim().to_owned()),
-            (None, Some(path)) => Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(io(path))?
-                    .trim()
-                    .to_owned(),
-            ),
-            (None, None) => {
+        let admin_token = match loaves_service::secret::secret(
+            ENV_ADMIN_TOKEN,
+            env_admin_token,
+            config.keys.admin_token_file.as_deref(),
+        )? {
+            Some((token, source)) => {
+                tracing::info!(%source, "admin credential loaded");
+                token
+            }
+            None => {
                 let path = dir.join("admin-token");
                 if !path.exists() {
                     let secret =
@@ -132,12 +136,7 @@ impl Material {
                     crate::files::write_secret_file(&path, secret.as_bytes()).map_err(io(&path))?;
                     generated.push(path.clone());
                 }
-                Zeroizing::new(
-                    std::fs::read_to_string(&path)
-                        .map_err(io(&path))?
-                        .trim()
-                        .to_owned(),
-                )
+                loaves_service::secret::read_secret_file(&path)?
             }
         };
         if admin_token.is_empty() {

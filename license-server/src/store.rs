@@ -62,6 +62,15 @@ pub enum StoreError {
     /// Sealing or randomness failed.
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// The SQLite database file or its folder could not be made private.
+    #[error("database file {path}: {source}")]
+    Files {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Key creation kept colliding (never expected with random ids).
     #[error("could not create a unique key id")]
     KeyIdCollision,
@@ -255,6 +264,10 @@ impl Store {
         };
         let (writer, reader) = match backend {
             Backend::Sqlite => {
+                if let Some(path) = sqlite_file(url) {
+                    crate::files::private_database(&path)
+                        .map_err(|source| StoreError::Files { path, source })?;
+                }
                 let url = if url.contains('?') {
                     url.to_owned()
                 } else {
@@ -763,6 +776,18 @@ impl Store {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// The database file of a `sqlite:` URL; `None` for an in-memory one.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
 }
 
 async fn sqlite_pool(

@@ -2,9 +2,10 @@
 //! development certificate generated at start.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use loaves_http::tls::{ServerConfig, grpc_server_config};
 use sha2::{Digest, Sha256};
-use tonic::transport::Identity;
 
 use crate::config::TlsConfig;
 
@@ -25,12 +26,15 @@ pub enum TlsError {
     /// The certificate file holds no PEM certificate.
     #[error("{0}: no PEM certificate found")]
     NoCertificate(PathBuf),
+    /// The certificate and key do not make a TLS configuration.
+    #[error("TLS identity: {0}")]
+    Config(#[from] loaves_http::tls::TlsError),
 }
 
 /// The server's certificate and key.
 pub struct TlsMaterial {
-    /// For tonic.
-    pub identity: Identity,
+    /// For the TLS front end of the gRPC listener (ALPN `h2`).
+    pub server_config: Arc<ServerConfig>,
     /// The certificate chain (PEM), for clients to trust in development.
     pub cert_pem: String,
     /// SHA-256 of the leaf certificate (DER), hex.
@@ -77,7 +81,7 @@ pub fn load(config: &TlsConfig) -> Result<TlsMaterial, TlsError> {
         let fingerprint =
             pem_fingerprint(&cert_pem).ok_or_else(|| TlsError::NoCertificate(cert_file.clone()))?;
         return Ok(TlsMaterial {
-            identity: Identity::from_pem(cert, key.as_slice()),
+            server_config: Arc::new(grpc_server_config(&cert, key.as_slice())?),
             cert_pem,
             fingerprint,
             generated: false,
@@ -95,7 +99,7 @@ pub fn load(config: &TlsConfig) -> Result<TlsMaterial, TlsError> {
         })?;
     }
     Ok(TlsMaterial {
-        identity: Identity::from_pem(&cert_pem, key_pem.as_bytes()),
+        server_config: Arc::new(grpc_server_config(cert_pem.as_bytes(), key_pem.as_bytes())?),
         cert_pem,
         fingerprint,
         generated: true,

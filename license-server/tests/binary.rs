@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::{ADMIN, KEK_HEX, Viewer, connect, get_keys, http, open_license};
+use loaves_grpc::key_service_client::KeyServiceClient;
+use loaves_grpc::license_service_client::LicenseServiceClient;
 use loaves_proto::UnixSeconds;
-use loaves_proto::pb::key_service_client::KeyServiceClient;
-use loaves_proto::pb::license_service_client::LicenseServiceClient;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -52,6 +52,126 @@ async fn help_names_the_settings() {
     let printed = String::from_utf8_lossy(&out.stdout);
     let parsed = license_server::Config::from_toml(&printed).unwrap();
     assert_eq!(parsed, license_server::Config::default());
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The binary without any LOAVES_* variable of the test's environment.
+fn bare() -> Command {
+    let mut command = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LOAVES_LICENSE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_config_commented_is_the_defaults_in_full() {
+    let out = bare()
+        .args(["print-config", "--commented"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "# Precedence: built-in defaults, then this file, then the environment,",
+        "LOAVES_LICENSE_<SECTION>__<FIELD>",
+        "[store]",
+        "#url_file =",
+        "keys.admin_token_file",
+    ] {
+        assert!(text.contains(needle), "--commented lacks {needle}:\n{text}");
+    }
+    let defaults = license_server::Config::default();
+    assert_eq!(license_server::Config::from_toml(&text).unwrap(), defaults);
+    // Every default it states is the real one.
+    let uncommented = loaves_service::config::uncomment_defaults(&text);
+    assert_eq!(
+        license_server::Config::from_toml(&uncommented).unwrap(),
+        defaults
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_config_shows_the_layers_and_no_password() {
+    let out = bare()
+        .args(["--log", "warn", "print-config"])
+        .env(
+            "LOAVES_LICENSE_STORE_URL",
+            "postgres://loaves:hunter2@db/loaves",
+        )
+        .env("LOAVES_LICENSE_LIMITS__MAX_IN_FLIGHT", "7")
+        .env("LOAVES_LICENSE_LOG", "debug")
+        .env("LOAVES_LICENSE_ADMIN_TOKEN", "not-printed")
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("hunter2") && !text.contains("not-printed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("postgres://loaves:REDACTED@db/loaves"),
+        "{text}"
+    );
+    let printed = license_server::Config::from_toml(&text).unwrap();
+    assert_eq!(printed.limits.max_in_flight, 7, "environment");
+    assert_eq!(printed.log, "warn", "the flag over the environment");
+
+    let out = bare()
+        .arg("print-config")
+        .env("LOAVES_LICENSE_LIMITS__MAX_INFLIGHT", "7")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("LOAVES_LICENSE_LIMITS__MAX_INFLIGHT") && error.contains("names no setting"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_file_others_can_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "file-secret-value\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bare()
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--clearkey-listen", "off"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--admin-token-file")
+        .arg(&token)
+        .env("LOAVES_LICENSE_KEK", KEK_HEX)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains("readable by group or others")
+            && error.contains(&token.display().to_string())
+            && error.contains("chmod 600"),
+        "{error}"
+    );
+    assert!(!error.contains("file-secret-value"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,9 +232,19 @@ async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
         assert!(Instant::now() < deadline, "server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // The default store and development material were created in data_dir.
+    // The default store and development material were created in data_dir,
+    // the folder private to the server, the database files (SQLite's WAL
+    // and shared-memory files included) readable by it alone.
     assert!(data.join("license-server.db").exists());
     assert!(data.join("license.pub").exists());
+    assert_eq!(mode(&data), 0o700, "data folder");
+    for name in [
+        "license-server.db",
+        "license-server.db-wal",
+        "license-server.db-shm",
+    ] {
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
 
     // An entitlement minted by the CLI with the development signer.
     let minted = Command::new(BIN)

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{ADMIN, Db, KEK_HEX, connect, fresh_store_url, get_keys};
-use loaves_proto::pb::key_service_client::KeyServiceClient;
+use loaves_grpc::key_service_client::KeyServiceClient;
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_license-server");

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Db, Harness, Viewer, get_keys, http, open_license};
+use common::{Db, Harness, Viewer, get_keys, http, open_license, raw_call};
 use loaves_proto::UnixSeconds;
 use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::pb;
@@ -48,6 +48,7 @@ on_both_stores!(
     clearkey_endpoint_serves_licensed_keys_only,
     metrics_and_health,
     live_rotation_delivers_next_periods_on_renewal,
+    malformed_and_oversized_messages_get_grpcs_statuses,
 );
 
 async fn acquire_renew_release_cycle(db: Db) {
@@ -164,7 +165,8 @@ async fn concurrency_limit_holds_under_50_parallel_acquires(db: Db) {
     let mut tasks = tokio::task::JoinSet::new();
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(50));
     for _ in 0..50 {
-        let mut client = pb::license_service_client::LicenseServiceClient::new(channel.clone());
+        let mut client =
+            loaves_grpc::license_service_client::LicenseServiceClient::new(channel.clone());
         let request = Viewer::new().acquire_request(entitlement.clone(), "demo");
         let start = start.clone();
         tasks.spawn(async move {
@@ -309,7 +311,7 @@ async fn bad_acquisitions_get_specific_statuses_and_write_nothing(db: Db) {
     refused!(
         h,
         client.acquire_license(request(&|r| r.entitlement = vec![7; 100_000])),
-        Code::OutOfRange
+        Code::ResourceExhausted
     );
     // Forged: signed by a key the server does not trust.
     let forger = SigningKeyPair::generate().unwrap();
@@ -500,6 +502,7 @@ async fn bad_acquisitions_get_specific_statuses_and_write_nothing(db: Db) {
         "invalid_peer_key",
         "key_periods_out_of_range",
         "replay",
+        "request_too_large",
     ] {
         assert!(
             metrics.contains(&format!(
@@ -676,6 +679,50 @@ async fn key_service_bad_requests_write_nothing(db: Db) {
     assert_eq!(h.counts().await.content_keys, 2);
 }
 
+/// A request that is not valid protobuf for its method is the client's
+/// fault (INVALID_ARGUMENT), one over the size limit a limit
+/// (RESOURCE_EXHAUSTED), on every method, sent as raw bytes over real
+/// gRPC; each is counted by reason and writes nothing.
+async fn malformed_and_oversized_messages_get_grpcs_statuses(db: Db) {
+    let Some(h) = Harness::start(db).await else {
+        return;
+    };
+    let methods = [
+        "/loaves.v1.LicenseService/AcquireLicense",
+        "/loaves.v1.LicenseService/RenewLicense",
+        "/loaves.v1.LicenseService/ReleaseSession",
+        "/loaves.v1.KeyService/GetContentKeys",
+    ];
+    // An invalid wire type, and a length-delimited field cut short.
+    let malformed: [&[u8]; 2] = [&[0xff, 0xff, 0xff], &[0x0a, 50, 1, 2]];
+    for path in methods {
+        for bytes in malformed {
+            let status = raw_call(h.channel().await, path, bytes.to_vec())
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
+            assert!(status.message().contains("malformed"), "{status:?}");
+        }
+        let status = raw_call(h.channel().await, path, vec![0; 70_000])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{path}: {status:?}");
+        assert!(status.message().contains("over the limit"), "{status:?}");
+    }
+    let (_, metrics) = h.http_get("/metrics").await;
+    for (reason, count) in [("malformed_request", 8), ("request_too_large", 4)] {
+        let line = format!("loaves_license_denials_total{{reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    let counts = h.counts().await;
+    assert_eq!((counts.sessions, counts.content_keys), (0, 0));
+    // A valid message on the same server still gets through.
+    let keys = get_keys(&mut h.keys().await, "demo", &[("hd", 0)])
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
+}
+
 async fn restart_keeps_keys_and_wrong_kek_is_refused(db: Db) {
     let Some(mut h) = Harness::start(db).await else {
         return;
@@ -729,7 +776,7 @@ async fn restart_keeps_keys_and_wrong_kek_is_refused(db: Db) {
     }
 
     // Another KEK against the same store is refused at start.
-    let url = h.config.store_url();
+    let url = h.config.store_url().unwrap();
     h.server.take().unwrap().shutdown().await.unwrap();
     let wrong = license_server::seal::Kek::from_hex(&"02".repeat(32)).unwrap();
     let err = license_server::Store::open(&url, 2, wrong)
@@ -748,7 +795,7 @@ async fn parallel_get_or_create_hands_out_one_key(db: Db) {
     let channel = h.channel().await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..24u32 {
-        let mut client = pb::key_service_client::KeyServiceClient::new(channel.clone());
+        let mut client = loaves_grpc::key_service_client::KeyServiceClient::new(channel.clone());
         tasks.spawn(async move {
             // Everyone wants period 5; each also wants a period of its own.
             get_keys(&mut client, "live", &[("hd", 5), ("sd", 100 + i)])
@@ -853,6 +900,14 @@ async fn clearkey_endpoint_serves_licensed_keys_only(db: Db) {
         serde_json::json!({ "kids": [B64.encode(&hd[0].key_id)], "type": "temporary" }).to_string();
     let (status, _) = post(vec![("Authorization", bearer.clone())], only_hd).await;
     assert_eq!(status, 403);
+    // A body over the limit is refused before anything else, and counted.
+    let (status, _) = post(vec![("Authorization", bearer.clone())], "x".repeat(20_000)).await;
+    assert_eq!(status, 413);
+    let (_, metrics) = h.http_get("/metrics").await;
+    assert!(
+        metrics.contains("loaves_license_denials_total{reason=\"clearkey_too_large\"} 1"),
+        "{metrics}"
+    );
 
     // After release the token no longer opens keys.
     client

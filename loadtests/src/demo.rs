@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use loaves_client_sdk::player::{self, PlaybackReport};
-use loaves_client_sdk::{Loaves, Session, Stats};
+use loaves_client_sdk::{LoavesBuilder, RenditionName, Session, Stats};
 use loaves_proto::manifest::sha256;
 use serde::Serialize;
 
@@ -297,7 +297,7 @@ async fn viewer(
 ) -> ViewerOutcome {
     let isp = config.isps[index % config.isps.len()].clone();
     let (region, _) = PlatformConfig::default().seed_location;
-    let options = platform.viewer_options(config.p2p, &region, &isp);
+    let options = platform.viewer_builder(config.p2p, &region, &isp);
     // Startup as the viewer sees it: from pressing play (license, manifest,
     // init segment included) to the first frame.
     let pressed_play = Instant::now();
@@ -307,13 +307,18 @@ async fn viewer(
     };
     let opening = pressed_play.elapsed();
     lock(live).watching.push(session.clone());
-    let played = player::play_live(
-        &session,
-        &config.rendition,
-        config.latency_segments,
-        watch_of(config, index),
-    )
-    .await;
+    let played = match RenditionName::new(config.rendition.as_str()) {
+        Ok(rendition) => {
+            player::play_live(
+                &session,
+                &rendition,
+                config.latency_segments,
+                watch_of(config, index),
+            )
+            .await
+        }
+        Err(e) => Err(loaves_client_sdk::Error::from(e).into()),
+    };
     let stats = session.stats();
     {
         let mut crowd = lock(live);
@@ -330,18 +335,15 @@ async fn viewer(
 
 async fn open(
     platform: &Platform,
-    options: loaves_client_sdk::Options,
+    options: LoavesBuilder,
     account: &str,
 ) -> anyhow::Result<Session> {
     open_session(options, platform.entitlement(account)).await
 }
 
 /// Opens a viewer's session on the platform's title.
-pub async fn open_session(
-    options: loaves_client_sdk::Options,
-    entitlement: Vec<u8>,
-) -> anyhow::Result<Session> {
-    let loaves = Loaves::builder().options(options).build()?;
+pub async fn open_session(options: LoavesBuilder, entitlement: Vec<u8>) -> anyhow::Result<Session> {
+    let loaves = options.build()?;
     Ok(loaves.open(crate::platform::TITLE, entitlement).await?)
 }
 

@@ -6,6 +6,10 @@
 pub mod demo;
 pub mod encoder;
 pub mod platform;
-pub mod report;
-pub mod sim;
+pub mod scrape;
+pub mod soak;
 pub mod swarm;
+
+/// The simulator and the report format, the `loaves-sim` crate (which
+/// depends on the pure cores only).
+pub use loaves_sim::{self as sim, report};

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loaves_loadtests::demo::{self, DemoConfig};
 use loaves_loadtests::sim::{SimConfig, Simulation};
-use loaves_loadtests::swarm;
+use loaves_loadtests::{soak, swarm};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Loaves load tests and simulator")]
@@ -66,6 +66,37 @@ enum Command {
         #[arg(long)]
         with_baseline: bool,
     },
+    /// Viewers who watch a whole film, and a live event as long, on real
+    /// processes over loopback (license server, tracker, edge seed, CDN),
+    /// with the license server's default policy unless the scenario says
+    /// otherwise: a session token lives 90 s, so every session crosses many
+    /// renewals. Prints one row per window (a minute by default): bytes by
+    /// source per title, stalls, license renewals, token refreshes and
+    /// announces at the tracker, token refusals counted by the tracker, the
+    /// seeds and the license server (must be 0), connections open, ClearKey
+    /// answers through each viewer's player endpoint. Exits non-zero if a
+    /// viewer failed, a token was refused or a ClearKey answer was wrong.
+    Soak {
+        /// The scenario file (default: loadtests/scenarios/soak.toml, the
+        /// 10-minute soak).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Override the scenario's duration, seconds.
+        #[arg(long)]
+        duration_s: Option<u64>,
+        /// Override the scenario's window (one report row), seconds.
+        #[arg(long)]
+        window_s: Option<u64>,
+        /// Override the number of VOD viewers.
+        #[arg(long)]
+        vod_viewers: Option<usize>,
+        /// Override the number of live viewers.
+        #[arg(long)]
+        live_viewers: Option<usize>,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Simulate a live event in virtual time with the real scheduler and the
     /// real tracker swarm book, and print the report (JSON).
     Sim {
@@ -119,6 +150,24 @@ fn main() -> anyhow::Result<()> {
             html,
             with_baseline,
         } => run_swarm(&scenario, report.as_deref(), html.as_deref(), with_baseline),
+        Command::Soak {
+            scenario,
+            duration_s,
+            window_s,
+            vod_viewers,
+            live_viewers,
+            report,
+        } => {
+            let path = scenario.unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/soak.toml")
+            });
+            let mut config = soak::SoakConfig::load(&path)?;
+            config.duration_s = duration_s.unwrap_or(config.duration_s);
+            config.window_s = window_s.unwrap_or(config.window_s);
+            config.vod_viewers = vod_viewers.unwrap_or(config.vod_viewers);
+            config.live_viewers = live_viewers.unwrap_or(config.live_viewers);
+            run_soak(&config, report.as_deref())
+        }
         Command::Sim {
             config,
             viewers,
@@ -284,5 +333,38 @@ fn run_swarm(
         run.report.corrupt_bytes_to_player == 0,
         "corrupt bytes reached a player"
     );
+    Ok(())
+}
+
+fn run_soak(
+    config: &soak::SoakConfig,
+    report_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    config.check()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let run = runtime.block_on(soak::run(config))?;
+    println!();
+    println!(
+        "{}: {} VOD and {} live viewers, {} s each, token lifetime {} s",
+        config.name,
+        config.vod_viewers,
+        config.live_viewers,
+        config.duration_s,
+        run.token_lifetime_s
+    );
+    print!("{}", run.table());
+    if let Some(path) = report_path {
+        std::fs::write(path, serde_json::to_string_pretty(&run)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    let problems = run.problems();
+    for problem in &problems {
+        eprintln!("problem: {problem}");
+    }
+    anyhow::ensure!(problems.is_empty(), "the soak failed");
     Ok(())
 }

@@ -22,13 +22,13 @@ use edge_seed::serve::config::SeedConfig;
 use edge_seed::{PackageOptions, serve::RunningSeed};
 use license_server::config::{Config as LicenseConfig, RenditionConfig, TitleConfig};
 use license_server::{RunningServer, SystemClock};
-use loaves_client_sdk::license::LicenseServerConfig;
-use loaves_client_sdk::{Options, Upload};
+use loaves_client_sdk::{Loaves, LoavesBuilder, Upload};
 use loaves_proto::entitlement::Entitlement;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SigningKeyPair};
 use loaves_proto::manifest::Scheme;
-use loaves_proto::{UnixSeconds, pb, peerwire};
+use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::peerwire;
 use tracker::server::{FrontEndOptions, RunningTracker, Shared};
 
 use crate::encoder::LoopedRendition;
@@ -55,6 +55,9 @@ pub struct PlatformConfig {
     pub packager_poll: Duration,
     /// Region and ISP of the edge seed.
     pub seed_location: (String, String),
+    /// Live key rotation: a new key period every this many segments (0:
+    /// one key for the whole event).
+    pub key_period_segments: u32,
 }
 
 impl Default for PlatformConfig {
@@ -64,6 +67,7 @@ impl Default for PlatformConfig {
             live_window: 6,
             packager_poll: Duration::from_millis(100),
             seed_location: ("eu-west".into(), "as64500".into()),
+            key_period_segments: 0,
         }
     }
 }
@@ -216,9 +220,9 @@ impl Platform {
         }
     }
 
-    /// SDK options for a viewer of this platform.
-    pub fn viewer_options(&self, p2p: bool, region: &str, isp: &str) -> Options {
-        self.endpoints().viewer_options(p2p, region, isp)
+    /// The SDK settings of a viewer of this platform.
+    pub fn viewer_builder(&self, p2p: bool, region: &str, isp: &str) -> LoavesBuilder {
+        self.endpoints().viewer_builder(p2p, region, isp)
     }
 
     /// The packaged bytes of `rendition`'s segment `sequence` (what every
@@ -282,33 +286,30 @@ pub struct ViewerEndpoints {
 }
 
 impl ViewerEndpoints {
-    /// SDK options for a viewer (P2P on or off, at a location).
-    pub fn viewer_options(&self, p2p: bool, region: &str, isp: &str) -> Options {
-        Options {
-            license: LicenseServerConfig {
-                url: self.license_url.clone(),
-                ca_pem: Some(self.license_ca_pem.clone()),
-                tls_server_name: Some("localhost".into()),
-                trusted_keys: self.trusted_keys.clone(),
-                request_timeout: Duration::from_secs(10),
-            },
-            clearkey_url: self.clearkey_url.clone(),
-            manifest_keys: self.manifest_keys.clone(),
-            cdn: loaves_client_sdk::cdn::CdnConfig {
-                base_urls: self.cdn_urls.clone(),
-                ..Default::default()
-            },
-            tracker: p2p.then_some(self.tracker),
-            p2p,
-            upload: Upload::Capped {
+    /// The SDK settings of a viewer (P2P on or off, at a location). The
+    /// peer endpoint keeps the SDK's default bind (every interface, any
+    /// port): what the tracker observes and the interfaces are what other
+    /// viewers are told, as for an app with default settings.
+    pub fn viewer_builder(&self, p2p: bool, region: &str, isp: &str) -> LoavesBuilder {
+        let mut builder = Loaves::builder()
+            .license_server(&self.license_url, self.trusted_keys.clone())
+            .license_server_ca_pem(self.license_ca_pem.clone())
+            .license_server_tls_name("localhost")
+            .manifest_keys(self.manifest_keys.clone())
+            .cdn_urls(&self.cdn_urls)
+            .p2p(p2p)
+            .upload(Upload::Capped {
                 bytes_per_second: VIEWER_UPLOAD_BYTES_PER_SECOND,
-            },
-            peer_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            region: region.into(),
-            isp: isp.into(),
-            max_announce_interval: Duration::from_secs(1),
-            ..Options::default()
+            })
+            .location(region, isp)
+            .max_announce_interval(Duration::from_secs(1));
+        if p2p {
+            builder = builder.trackers([self.tracker.to_string()]);
         }
+        if let Some(clearkey) = &self.clearkey_url {
+            builder = builder.clearkey_url(clearkey);
+        }
+        builder
     }
 }
 
@@ -372,6 +373,11 @@ async fn start_license_server(
     config: &PlatformConfig,
 ) -> anyhow::Result<RunningServer> {
     std::fs::write(dir.join("admin-token"), ADMIN_TOKEN).context("writing the admin token")?;
+    // A secret file must be private to its owner.
+    std::fs::set_permissions(
+        dir.join("admin-token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut license = LicenseConfig {
         listen: any_port,
@@ -495,6 +501,7 @@ pub fn start_live(
     let output = packaged.join(TITLE);
     let window = config.live_window;
     let poll = config.packager_poll;
+    let key_period_segments = config.key_period_segments;
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = stop.clone();
     let thread = std::thread::Builder::new()
@@ -504,6 +511,7 @@ pub fn start_live(
             let options = PackageOptions {
                 title: TITLE.into(),
                 scheme: Scheme::Cenc,
+                key_period_segments,
                 ..PackageOptions::default()
             };
             let mut packager =

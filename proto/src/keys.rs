@@ -104,14 +104,21 @@ impl SigningKeyPair {
         self.key.sign(message)
     }
 
-    /// PKCS#8 v1 PEM ("BEGIN PRIVATE KEY"), readable by OpenSSL.
+    /// PKCS#8 v1 PEM ("BEGIN PRIVATE KEY", RFC 5208: the private key alone),
+    /// readable by OpenSSL 3 and pyca/cryptography, which refuse the v2
+    /// form (RFC 5958, public key included) that the signing key's own
+    /// encoder writes.
     pub fn to_pkcs8_pem(&self) -> Result<Zeroizing<String>, KeyError> {
-        self.key
-            .to_pkcs8_pem(LineEnding::LF)
+        let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        v1.to_pkcs8_pem(LineEnding::LF)
             .map_err(|e| KeyError::Encoding(e.to_string()))
     }
 
-    /// Reads a PKCS#8 PEM private key.
+    /// Reads a PKCS#8 PEM private key, v1 or v2 (a v2 key's public half must
+    /// match its private half).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, KeyError> {
         let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Encoding(e.to_string()))?;
         let key_id = KeyId::of(&key.verifying_key());

@@ -2,9 +2,10 @@
 //!
 //! Everything two processes must agree on lives here, and nothing else:
 //!
-//! - [`pb`]: the protobuf messages and gRPC services generated from `schemas/`.
-//! - [`framing`]: length-delimited frames on QUIC streams, with a hard size
-//!   limit and timeouts.
+//! - [`pb`]: the protobuf messages generated from `schemas/` (the gRPC
+//!   service stubs are the `loaves-grpc` crate's).
+//! - [`framing`]: the length-delimited frame layout and its sans-I/O
+//!   decoder, with a hard size limit (the async side is `loaves-wire`'s).
 //! - [`keys`]: Ed25519 key pairs, key ids, keyrings, content keys — all key
 //!   material zeroized on drop and redacted from `Debug`.
 //! - [`signed`]: the domain-separated signature envelope every signed object uses.
@@ -12,36 +13,33 @@
 //! - [`manifest`]: signed segment manifests that grow by signed appends.
 //! - [`keywrap`]: HPKE sealing of content keys to one session.
 //! - [`license`]: signed licenses carrying wrapped keys and policy.
-//! - [`keygen`]: writing key pairs to files.
-//! - `cmaf` (feature `cmaf`): CMAF boxes and Common Encryption, both ways
-//!   (the packager protects, the client SDK's decrypt option unprotects).
+//! - [`keygen`]: reading and writing key files.
+//! - [`shard`]: the rendezvous mapping of titles onto tracker shards.
+//! - [`names`]: the one rule for title and rendition names.
+//! - [`addresses`]: which addresses a viewer may announce, which are on a LAN.
 //!
 //! Time is always an input ([`UnixSeconds`]): nothing here reads a clock, so
-//! callers (and the simulator) decide what "now" is.
+//! callers (and the simulator) decide what "now" is. Nothing here does I/O
+//! but the key files: no async runtime, no sockets (the QUIC side is
+//! `loaves-wire`, CMAF and Common Encryption `loaves-cmaf`).
 
-#[cfg(feature = "cmaf")]
-pub mod cmaf;
+pub mod addresses;
 pub mod entitlement;
 pub mod framing;
-#[cfg(feature = "quic")]
-pub mod identity;
 pub mod keygen;
 pub mod keys;
 pub mod keywrap;
 pub mod license;
 pub mod manifest;
-#[cfg(feature = "quic")]
-pub mod peerwire;
+pub mod names;
 pub mod shard;
 pub mod signed;
 pub mod token;
-#[cfg(feature = "quic")]
-pub mod tracker_client;
 
-/// Generated protobuf messages and gRPC stubs (package `loaves.v1`).
+/// Generated protobuf messages (package `loaves.v1`).
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod pb {
-    tonic::include_proto!("loaves.v1");
+    include!(concat!(env!("OUT_DIR"), "/loaves.v1.rs"));
 
     impl std::fmt::Debug for ContentKey {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

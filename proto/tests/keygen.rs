@@ -1,8 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Key files: modes, no clobbering, read back, and the CLI.
+//! Key files: modes, no clobbering, read back (the CLI is tested in
+//! `proto/tools`).
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use loaves_proto::keygen::{KeygenError, read_public_key, read_signing_key, write_key_pair};
 
@@ -73,25 +73,19 @@ fn unreadable_or_garbage_key_files_are_clear_errors() {
 }
 
 #[test]
-fn cli_writes_a_key_pair() {
+fn a_pkcs8_v2_key_with_its_public_half_still_reads() {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_loaves-keygen"))
-        .args(["--out-dir"])
-        .arg(dir.path())
-        .args(["--name", "license"])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let key = read_signing_key(&dir.path().join("license.key")).unwrap();
-    assert!(stdout.contains(&key.key_id().to_string()), "{stdout}");
-
-    let again = Command::new(env!("CARGO_BIN_EXE_loaves-keygen"))
-        .arg("--out-dir")
-        .arg(dir.path())
-        .args(["--name", "license"])
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    // The signing key's own encoder writes v2 (RFC 5958, public key included).
+    let v2 = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+    let path = dir.path().join("v2.key");
+    std::fs::write(&path, v2.as_bytes()).unwrap();
+    let read = read_signing_key(&path).unwrap();
+    assert_eq!(read.verifying_key(), key.verifying_key());
+    // What we write is v1: the private key alone, 48 bytes of DER.
+    let ours = read.to_pkcs8_pem().unwrap();
+    let body: String = ours.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert_eq!(body.len(), 64, "base64 of 48 DER bytes: {ours:?}");
 }

@@ -32,6 +32,7 @@ fn key(i: usize) -> [u8; 32] {
 fn announce_for(peer: &Peer, index: usize, round: u64, want: u32) -> pb::Announce {
     let head = 1000 + round + (index as u64 % 7);
     pb::Announce {
+        nat_class: 0,
         swarm: Some(pb::SwarmId {
             title: format!("title-{}", peer.swarm),
             rendition: "720p".into(),
@@ -116,6 +117,7 @@ fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_s
             key: &peer.key,
             region: peer.region,
             isp: peer.isp,
+            observed: None,
         };
         book.announce(now, &who, message).ok();
     }
@@ -148,6 +150,7 @@ fn scenario(name: &str, swarms: usize, peers_per_swarm: usize, want: u32, with_s
                 key: &peer.key,
                 region: peer.region,
                 isp: peer.isp,
+                observed: None,
             };
             if with_stats && let Some(delta) = &message.stats {
                 let window =

@@ -31,10 +31,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::token::SessionToken;
 use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::identity::PeerIdentity;
 use tracker::client::{ClientEndpoint, TrackerConnection};
 use tracker::credential::CredentialVerifier;
 use tracker::metrics::Metrics;
@@ -253,6 +253,7 @@ fn main() -> anyhow::Result<()> {
                     round += 1;
                     let head = 1000 + round;
                     let announce = pb::Announce {
+                        nat_class: 0,
                         swarm: Some(pb::SwarmId {
                             title: format!("title-{}", i % TITLES),
                             rendition: "720p".into(),

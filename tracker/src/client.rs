@@ -1,5 +1,5 @@
-//! The tracker client, which lives in `loaves_proto::tracker_client` so that
+//! The tracker client, which lives in `loaves_wire::tracker_client` so that
 //! the client SDK and the seeds can use it without depending on this crate;
 //! re-exported here for the tracker's own tests and benchmarks.
 
-pub use loaves_proto::tracker_client::*;
+pub use loaves_wire::tracker_client::*;

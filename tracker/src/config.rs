@@ -20,163 +20,113 @@
 //! max_connections_per_ip = 64
 //! ```
 //!
-//! Environment: `LOAVES_TRACKER_<FIELD>` for top-level fields (lists are
-//! comma-separated), `LOAVES_TRACKER_<SECTION>__<FIELD>` for section fields,
-//! e.g. `LOAVES_TRACKER_SWARM__PEER_TTL_S=60`. Values are parsed as TOML
-//! literals when they can be, as strings otherwise.
+//! Loaded by `loaves_service::config`: defaults, the file, the environment
+//! (`LOAVES_TRACKER_<FIELD>`, `LOAVES_TRACKER_<SECTION>__<FIELD>`, e.g.
+//! `LOAVES_TRACKER_SWARM__PEER_TTL_S=60`; lists comma-separated), then
+//! flags. `loaves-tracker print-config --commented` prints every setting
+//! with these doc comments.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use loaves_service::config::{self as service_config, EnvScheme, Overrides};
+use loaves_service::confique;
+use serde::Serialize;
 
 use crate::server::FrontEndOptions;
 use crate::stats::StatsLimits;
 use crate::swarm::SwarmConfig;
 
+pub use loaves_service::config::ConfigError;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "LOAVES_TRACKER_";
 
+/// Variable of the `--config` flag (not a setting).
+pub const ENV_CONFIG: &str = "LOAVES_TRACKER_CONFIG";
+
+/// How the tracker's settings are named in the environment.
+pub const ENV: EnvScheme = EnvScheme {
+    binary: "loaves-tracker",
+    prefix: ENV_PREFIX,
+    aliases: &[],
+    reserved: &[ENV_CONFIG],
+};
+
 /// The tracker's configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, loaves_service::Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct Config {
     /// UDP address of the QUIC endpoint.
+    #[config(default = "0.0.0.0:4433")]
     pub quic_listen: SocketAddr,
     /// TCP address of `/metrics`, `/healthz`, `/dashboard`.
+    #[config(default = "0.0.0.0:9464")]
     pub http_listen: SocketAddr,
     /// Files holding the license server's public keys (SPKI PEM), trusted
     /// for session tokens and seed credentials. At least one is required.
+    #[config(default = [])]
     pub trusted_keys: Vec<PathBuf>,
     /// PKCS#8 PEM private key of the tracker's QUIC identity. A fresh
     /// ephemeral key is used when absent (clients do not pin the tracker).
     pub identity_key: Option<PathBuf>,
     /// Every tracker shard, as clients name them (see `loaves_proto::shard`).
     /// Empty: this tracker serves every title.
+    #[config(default = [])]
     pub shards: Vec<String>,
     /// This tracker's name in `shards`.
     pub shard_name: Option<String>,
     /// Log filter (tracing `EnvFilter` syntax), e.g. "info".
+    #[config(default = "info")]
     pub log: String,
     /// Swarm book tunables.
+    #[config(nested)]
     pub swarm: SwarmConfig,
     /// Stats plausibility limits.
+    #[config(nested)]
     pub stats: StatsLimits,
     /// QUIC front-end limits and timeouts.
+    #[config(nested)]
     pub front_end: FrontEndOptions,
 }
 
 impl Default for Config {
+    /// The `#[config(default = ...)]` values.
     fn default() -> Self {
-        Self {
-            quic_listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
-            http_listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
-            trusted_keys: Vec::new(),
-            identity_key: None,
-            shards: Vec::new(),
-            shard_name: None,
-            log: "info".to_owned(),
-            swarm: SwarmConfig::default(),
-            stats: StatsLimits::default(),
-            front_end: FrontEndOptions::default(),
-        }
+        service_config::defaults()
     }
-}
-
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The TOML (file or merged overrides) is invalid.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
 }
 
 impl Config {
     /// Loads `path` (if given) over the defaults, then applies environment
-    /// overrides from `env` (pass `std::env::vars()`).
+    /// overrides from `env` (pass `loaves_service::config::process_env()`),
+    /// then `flags`.
     pub fn load(
         path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
+        env: &[(String, String)],
+        flags: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let base = match path {
-            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })?,
-            None => String::new(),
-        };
-        let file: Config =
-            toml::from_str(&base).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let mut value =
-            toml::Value::try_from(&file).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            if rest == "CONFIG" {
-                // The path of the file itself (a flag's environment form).
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            set_path(&mut value, &path, &raw)
-                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
-        }
-        value
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+        service_config::load(&ENV, path, env, flags)
     }
 
-    /// The configuration as TOML (for `--print-config`).
+    /// Parses TOML text over the defaults.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        service_config::from_toml(text)
+    }
+
+    /// The configuration as TOML (for `print-config`; the tracker holds no
+    /// secret).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
-        toml::to_string_pretty(self).map_err(|e| ConfigError::Invalid(e.to_string()))
+        service_config::to_toml(self)
     }
-}
 
-/// Parses an override: a TOML literal if possible (numbers, booleans,
-/// arrays), else a string; for list fields a comma-separated string.
-fn parse_value(raw: &str, current: Option<&toml::Value>) -> toml::Value {
-    if let Some(toml::Value::Array(_)) = current
-        && !raw.trim_start().starts_with('[')
-    {
-        return toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_owned()))
-                .collect(),
-        );
+    /// The full commented reference (`print-config --commented`).
+    pub fn commented() -> String {
+        service_config::template::<Self>(
+            &ENV,
+            &["The tracker holds no secret: its identity key is a file (identity_key)."],
+        )
     }
-    let wrapped = format!("v = {raw}");
-    match toml::from_str::<toml::Table>(&wrapped) {
-        Ok(mut table) if !matches!(current, Some(toml::Value::String(_)) | None) => table
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
-        _ => toml::Value::String(raw.to_owned()),
-    }
-}
-
-fn set_path(value: &mut toml::Value, path: &[String], raw: &str) -> Result<(), String> {
-    let Some((last, parents)) = path.split_last() else {
-        return Err("empty key".into());
-    };
-    let mut table = value.as_table_mut().ok_or("not a table")?;
-    for key in parents {
-        table = table
-            .get_mut(key)
-            .and_then(toml::Value::as_table_mut)
-            .ok_or_else(|| format!("unknown section {key:?}"))?;
-    }
-    let parsed = parse_value(raw, table.get(last));
-    table.insert(last.clone(), parsed);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -193,14 +143,43 @@ mod tests {
 
     #[test]
     fn defaults_round_trip() {
-        let config = Config::load(None, Vec::new()).unwrap();
+        let config = Config::load(None, &[], &Overrides::new()).unwrap();
         assert_eq!(config, Config::default());
         let text = config.to_toml().unwrap();
-        assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
     }
 
     #[test]
-    fn file_then_environment() {
+    fn defaults_match_the_protocol_constants() {
+        let config = Config::default();
+        assert_eq!(
+            config.front_end.max_frame_len,
+            loaves_proto::framing::DEFAULT_MAX_FRAME_LEN
+        );
+        assert_eq!(
+            config.front_end.max_clock_skew_s,
+            loaves_proto::token::DEFAULT_MAX_CLOCK_SKEW_S
+        );
+        assert!(config.swarm.max_locality_names <= crate::swarm::MAX_LOCALITY_NAMES);
+    }
+
+    #[test]
+    fn the_commented_reference_parses_back_to_the_defaults() {
+        let text = Config::commented();
+        assert!(text.contains("LOAVES_TRACKER_"), "{text}");
+        assert!(text.contains("[swarm.holdings]"), "{text}");
+        assert!(
+            text.contains("# Seconds a silent peer stays listed."),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+        let uncommented = service_config::uncomment_defaults(&text);
+        assert!(uncommented.contains("\npeer_ttl_s = 90"), "{uncommented}");
+        assert_eq!(Config::from_toml(&uncommented).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_then_environment_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tracker.toml");
         std::fs::write(
@@ -208,33 +187,56 @@ mod tests {
             "quic_listen = \"127.0.0.1:5000\"\ntrusted_keys = [\"a.pub\"]\n[swarm]\npeer_ttl_s = 10\n",
         )
         .unwrap();
+        let mut flags = Overrides::new();
+        flags.set("log", "warn");
         let config = Config::load(
             Some(&path),
-            env(&[
+            &env(&[
                 ("LOAVES_TRACKER_SWARM__PEER_TTL_S", "60"),
+                ("LOAVES_TRACKER_SWARM__HOLDINGS__MAX_LIVE_WINDOW", "7"),
                 ("LOAVES_TRACKER_HTTP_LISTEN", "127.0.0.1:9999"),
                 ("LOAVES_TRACKER_SHARDS", "a:1, b:2"),
                 ("LOAVES_TRACKER_LOG", "debug"),
                 ("LOAVES_TRACKER_CONFIG", "/ignored/here.toml"),
                 ("UNRELATED", "x"),
             ]),
+            &flags,
         )
         .unwrap();
         assert_eq!(config.quic_listen.port(), 5000);
         assert_eq!(config.http_listen.port(), 9999);
         assert_eq!(config.swarm.peer_ttl_s, 60);
+        assert_eq!(config.swarm.holdings.max_live_window, 7);
         assert_eq!(config.shards, vec!["a:1", "b:2"]);
         assert_eq!(config.trusted_keys, vec![PathBuf::from("a.pub")]);
-        assert_eq!(config.log, "debug");
+        assert_eq!(config.log, "warn");
     }
 
     #[test]
     fn mistakes_are_reported() {
-        assert!(Config::load(None, env(&[("LOAVES_TRACKER_SWARM__PEER_TTL_S", "soon")])).is_err());
-        assert!(Config::load(None, env(&[("LOAVES_TRACKER_NOPE__X", "1")])).is_err());
+        let none = Overrides::new();
+        assert!(
+            Config::load(
+                None,
+                &env(&[("LOAVES_TRACKER_SWARM__PEER_TTL_S", "soon")]),
+                &none
+            )
+            .is_err()
+        );
+        assert!(Config::load(None, &env(&[("LOAVES_TRACKER_NOPE__X", "1")]), &none).is_err());
+        let error = Config::load(
+            None,
+            &env(&[("LOAVES_TRACKER_SERVICE_HOST", "10.0.0.1")]),
+            &none,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("LOAVES_TRACKER_SERVICE_HOST"), "{error}");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "unknown_field = 1\n").unwrap();
-        assert!(Config::load(Some(&path), Vec::new()).is_err());
+        assert!(Config::load(Some(&path), &[], &none).is_err());
+        std::fs::write(&path, "[swarm]\npeer_tl_s = 1\n").unwrap();
+        assert!(Config::load(Some(&path), &[], &none).is_err());
     }
 }

@@ -2,17 +2,17 @@
 //! seed's credential, verified offline and bound to the TLS certificate key.
 //!
 //! The credential types and the seed-credential check are the peer wire's
-//! ([`loaves_proto::peerwire`]), so the tracker, the seeds and the viewers
+//! ([`loaves_wire::peerwire`]), so the tracker, the seeds and the viewers
 //! accept exactly the same credentials; this module adds the tracker's
 //! hello (a [`pb::TrackerHello`]).
 
 use ed25519_dalek::VerifyingKey;
 use loaves_proto::keys::Keyring;
-use loaves_proto::peerwire;
 use loaves_proto::token::{TokenError, TokenVerifier};
 use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::peerwire;
 
-pub use loaves_proto::peerwire::{
+pub use loaves_wire::peerwire::{
     PeerCredential as Credential, SeedCredential, sign_seed_credential,
 };
 

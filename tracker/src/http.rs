@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::server::Shared;
-use crate::stats::{Counters, Sample};
+use crate::stats::{ConnectRow, Counters, Sample};
 use crate::swarm::SwarmSize;
 
 /// The dashboard page, embedded at build time.
@@ -56,6 +56,8 @@ pub struct Dashboard {
     pub swarm_count: usize,
     /// Seeds tracked.
     pub seeds: usize,
+    /// Viewers' connection attempts by NAT pair (why a swarm has no P2P).
+    pub connects: Vec<ConnectRow>,
 }
 
 /// Builds the dashboard JSON from the shared state.
@@ -88,6 +90,7 @@ pub fn dashboard(shared: &Shared, now: u64) -> Dashboard {
             peers,
             swarm_count,
             seeds,
+            connects: stats.connects().rows(),
         }
     })
 }

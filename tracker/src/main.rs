@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
-use loaves_proto::identity::PeerIdentity;
+use clap::{Parser, Subcommand};
 use loaves_proto::keygen::{read_public_key, read_signing_key};
 use loaves_proto::keys::{Keyring, SigningKeyPair, random_array};
 use loaves_proto::shard::ShardMap;
+use loaves_service::config::Overrides;
+use loaves_wire::identity::PeerIdentity;
 use tracker::config::Config;
 use tracker::credential::CredentialVerifier;
 use tracker::metrics::Metrics;
@@ -18,78 +19,91 @@ use tracker::server::{RunningTracker, Shared};
 /// Loaves tracker: QUIC swarm coordinator with locality-aware peer lists and
 /// offload metrics.
 ///
-/// Configuration is read from the TOML file (if any), then environment
-/// variables LOAVES_TRACKER_<FIELD> and LOAVES_TRACKER_<SECTION>__<FIELD>,
-/// then these flags. `--print-config` shows the result.
+/// Configuration: built-in defaults, then the TOML file (--config), then
+/// environment variables LOAVES_TRACKER_<FIELD> and
+/// LOAVES_TRACKER_<SECTION>__<FIELD>, then these flags. `print-config`
+/// shows the result, `print-config --commented` every setting.
 #[derive(Debug, Parser)]
-#[command(name = "loaves-tracker", version)]
+#[command(name = "loaves-tracker", version, long_about)]
 struct Args {
     /// TOML configuration file.
-    #[arg(long, short, env = "LOAVES_TRACKER_CONFIG")]
+    #[arg(long, short, env = "LOAVES_TRACKER_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// UDP address of the QUIC endpoint.
-    #[arg(long)]
+    #[arg(long, global = true)]
     quic_listen: Option<SocketAddr>,
     /// TCP address of /metrics, /healthz and /dashboard.
-    #[arg(long)]
+    #[arg(long, global = true)]
     http_listen: Option<SocketAddr>,
     /// Trusted license-server public key (SPKI PEM); repeat for several.
-    #[arg(long = "trusted-key")]
+    #[arg(long = "trusted-key", global = true)]
     trusted_keys: Vec<PathBuf>,
     /// Private key (PKCS#8 PEM) of the tracker's QUIC identity.
-    #[arg(long)]
+    #[arg(long, global = true)]
     identity_key: Option<PathBuf>,
     /// A tracker shard name; repeat for every shard.
-    #[arg(long = "shard")]
+    #[arg(long = "shard", global = true)]
     shards: Vec<String>,
     /// This tracker's name among the shards.
-    #[arg(long)]
+    #[arg(long, global = true)]
     shard_name: Option<String>,
     /// Log filter, e.g. "info" or "tracker=debug".
-    #[arg(long)]
+    #[arg(long, global = true)]
     log: Option<String>,
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
+    /// Same as the print-config command (kept for older scripts).
+    #[arg(long, hide = true)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default when no command is given).
+    Serve,
+    /// Print the effective configuration as TOML (defaults, file,
+    /// environment, flags), or with --commented the full commented
+    /// reference of every setting and its default.
+    PrintConfig {
+        /// Every setting with its documentation and default, commented out.
+        #[arg(long)]
+        commented: bool,
+    },
 }
 
 fn effective_config(args: &Args) -> anyhow::Result<Config> {
-    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
-    if let Some(addr) = args.quic_listen {
-        config.quic_listen = addr;
-    }
-    if let Some(addr) = args.http_listen {
-        config.http_listen = addr;
-    }
-    if !args.trusted_keys.is_empty() {
-        config.trusted_keys.clone_from(&args.trusted_keys);
-    }
-    if let Some(path) = &args.identity_key {
-        config.identity_key = Some(path.clone());
-    }
-    if !args.shards.is_empty() {
-        config.shards.clone_from(&args.shards);
-    }
-    if let Some(name) = &args.shard_name {
-        config.shard_name = Some(name.clone());
-    }
-    if let Some(log) = &args.log {
-        config.log.clone_from(log);
-    }
-    Ok(config)
+    let mut flags = Overrides::new();
+    flags
+        .set_some("quic_listen", args.quic_listen)
+        .set_some("http_listen", args.http_listen)
+        .set_list("trusted_keys", &args.trusted_keys)
+        .set_some("identity_key", args.identity_key.as_ref())
+        .set_list("shards", &args.shards)
+        .set_some("shard_name", args.shard_name.as_ref())
+        .set_some("log", args.log.as_ref());
+    Ok(Config::load(
+        args.config.as_deref(),
+        &loaves_service::config::process_env(),
+        &flags,
+    )?)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = effective_config(&args)?;
-    if args.print_config {
-        print!("{}", config.to_toml()?);
-        return Ok(());
+    match (&args.command, args.print_config) {
+        (Some(Command::PrintConfig { commented: true }), _) => {
+            print!("{}", Config::commented());
+            return Ok(());
+        }
+        (Some(Command::PrintConfig { commented: false }), _) | (_, true) => {
+            print!("{}", effective_config(&args)?.to_toml()?);
+            return Ok(());
+        }
+        (Some(Command::Serve) | None, false) => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("log filter")?)
-        .init();
+    let config = effective_config(&args)?;
+    loaves_service::telemetry::init_tracing(&config.log)?;
 
     anyhow::ensure!(
         !config.trusted_keys.is_empty(),
@@ -144,8 +158,8 @@ async fn main() -> anyhow::Result<()> {
         tracker.shutdown_signal(),
     ));
 
-    wait_for_signal().await?;
-    tracing::info!("shutting down: closing connections");
+    let signal = loaves_service::signal::shutdown_signal().await;
+    tracing::info!(?signal, "shutting down: closing connections");
     tracker.shutdown().await;
     let _ = http.await;
     tracing::info!("stopped");
@@ -159,14 +173,4 @@ fn hex_key(identity: &PeerIdentity) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        result = tokio::signal::ctrl_c() => result?,
-    }
-    Ok(())
 }

@@ -12,6 +12,8 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
+use loaves_proto::pb;
+
 use crate::stats::{ClampReport, Counters, Labels};
 use crate::swarm::SwarmSize;
 
@@ -61,6 +63,14 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// Sum of viewers' spare upload per swarm, bits per second.
     pub swarm_spare_upload: Gauge,
+    /// Viewers' connection attempts to peers, by result and NAT class pair.
+    pub p2p_connects: IntCounterVec,
+    /// Time to connect (or to give up), by result.
+    pub p2p_connect_seconds: HistogramVec,
+    /// Announces by the NAT class the viewer reported.
+    pub nat_classes: IntCounterVec,
+    /// Punch requests, by result.
+    pub punches: IntCounterVec,
 }
 
 fn labels3(labels: &Labels) -> [&str; 3] {
@@ -69,6 +79,18 @@ fn labels3(labels: &Labels) -> [&str; 3] {
 
 /// Labels of the cohort-split quality series.
 const QUALITY: [&str; 4] = ["title", "region", "isp", "cohort"];
+
+/// The label of a NAT class.
+pub fn nat_label(class: i32) -> &'static str {
+    match pb::NatClass::try_from(class) {
+        Ok(pb::NatClass::Open) => "open",
+        Ok(pb::NatClass::EndpointIndependent) => "ei",
+        Ok(pb::NatClass::EndpointDependent) => "ed",
+        _ => "unknown",
+    }
+}
+
+pub use crate::stats::nat_pair_label;
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -176,6 +198,29 @@ impl Metrics {
                 "loaves_tracker_spare_upload_bits_per_second",
                 "Spare upload capacity of all viewers.",
             )?,
+            p2p_connects: counter_vec(
+                "loaves_tracker_p2p_connect_attempts_total",
+                "Viewers' attempts to connect to peers, as reported: result (direct, punched, failed) and the NAT classes of the pair (open, ei = endpoint-independent, ed = endpoint-dependent, unknown).",
+                &["result", "nat_pair"],
+            )?,
+            p2p_connect_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "loaves_tracker_p2p_connect_seconds",
+                    "Time viewers took to connect to a peer (or to give up), as reported.",
+                )
+                .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]),
+                &["result"],
+            )?,
+            nat_classes: counter_vec(
+                "loaves_tracker_announces_by_nat_class_total",
+                "Announces by the NAT class the viewer reported.",
+                &["class"],
+            )?,
+            punches: counter_vec(
+                "loaves_tracker_punch_requests_total",
+                "Hole-punch requests, by result (forwarded, not_in_swarm, not_connected, rate_limited, forbidden).",
+                &["result"],
+            )?,
             registry,
         };
         m.register_all()?;
@@ -198,6 +243,10 @@ impl Metrics {
         r.register(Box::new(self.peers.clone()))?;
         r.register(Box::new(self.seeds.clone()))?;
         r.register(Box::new(self.connections.clone()))?;
+        r.register(Box::new(self.p2p_connects.clone()))?;
+        r.register(Box::new(self.p2p_connect_seconds.clone()))?;
+        r.register(Box::new(self.nat_classes.clone()))?;
+        r.register(Box::new(self.punches.clone()))?;
         r.register(Box::new(self.announces.clone()))?;
         r.register(Box::new(self.requests.clone()))?;
         r.register(Box::new(self.rejected_tokens.clone()))?;

@@ -1,7 +1,7 @@
 //! The QUIC front end: a thin tokio + quinn driver around the swarm book.
 //!
 //! A connection must be mutually authenticated TLS with a self-signed Ed25519
-//! client certificate ([`loaves_proto::identity`]). It carries one
+//! client certificate ([`loaves_wire::identity`]). It carries one
 //! bidirectional stream, the session: first a `TrackerHello` with a session
 //! token (viewers) or a seed credential (seeds), which must verify offline
 //! and name the certificate's key; then, on the same stream, one request
@@ -18,16 +18,18 @@
 //! every write, by the I/O timeout. Core state sits behind one mutex: each
 //! request holds it for microseconds.
 
+use loaves_service::{Config, confique};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use loaves_proto::framing::{self, FrameError};
-use loaves_proto::identity::{self, PeerIdentity};
+use ed25519_dalek::VerifyingKey;
 use loaves_proto::shard::ShardMap;
-use loaves_proto::tracker_client;
 use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::framing::{self, FrameError};
+use loaves_wire::identity::{self, PeerIdentity};
+use loaves_wire::tracker_client;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
@@ -51,55 +53,55 @@ pub mod close_code {
 }
 
 /// Options of the QUIC front end. `Default` runs as is.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Config)]
+#[config(layer_attr(serde(deny_unknown_fields)))]
 pub struct FrontEndOptions {
     /// Largest request frame, bytes.
+    #[config(default = 65_536)]
     pub max_frame_len: usize,
     /// Time allowed for the hello after the handshake, milliseconds.
+    #[config(default = 5_000)]
     pub hello_timeout_ms: u64,
     /// Time allowed to finish reading a request once it has started, or to
     /// write one response, milliseconds.
+    #[config(default = 5_000)]
     pub io_timeout_ms: u64,
     /// Connections without a request for this long are closed,
     /// milliseconds (QUIC's own idle timeout, for peers that send no
     /// packets at all, is twice this).
+    #[config(default = 120_000)]
     pub idle_timeout_ms: u64,
     /// Open connections, all addresses.
+    #[config(default = 200_000)]
     pub max_connections: usize,
     /// Open connections from one IP address.
+    #[config(default = 64)]
     pub max_connections_per_ip: usize,
     /// Sustained requests per second per connection.
+    #[config(default = 2.0)]
     pub requests_per_second: f64,
     /// Burst of requests allowed above the sustained rate.
+    #[config(default = 10.0)]
     pub request_burst: f64,
     /// Seconds between expiry sweeps and metrics refreshes.
+    #[config(default = 5)]
     pub housekeeping_interval_s: u64,
     /// Swarms exported per swarm in metrics (largest first).
+    #[config(default = 200)]
     pub metrics_top_swarms: usize,
     /// Clock skew tolerated on credentials, seconds.
+    #[config(default = 30)]
     pub max_clock_skew_s: u64,
     /// UDP socket receive and send buffer requested, bytes (the kernel caps
     /// it at net.core.rmem_max / wmem_max).
+    #[config(default = 8_388_608)]
     pub udp_buffer_bytes: usize,
 }
 
 impl Default for FrontEndOptions {
+    /// The `#[config(default = ...)]` values.
     fn default() -> Self {
-        Self {
-            max_frame_len: framing::DEFAULT_MAX_FRAME_LEN,
-            hello_timeout_ms: 5_000,
-            io_timeout_ms: 5_000,
-            idle_timeout_ms: 120_000,
-            max_connections: 200_000,
-            max_connections_per_ip: 64,
-            requests_per_second: 2.0,
-            request_burst: 10.0,
-            housekeeping_interval_s: 5,
-            metrics_top_swarms: 200,
-            max_clock_skew_s: loaves_proto::token::DEFAULT_MAX_CLOCK_SKEW_S,
-            udp_buffer_bytes: 8 * 1024 * 1024,
-        }
+        loaves_service::config::defaults()
     }
 }
 
@@ -115,6 +117,45 @@ pub struct Shared {
     shards: Option<(ShardMap, String)>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     connections: Arc<Semaphore>,
+    /// The session connection of every viewer, by key: where punch notices
+    /// are sent (one entry per viewer, removed when its connection ends).
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+/// A viewer's session connection, as punch notices reach it.
+#[derive(Debug)]
+struct Session {
+    connection: quinn::Connection,
+    /// Notices sent to it: a viewer is asked to open towards others at most
+    /// this fast, whoever asks.
+    notices: TokenBucket,
+}
+
+/// Most punch requests a viewer may make per second (and the burst).
+const PUNCHES_PER_SECOND: f64 = 5.0;
+const PUNCH_BURST: f64 = 20.0;
+/// Most punch notices a viewer receives per second (and the burst).
+const NOTICES_PER_SECOND: f64 = 10.0;
+const NOTICE_BURST: f64 = 20.0;
+
+/// Removes a viewer's session from [`Shared::sessions`] when its
+/// connection's task ends, whichever way.
+struct SessionGuard<'a> {
+    shared: &'a Shared,
+    key: [u8; 32],
+    id: usize,
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        let mut sessions = lock(&self.shared.sessions);
+        if sessions
+            .get(&self.key)
+            .is_some_and(|s| s.connection.stable_id() == self.id)
+        {
+            sessions.remove(&self.key);
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -145,6 +186,7 @@ impl Shared {
             options,
             shards,
             per_ip: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -170,17 +212,37 @@ impl Shared {
     }
 }
 
+/// Why the tracker's QUIC front end could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The identity's TLS configuration could not be built.
+    #[error("tracker TLS configuration")]
+    Tls(#[source] loaves_wire::identity::IdentityError),
+    /// rustls offers no cipher suite QUIC can use.
+    #[error("QUIC crypto configuration")]
+    Quic(#[source] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// `idle_timeout_ms` is beyond what QUIC can express.
+    #[error("idle timeout out of range")]
+    IdleTimeout(#[source] quinn::VarIntBoundsExceeded),
+    /// The UDP socket could not be bound or read back.
+    #[error("binding the QUIC socket")]
+    Bind(#[source] std::io::Error),
+}
+
 /// Builds the quinn server configuration for `identity`.
 pub fn quinn_server_config(
     identity: &PeerIdentity,
     options: &FrontEndOptions,
-) -> anyhow::Result<quinn::ServerConfig> {
-    let mut tls = identity.server_config(loaves_proto::ALPN_TRACKER)?;
+) -> Result<quinn::ServerConfig, StartError> {
+    let mut tls = identity
+        .server_config(loaves_proto::ALPN_TRACKER)
+        .map_err(StartError::Tls)?;
     // A session is one long-lived connection and clients keep no resumption
     // cache: tickets would only cost every handshake their encryption and
     // bytes.
     tls.send_tls13_tickets = 0;
-    let crypto = QuicServerConfig::try_from(tls)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(StartError::Quic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -190,9 +252,12 @@ pub fn quinn_server_config(
         // The session closes itself after `idle_timeout_ms` without a
         // request, with a reason; QUIC's own idle timeout (no packets at
         // all) is a backstop behind it, twice as long so the two never race.
-        .max_idle_timeout(Some(quinn::IdleTimeout::try_from(Duration::from_millis(
-            options.idle_timeout_ms.saturating_mul(2),
-        ))?));
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_millis(
+                options.idle_timeout_ms.saturating_mul(2),
+            ))
+            .map_err(StartError::IdleTimeout)?,
+        ));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
@@ -303,7 +368,21 @@ fn error_response(code: pb::tracker_error::Code, message: &str) -> pb::TrackerRe
 
 fn ack(interval_s: u32) -> pb::TrackerResponse {
     pb::TrackerResponse {
-        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack { interval_s })),
+        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack {
+            interval_s,
+            observed_address: String::new(),
+        })),
+    }
+}
+
+/// The answer to a hello: the interval and the address the connection's
+/// packets come from (the client's public mapping behind a NAT).
+fn hello_ack(interval_s: u32, observed: SocketAddr) -> pb::TrackerResponse {
+    pb::TrackerResponse {
+        kind: Some(pb::tracker_response::Kind::Ack(pb::Ack {
+            interval_s,
+            observed_address: observed.to_string(),
+        })),
     }
 }
 
@@ -458,17 +537,43 @@ async fn handle_connection(
             }
         };
     let interval = shared.with_book(|b| b.config().announce_interval_s);
-    respond(&mut send, &ack(interval), options).await?;
+    let observed = connection.remote_address();
+    respond(&mut send, &hello_ack(interval, observed), options).await?;
     shared
         .metrics
         .requests
         .with_label_values(&["hello", "ok"])
         .inc();
 
+    // Viewers can be asked to open towards others: keep their connection
+    // where punch notices find it (the newest one, if a viewer has two).
+    let _session = match &credential {
+        Credential::Viewer(_) => {
+            let key = credential.peer_key().to_bytes();
+            lock(&shared.sessions).insert(
+                key,
+                Session {
+                    connection: connection.clone(),
+                    notices: TokenBucket::new(NOTICE_BURST, NOTICES_PER_SECOND),
+                },
+            );
+            Some(SessionGuard {
+                shared,
+                key,
+                id: connection.stable_id(),
+            })
+        }
+        Credential::Seed(_) => None,
+    };
     let mut state = ConnectionState {
         credential,
+        certificate_key,
+        observed,
         last_report: None,
         bucket: TokenBucket::new(options.request_burst, options.requests_per_second),
+        punches: TokenBucket::new(PUNCH_BURST, PUNCHES_PER_SECOND),
+        addresses: Vec::new(),
+        nat_class: 0,
     };
     let idle = Duration::from_millis(options.idle_timeout_ms);
     let timeout = Duration::from_millis(options.io_timeout_ms);
@@ -505,22 +610,42 @@ async fn handle_connection(
                     return Err(error.into());
                 }
             };
-        if !state.bucket.take(Instant::now()) {
+        let request = match <pb::TrackerRequest as prost::Message>::decode(frame.as_slice()) {
+            Ok(request) => request,
+            Err(error) => {
+                // The frame was whole: answer and carry on with the next,
+                // unless it is one of a flood.
+                shared
+                    .metrics
+                    .requests
+                    .with_label_values(&["any", "malformed"])
+                    .inc();
+                if !state.bucket.take(Instant::now()) && state.bucket.abusive() {
+                    close_rate_limited(connection, &mut send, options).await;
+                    return Ok(());
+                }
+                respond(
+                    &mut send,
+                    &error_response(pb::tracker_error::Code::Malformed, &error.to_string()),
+                    options,
+                )
+                .await?;
+                continue;
+            }
+        };
+        // Punch requests have their own allowance (a joining viewer asks
+        // for several at once, see PUNCH_BURST); every other request, and
+        // every frame that does not decode, draws on the connection's.
+        if !matches!(request.kind, Some(pb::tracker_request::Kind::Punch(_)))
+            && !state.bucket.take(Instant::now())
+        {
             shared
                 .metrics
                 .requests
                 .with_label_values(&["any", "rate_limited"])
                 .inc();
             if state.bucket.abusive() {
-                respond_and_close(
-                    connection,
-                    &mut send,
-                    &error_response(pb::tracker_error::Code::RateLimited, "rate limited"),
-                    options,
-                    close_code::RATE_LIMITED,
-                    b"rate limited",
-                )
-                .await;
+                close_rate_limited(connection, &mut send, options).await;
                 return Ok(());
             }
             respond(
@@ -531,24 +656,6 @@ async fn handle_connection(
             .await?;
             continue;
         }
-        let request = match <pb::TrackerRequest as prost::Message>::decode(frame.as_slice()) {
-            Ok(request) => request,
-            Err(error) => {
-                // The frame was whole: answer and carry on with the next.
-                shared
-                    .metrics
-                    .requests
-                    .with_label_values(&["any", "malformed"])
-                    .inc();
-                respond(
-                    &mut send,
-                    &error_response(pb::tracker_error::Code::Malformed, &error.to_string()),
-                    options,
-                )
-                .await?;
-                continue;
-            }
-        };
         let started = std::time::Instant::now();
         let outcome = handle_request(shared, &mut state, request, UnixSeconds::now());
         shared
@@ -573,15 +680,17 @@ async fn handle_connection(
             }
             Reply::Message(message) => respond(&mut send, &message, options).await?,
             Reply::Close(message) => {
-                respond_and_close(
-                    connection,
-                    &mut send,
-                    &message,
-                    options,
-                    close_code::UNAUTHENTICATED,
-                    b"credential expired",
-                )
-                .await;
+                let rate_limited = matches!(
+                    &message.kind,
+                    Some(pb::tracker_response::Kind::Error(e))
+                        if e.code == pb::tracker_error::Code::RateLimited as i32
+                );
+                let (code, reason): (u32, &[u8]) = if rate_limited {
+                    (close_code::RATE_LIMITED, b"rate limited")
+                } else {
+                    (close_code::UNAUTHENTICATED, b"credential refused")
+                };
+                respond_and_close(connection, &mut send, &message, options, code, reason).await;
                 return Ok(());
             }
         }
@@ -592,9 +701,20 @@ async fn handle_connection(
 #[derive(Debug)]
 struct ConnectionState {
     credential: Credential,
+    /// The key of the connection's TLS certificate: a refreshed credential
+    /// must name it too.
+    certificate_key: VerifyingKey,
+    /// Where the connection's packets come from.
+    observed: SocketAddr,
     /// Time of the previous stats report on this connection.
     last_report: Option<UnixSeconds>,
     bucket: TokenBucket,
+    /// Punch requests of this viewer.
+    punches: TokenBucket,
+    /// The addresses of its last announce that it may announce (what a
+    /// punch notice tells the target), and the NAT class it reported.
+    addresses: Vec<String>,
+    nat_class: i32,
 }
 
 /// A token bucket: `capacity` requests, refilled at `rate` per second.
@@ -638,6 +758,24 @@ impl TokenBucket {
     }
 }
 
+/// Tells a client that ignores the rate limit so, and closes its
+/// connection.
+async fn close_rate_limited(
+    connection: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    options: &FrontEndOptions,
+) {
+    respond_and_close(
+        connection,
+        send,
+        &error_response(pb::tracker_error::Code::RateLimited, "rate limited"),
+        options,
+        close_code::RATE_LIMITED,
+        b"rate limited",
+    )
+    .await;
+}
+
 enum Reply {
     /// An encoded `TrackerResponse`, already framed.
     Framed(Vec<u8>),
@@ -665,9 +803,18 @@ fn handle_request(
     use pb::tracker_error::Code;
     use pb::tracker_request::Kind;
     let metrics = &shared.metrics;
+    // A hello on an open session is a refresh: checked before the
+    // credential in force, which it replaces (it may just have expired).
+    if let Some(Kind::Hello(hello)) = &request.kind {
+        return refresh(shared, state, hello, now);
+    }
     let ConnectionState {
         credential,
+        observed,
         last_report,
+        punches,
+        addresses,
+        nat_class,
         ..
     } = state;
     if let Err(error) = shared.verifier.still_valid(credential, now) {
@@ -682,6 +829,7 @@ fn handle_request(
         key: &key,
         region: credential.region(),
         isp: credential.isp(),
+        observed: Some(*observed),
     };
     let (kind, result) = match (request.kind, &*credential) {
         (Some(Kind::Announce(announce)), Credential::Viewer(token)) => {
@@ -689,6 +837,18 @@ fn handle_request(
                 return finish(metrics, "announce", refusal);
             }
             ingest_stats(shared, last_report, token, announce.stats.as_ref(), now);
+            ingest_connects(shared, announce.stats.as_ref());
+            let max_addresses = shared.with_book(|book| book.config().max_addresses);
+            *addresses = loaves_swarm::swarm::usable_addresses(
+                &announce.addresses,
+                max_addresses,
+                Some(*observed),
+            );
+            *nat_class = pb::NatClass::try_from(announce.nat_class).map_or(0, |c| c as i32);
+            metrics
+                .nat_classes
+                .with_label_values(&[crate::metrics::nat_label(*nat_class)])
+                .inc();
             let outcome = shared.with_book(|book| book.announce(now, &requester, &announce));
             match outcome {
                 Ok(outcome) => {
@@ -712,6 +872,16 @@ fn handle_request(
                 }
                 Err(error) => ("announce", Reply::Message(core_error_response(&error))),
             }
+        }
+        (Some(Kind::Punch(punch)), Credential::Viewer(token)) => {
+            if let Some(refusal) = check_swarm(shared, token, punch.swarm.as_ref()) {
+                metrics.punches.with_label_values(&["forbidden"]).inc();
+                return finish(metrics, "punch", refusal);
+            }
+            let (result, reply) =
+                forward_punch(shared, &punch, (&key, addresses, *nat_class), punches, now);
+            metrics.punches.with_label_values(&[result]).inc();
+            ("punch", reply)
         }
         (Some(Kind::Stop(stop)), Credential::Viewer(token)) => {
             if let Some(refusal) = check_swarm(shared, token, stop.swarm.as_ref()) {
@@ -757,7 +927,7 @@ fn handle_request(
                 Err(error) => ("register_seed", Reply::Message(core_error_response(&error))),
             }
         }
-        (Some(Kind::Announce(_) | Kind::Stop(_)), Credential::Seed(_)) => (
+        (Some(Kind::Announce(_) | Kind::Stop(_) | Kind::Punch(_)), Credential::Seed(_)) => (
             "announce",
             Reply::Message(error_response(
                 Code::Forbidden,
@@ -774,6 +944,60 @@ fn handle_request(
         ),
     };
     finish(metrics, kind, result)
+}
+
+/// A refreshed credential: it must verify, name the connection's
+/// certificate key and be of the same kind (a viewer's for the same title);
+/// then it replaces the one in force. A refused refresh closes the session
+/// as an expired credential would (the client's old credential is about
+/// to expire anyway, and a forged one earns no second try).
+fn refresh(
+    shared: &Shared,
+    state: &mut ConnectionState,
+    hello: &pb::TrackerHello,
+    now: UnixSeconds,
+) -> Reply {
+    use pb::tracker_error::Code;
+    let metrics = &shared.metrics;
+    let refreshed = match shared
+        .verifier
+        .verify_hello(hello, &state.certificate_key, now)
+    {
+        Ok(refreshed) => refreshed,
+        Err(error) => {
+            metrics
+                .rejected_tokens
+                .with_label_values(&[error.reason()])
+                .inc();
+            return finish(
+                metrics,
+                "refresh",
+                Reply::Close(error_response(Code::Unauthenticated, error.reason())),
+            );
+        }
+    };
+    let same_kind = match (&state.credential, &refreshed) {
+        (Credential::Viewer(old), Credential::Viewer(new)) => old.title == new.title,
+        (Credential::Seed(_), Credential::Seed(_)) => true,
+        _ => false,
+    };
+    if !same_kind {
+        return finish(
+            metrics,
+            "refresh",
+            Reply::Close(error_response(
+                Code::Unauthenticated,
+                "a refresh must be a credential of the same kind and title",
+            )),
+        );
+    }
+    state.credential = refreshed;
+    let interval = shared.with_book(|b| b.config().announce_interval_s);
+    finish(
+        metrics,
+        "refresh",
+        Reply::Message(hello_ack(interval, state.observed)),
+    )
 }
 
 fn finish(metrics: &Metrics, kind: &str, reply: Reply) -> Reply {
@@ -865,6 +1089,117 @@ fn ingest_stats(
     shared.metrics.ingest(&labels, &counters, &clamp);
 }
 
+/// Forwards a punch request: `target` must be a viewer of the swarm, as
+/// the requester must, with a session connection here; both sides' rate
+/// limits must allow it. The notice carries the requester's own announced
+/// addresses (checked against where the tracker saw it), nothing the
+/// request names, so the tracker cannot be used to aim viewers at a third
+/// party. Returns the metric's result label and the reply.
+fn forward_punch(
+    shared: &Shared,
+    punch: &pb::PunchRequest,
+    (from, addresses, nat_class): (&[u8; 32], &[String], i32),
+    bucket: &mut TokenBucket,
+    now: UnixSeconds,
+) -> (&'static str, Reply) {
+    use pb::tracker_error::Code;
+    let Some(swarm) = &punch.swarm else {
+        return (
+            "forbidden",
+            Reply::Message(error_response(Code::Malformed, "no swarm")),
+        );
+    };
+    if !bucket.take(Instant::now()) {
+        let refusal = error_response(Code::RateLimited, "too many punch requests");
+        return if bucket.abusive() {
+            ("rate_limited", Reply::Close(refusal))
+        } else {
+            ("rate_limited", Reply::Message(refusal))
+        };
+    }
+    let Ok(target) = <[u8; 32]>::try_from(punch.target_key.as_slice()) else {
+        return (
+            "not_in_swarm",
+            Reply::Message(error_response(Code::Malformed, "not a peer key")),
+        );
+    };
+    let members = shared
+        .with_book(|book| book.is_member(now, swarm, from) && book.is_member(now, swarm, &target));
+    if !members || addresses.is_empty() || target == *from {
+        return (
+            "not_in_swarm",
+            Reply::Message(error_response(
+                Code::Forbidden,
+                "requester and target must both be viewers of the swarm, the requester reachable",
+            )),
+        );
+    }
+    let notice = pb::PunchNotice {
+        swarm: Some(swarm.clone()),
+        from_key: from.to_vec(),
+        addresses: addresses.to_vec(),
+        nat_class,
+    };
+    let sent = {
+        let mut sessions = lock(&shared.sessions);
+        match sessions.get_mut(&target) {
+            None => Err("not_connected"),
+            Some(session) => {
+                if session.notices.take(Instant::now()) {
+                    session
+                        .connection
+                        .send_datagram(prost::Message::encode_to_vec(&notice).into())
+                        .map_err(|_| "not_connected")
+                } else {
+                    Err("rate_limited")
+                }
+            }
+        }
+    };
+    match sent {
+        Ok(()) => {
+            let interval = shared.with_book(|b| b.config().announce_interval_s);
+            ("forwarded", Reply::Message(ack(interval)))
+        }
+        Err(result) => {
+            let code = if result == "rate_limited" {
+                Code::RateLimited
+            } else {
+                Code::Forbidden
+            };
+            (
+                result,
+                Reply::Message(error_response(code, "the target cannot be reached now")),
+            )
+        }
+    }
+}
+
+/// The connection attempts a viewer reports, into the metrics (bounded).
+fn ingest_connects(shared: &Shared, delta: Option<&pb::StatsDelta>) {
+    let Some(delta) = delta else { return };
+    for report in delta.connects.iter().take(MAX_CONNECT_REPORTS) {
+        let result = match pb::ConnectResult::try_from(report.result) {
+            Ok(pb::ConnectResult::Direct) => "direct",
+            Ok(pb::ConnectResult::Punched) => "punched",
+            Ok(pb::ConnectResult::Failed) => "failed",
+            _ => continue,
+        };
+        let pair = crate::metrics::nat_pair_label(report.local, report.remote);
+        shared.with_stats(|stats| stats.record_connect(report));
+        let m = &shared.metrics;
+        m.p2p_connects.with_label_values(&[result, pair]).inc();
+        // A report longer than a minute is a wrong clock, not a connection.
+        let seconds = f64::from(report.millis.min(60_000)) / 1000.0;
+        m.p2p_connect_seconds
+            .with_label_values(&[result])
+            .observe(seconds);
+    }
+}
+
+/// Most connection reports taken from one stats delta.
+const MAX_CONNECT_REPORTS: usize = 64;
+
 /// A running tracker front end (for tests and the binary).
 #[derive(Debug)]
 pub struct RunningTracker {
@@ -882,10 +1217,15 @@ impl RunningTracker {
         addr: SocketAddr,
         identity: &PeerIdentity,
         shared: Arc<Shared>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, StartError> {
         let config = quinn_server_config(identity, &shared.options)?;
-        let endpoint = crate::udp::endpoint(addr, shared.options.udp_buffer_bytes, Some(config))?;
-        let quic_addr = endpoint.local_addr()?;
+        let endpoint = loaves_wire::bind_endpoint_with_buffers(
+            addr,
+            Some(config),
+            shared.options.udp_buffer_bytes,
+        )
+        .map_err(StartError::Bind)?;
+        let quic_addr = endpoint.local_addr().map_err(StartError::Bind)?;
         let (shutdown, receiver) = watch::channel(false);
         let task = tokio::spawn(serve(endpoint, shared.clone(), receiver));
         Ok(Self {

@@ -18,13 +18,14 @@ use loaves_proto::{UnixSeconds, pb};
 use tracker::server::FrontEndOptions;
 
 /// Chart rectangles (x, y, width, height), as laid out in dashboard.html.
-const CHARTS: [(&str, u32, u32, u32, u32); 6] = [
+const CHARTS: [(&str, u32, u32, u32, u32); 7] = [
     ("sources", 16, 140, 620, 240),
     ("rebuffer", 644, 140, 620, 240),
     ("titles", 16, 396, 620, 240),
     ("isps", 644, 396, 620, 240),
     ("swarms", 16, 652, 620, 240),
     ("transit", 644, 652, 620, 240),
+    ("connects", 16, 908, 620, 240),
 ];
 
 fn chromium() -> Option<PathBuf> {
@@ -55,7 +56,7 @@ fn screenshot(browser: &Path, url: &str, out: &Path, profile: &Path) {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--screenshot={}", out.display()))
-        .args(["--window-size=1280,900", "--virtual-time-budget=5000", url])
+        .args(["--window-size=1280,1160", "--virtual-time-budget=5000", url])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -129,6 +130,35 @@ fn ink(image: &Image, (x0, y0, w, h): (u32, u32, u32, u32)) -> (u32, u32) {
     (non_white, coloured)
 }
 
+/// Connection reports of a mix of NAT pairs (a third of the `ed-ed` ones
+/// failing, and every `ed-ed` one).
+fn connect_reports(i: usize, j: usize) -> Vec<pb::ConnectReport> {
+    use pb::{ConnectResult, NatClass};
+    let classes = [
+        NatClass::EndpointIndependent,
+        NatClass::Open,
+        NatClass::EndpointDependent,
+    ];
+    (0..3)
+        .map(|k| {
+            let (local, remote) = (classes[(i + k) % 3], classes[(j + k) % 3]);
+            let result = if local == NatClass::EndpointDependent && remote == local {
+                ConnectResult::Failed
+            } else if k == 2 {
+                ConnectResult::Punched
+            } else {
+                ConnectResult::Direct
+            };
+            pb::ConnectReport {
+                local: local as i32,
+                remote: remote as i32,
+                result: result as i32,
+                millis: 200 + 150 * k as u32,
+            }
+        })
+        .collect()
+}
+
 async fn feed(tracker: &TestTracker) -> Vec<tracker::client::TrackerConnection> {
     let titles = ["big-buck-bunny", "sintel", "tears-of-steel"];
     let localities = [
@@ -162,6 +192,7 @@ async fn feed(tracker: &TestTracker) -> Vec<tracker::client::TrackerConnection> 
                 startup_ms: if round == 1 { 600 + 100 * *j as u32 } else { 0 },
                 played_ms: 5_000,
                 cdn_only: false,
+                connects: connect_reports(*i, *j),
             });
             connection.announce(message).await.unwrap();
         }
@@ -207,7 +238,7 @@ async fn dashboard_renders_charts_in_headless_chromium() {
     }
 
     let image = decode(&out);
-    assert_eq!((image.width, image.height), (1280, 900));
+    assert_eq!((image.width, image.height), (1280, 1160));
     // The layout is where the test expects it: page background between charts.
     let gap = image.at(640, 300);
     assert!(

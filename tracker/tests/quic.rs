@@ -213,7 +213,7 @@ async fn announces_outside_the_token_are_forbidden() {
 async fn seeds_register_with_a_credential_and_are_listed() {
     let tracker = TestTracker::start(FrontEndOptions::default()).await;
     let seed_key = SigningKeyPair::generate().unwrap();
-    let seed_identity = loaves_proto::identity::PeerIdentity::new(&seed_key).unwrap();
+    let seed_identity = loaves_wire::identity::PeerIdentity::new(&seed_key).unwrap();
     let now = UnixSeconds::now().0;
     let credential = tracker::credential::sign_seed_credential(
         &pb::SeedCredentialBody {
@@ -292,6 +292,27 @@ async fn metrics_and_dashboard_reflect_reported_counters() {
         startup_ms: 700,
         played_ms: 60_000,
         cdn_only: false,
+        connects: vec![
+            pb::ConnectReport {
+                local: pb::NatClass::EndpointIndependent as i32,
+                remote: pb::NatClass::EndpointIndependent as i32,
+                result: pb::ConnectResult::Punched as i32,
+                millis: 800,
+            },
+            pb::ConnectReport {
+                local: pb::NatClass::EndpointDependent as i32,
+                remote: pb::NatClass::EndpointDependent as i32,
+                result: pb::ConnectResult::Failed as i32,
+                millis: 2000,
+            },
+            // Nonsense is skipped.
+            pb::ConnectReport {
+                local: 77,
+                remote: -3,
+                result: 99,
+                millis: u32::MAX,
+            },
+        ],
     });
     connection.announce(first).await.unwrap();
     // An absurd report right after: dropped, and counted as clamped.
@@ -380,6 +401,25 @@ async fn metrics_and_dashboard_reflect_reported_counters() {
     assert_eq!(json["by_isp"][0]["name"], "isp-a");
     assert_eq!(json["swarms"][0]["peers"], 1);
     assert!(!json["history"].as_array().unwrap().is_empty());
+    // The connection matrix, most attempts first, nonsense dropped.
+    let connects = json["connects"].as_array().unwrap();
+    assert_eq!(connects.len(), 2, "{connects:?}");
+    let ei = connects.iter().find(|r| r["pair"] == "ei-ei").unwrap();
+    assert_eq!(
+        (&ei["punched"], &ei["connect_ms_sum"]),
+        (&1.into(), &800.into())
+    );
+    let ed = connects.iter().find(|r| r["pair"] == "ed-ed").unwrap();
+    assert_eq!((&ed["failed"], &ed["direct"]), (&1.into(), &0.into()));
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_p2p_connect_attempts_total",
+                &[("result", "punched"), ("nat_pair", "ei-ei")]
+            )
+            .await,
+        Some(1.0)
+    );
     let (status, page) = tracker.get("/dashboard").await;
     assert_eq!(status, 200);
     assert!(page.contains("<canvas") && !page.contains("<script src"));
@@ -461,15 +501,15 @@ async fn bad_frames_on_the_session_stream_are_answered_or_end_it() {
         session.error_code().await,
         pb::tracker_error::Code::Malformed
     );
-    // A second hello is not a request either.
+    // A second hello is a refresh of the credential: acknowledged.
     let hello = prost::Message::encode_to_vec(&pb::TrackerRequest {
         kind: Some(pb::tracker_request::Kind::Hello(viewer.hello("film"))),
     });
     session.write(&hello).await;
-    assert_eq!(
-        session.error_code().await,
-        pb::tracker_error::Code::Malformed
-    );
+    assert!(matches!(
+        session.response().await.and_then(|r| r.kind),
+        Some(pb::tracker_response::Kind::Ack(_))
+    ));
     // An announce for a title the token does not cover.
     session.write(&announce_request("other-film")).await;
     assert_eq!(
@@ -512,7 +552,7 @@ async fn stalled_frames_and_idle_sessions_are_closed() {
     // A frame that starts and never finishes: an error, then the close.
     let mut session = RawSession::open(&tracker, &viewer, "film").await;
     let request = announce_request("film");
-    let frame = loaves_proto::framing::encode_frame(&request, 1 << 16).unwrap();
+    let frame = loaves_wire::framing::encode_frame(&request, 1 << 16).unwrap();
     session.write_raw(&frame[..frame.len() / 2]).await;
     assert_eq!(
         session.error_code().await,
@@ -556,7 +596,7 @@ async fn a_client_that_ignores_the_rate_limit_is_disconnected() {
     let mut session = RawSession::open(&tracker, &viewer, "film").await;
     // 200 announces back to back without waiting for the answers.
     let request = announce_request("film");
-    let frame = loaves_proto::framing::encode_frame(&request, 1 << 16).unwrap();
+    let frame = loaves_wire::framing::encode_frame(&request, 1 << 16).unwrap();
     let flood: Vec<u8> = frame.repeat(200);
     session.write_raw(&flood).await;
     let mut answers = Vec::new();
@@ -684,5 +724,288 @@ async fn a_shard_refuses_titles_of_other_shards() {
     let result = connection.announce(announce(theirs, "720p", 5000)).await;
     assert_eq!(refused_code(result), pb::tracker_error::Code::Forbidden);
     assert_eq!(tracker.running.shared.with_book(|b| b.swarm_count()), 1);
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hello_answer_says_where_the_connection_comes_from() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let connection = viewer.connect(&tracker, "film").await.unwrap();
+    let observed = connection.observed_address().expect("an observed address");
+    assert!(observed.ip().is_loopback(), "{observed}");
+    assert_eq!(observed.port(), tracker.client_port());
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_token_refreshes_the_open_session() {
+    let tracker = TestTracker::start(FrontEndOptions {
+        max_clock_skew_s: 0,
+        ..FrontEndOptions::default()
+    })
+    .await;
+    let viewer = Viewer::new("eu", "isp-a");
+    // A token about to expire: announces must go on under its successor,
+    // on the same connection.
+    let short = viewer.token("film", &license_key(), 2);
+    let connection = tracker
+        .client
+        .connect(tracker.addr(), &viewer.identity, hello_with(short))
+        .await
+        .unwrap();
+    connection
+        .announce(announce("film", "720p", 5000))
+        .await
+        .unwrap();
+    let renewed = viewer.token("film", &license_key(), 600);
+    let observed = connection.hello(hello_with(renewed)).await.unwrap();
+    assert!(observed.is_some());
+    // Past the first token's expiry (the tracker of this test tolerates
+    // no clock skew).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    connection
+        .announce(announce("film", "720p", 5000))
+        .await
+        .expect("the session goes on under the renewed token");
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_requests_total",
+                &[("kind", "refresh"), ("result", "ok")]
+            )
+            .await,
+        Some(1.0)
+    );
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_for_another_key_or_title_is_refused_and_ends_the_session() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let viewer = Viewer::new("eu", "isp-a");
+    let stranger = Viewer::new("eu", "isp-a");
+    for forged in [
+        // Someone else's token, on this viewer's connection.
+        stranger.token("film", &license_key(), 600),
+        // This viewer's token, for another title.
+        viewer.token("other-film", &license_key(), 600),
+        // Not signed by the license server.
+        viewer.token("film", &SigningKeyPair::generate().unwrap(), 600),
+    ] {
+        let connection = viewer.connect(&tracker, "film").await.unwrap();
+        let refused = connection.hello(hello_with(forged)).await;
+        assert_eq!(
+            refused_code(refused),
+            pb::tracker_error::Code::Unauthenticated
+        );
+        assert!(
+            connection
+                .announce(announce("film", "720p", 5000))
+                .await
+                .is_err(),
+            "the session ends with a refused refresh"
+        );
+    }
+    tracker.running.shutdown().await;
+}
+
+fn swarm(title: &str) -> pb::SwarmId {
+    pb::SwarmId {
+        title: title.into(),
+        rendition: "720p".into(),
+    }
+}
+
+fn key_of(viewer: &Viewer) -> [u8; 32] {
+    viewer.key_bytes().try_into().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_punch_request_reaches_the_target_with_the_requesters_addresses() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let (alice, bob) = (Viewer::new("eu", "isp-a"), Viewer::new("eu", "isp-b"));
+    let alice_connection = alice.connect(&tracker, "film").await.unwrap();
+    let bob_connection = bob.connect(&tracker, "film").await.unwrap();
+    let mut alice_announce = announce("film", "720p", 5000);
+    alice_announce.nat_class = pb::NatClass::EndpointIndependent as i32;
+    alice_connection.announce(alice_announce).await.unwrap();
+    bob_connection
+        .announce(announce("film", "720p", 5001))
+        .await
+        .unwrap();
+
+    alice_connection
+        .punch(swarm("film"), &key_of(&bob))
+        .await
+        .expect("forwarded");
+    let notice = tokio::time::timeout(Duration::from_secs(10), bob_connection.next_punch_notice())
+        .await
+        .expect("a notice in time")
+        .expect("the connection is open");
+    assert_eq!(notice.from_key, alice.key_bytes());
+    assert_eq!(notice.addresses, vec!["127.0.0.1:5000".to_owned()]);
+    assert_eq!(notice.nat_class, pb::NatClass::EndpointIndependent as i32);
+    assert_eq!(notice.swarm, Some(swarm("film")));
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_punch_requests_total",
+                &[("result", "forwarded")]
+            )
+            .await,
+        Some(1.0)
+    );
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punch_requests_outside_the_swarm_or_to_oneself_are_refused() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let (alice, bob, carol) = (
+        Viewer::new("eu", "isp-a"),
+        Viewer::new("eu", "isp-a"),
+        Viewer::new("eu", "isp-a"),
+    );
+    let alice_connection = alice.connect(&tracker, "film").await.unwrap();
+    let bob_connection = bob.connect(&tracker, "film").await.unwrap();
+    // Carol watches another title: nobody of "film" may make her open.
+    let carol_connection = carol.connect(&tracker, "other").await.unwrap();
+    carol_connection
+        .announce(announce("other", "720p", 5002))
+        .await
+        .unwrap();
+    // Alice has not announced yet: she is not a member.
+    bob_connection
+        .announce(announce("film", "720p", 5001))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused_code(alice_connection.punch(swarm("film"), &key_of(&bob)).await),
+        pb::tracker_error::Code::Forbidden
+    );
+    alice_connection
+        .announce(announce("film", "720p", 5000))
+        .await
+        .unwrap();
+    // Carol's swarm is not in Alice's token at all.
+    assert_eq!(
+        refused_code(
+            alice_connection
+                .punch(swarm("other"), &key_of(&carol))
+                .await
+        ),
+        pb::tracker_error::Code::Forbidden
+    );
+    for (target, swarm_id) in [
+        (key_of(&carol), swarm("film")),
+        (key_of(&alice), swarm("film")),
+        ([7u8; 32], swarm("film")),
+    ] {
+        assert_eq!(
+            refused_code(alice_connection.punch(swarm_id, &target).await),
+            pb::tracker_error::Code::Forbidden
+        );
+    }
+    // Carol got nothing.
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            carol_connection.next_punch_notice()
+        )
+        .await
+        .is_err()
+    );
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_punch_requests_total",
+                &[("result", "not_in_swarm")]
+            )
+            .await,
+        Some(4.0)
+    );
+    assert_eq!(
+        tracker
+            .metric(
+                "loaves_tracker_punch_requests_total",
+                &[("result", "forbidden")]
+            )
+            .await,
+        Some(1.0)
+    );
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punch_requests_are_rate_limited_per_requester() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let (alice, bob) = (Viewer::new("eu", "isp-a"), Viewer::new("eu", "isp-a"));
+    let alice_connection = alice.connect(&tracker, "film").await.unwrap();
+    let bob_connection = bob.connect(&tracker, "film").await.unwrap();
+    for (connection, port) in [(&alice_connection, 5000), (&bob_connection, 5001)] {
+        connection
+            .announce(announce("film", "720p", port))
+            .await
+            .unwrap();
+    }
+    // A burst far past the allowance: the first ones pass (more than the
+    // connection's general burst: punches have their own), then refusals.
+    let mut refused = 0;
+    for _ in 0..60 {
+        match alice_connection.punch(swarm("film"), &key_of(&bob)).await {
+            Ok(()) => {}
+            Err(ClientError::Refused { code, .. }) => {
+                assert_eq!(code, pb::tracker_error::Code::RateLimited);
+                refused += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!((20..=40).contains(&refused), "{refused} of 60 refused");
+    let limited = tracker
+        .metric(
+            "loaves_tracker_punch_requests_total",
+            &[("result", "rate_limited")],
+        )
+        .await;
+    assert_eq!(limited, Some(f64::from(refused)));
+    tracker.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_to_one_target_are_bounded_whoever_asks() {
+    let tracker = TestTracker::start(FrontEndOptions::default()).await;
+    let target = Viewer::new("eu", "isp-a");
+    let target_connection = target.connect(&tracker, "film").await.unwrap();
+    target_connection
+        .announce(announce("film", "720p", 5000))
+        .await
+        .unwrap();
+    let mut requesters = Vec::new();
+    for port in 5001..5005 {
+        let viewer = Viewer::new("eu", "isp-a");
+        let connection = viewer.connect(&tracker, "film").await.unwrap();
+        connection
+            .announce(announce("film", "720p", port))
+            .await
+            .unwrap();
+        requesters.push(connection);
+    }
+    // 60 requests for one target, each requester within its own allowance.
+    let mut refused = 0;
+    for _ in 0..15 {
+        for connection in &requesters {
+            match connection.punch(swarm("film"), &key_of(&target)).await {
+                Ok(()) => {}
+                Err(ClientError::Refused { code, .. }) => {
+                    assert_eq!(code, pb::tracker_error::Code::RateLimited);
+                    refused += 1;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(refused >= 20, "{refused} of 60 refused");
     tracker.running.shutdown().await;
 }

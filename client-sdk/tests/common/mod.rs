@@ -18,15 +18,19 @@ use edge_seed::keysource::{GrpcKeySource, KeyRequest, KeySource, TrackKey};
 use edge_seed::{PackageOptions, package};
 use license_server::config::{Config, RenditionConfig, TitleConfig};
 use license_server::{ManualClock, RunningServer};
-use loaves_client_sdk::license::LicenseServerConfig;
-use loaves_client_sdk::{Options, Upload};
+use loaves_client_sdk::{Loaves, LoavesBuilder, RenditionName, Upload};
 use loaves_proto::UnixSeconds;
 use loaves_proto::entitlement::Entitlement;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SigningKeyPair};
 use loaves_proto::manifest::Scheme;
+use loaves_wire::identity::PeerIdentity;
 
 pub const TITLE: &str = "sample";
+
+/// A rendition name (test literals are valid).
+pub fn r(name: &str) -> RenditionName {
+    RenditionName::new(name).unwrap()
+}
 pub const ADMIN: &str = "sdk-test-admin";
 
 pub struct Stack {
@@ -36,6 +40,8 @@ pub struct Stack {
     pub origin_key: SigningKeyPair,
     pub packaged: PathBuf,
     pub cdn: SocketAddr,
+    /// Requests the CDN origin answered so far.
+    pub cdn_requests: Arc<std::sync::atomic::AtomicU64>,
     pub tracker: Option<tracker::server::RunningTracker>,
     /// Signs seed credentials; trusted by the tracker and the viewers next
     /// to the license server's key.
@@ -65,13 +71,52 @@ pub async fn stack_with(with_tracker: bool, scheme: Scheme) -> Stack {
     stack_from(with_tracker, scheme, sample_dir().join("master.m3u8")).await
 }
 
+/// Short-lived session tokens on real clocks, for sessions that outlive
+/// several of them: the license server renews every `renewal_s` with
+/// `grace_s` of grace (a token lives `renewal_s + grace_s`), on the system
+/// clock, and nobody tolerates clock skew (an expired token is refused at
+/// once). Viewers of this stack must also set
+/// `credential_clock_skew(Duration::ZERO)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ShortTokens {
+    pub renewal_s: u32,
+    pub grace_s: u32,
+}
+
 /// The stack serving `input` (an HLS master playlist or a directory of
 /// clear CMAF renditions) packaged under `scheme`.
 pub async fn stack_from(with_tracker: bool, scheme: Scheme, input: PathBuf) -> Stack {
+    stack_built(with_tracker, scheme, input, None).await
+}
+
+/// The sample with a tracker and [`ShortTokens`].
+pub async fn stack_with_short_tokens(tokens: ShortTokens) -> Stack {
+    stack_built(
+        true,
+        Scheme::Cenc,
+        sample_dir().join("master.m3u8"),
+        Some(tokens),
+    )
+    .await
+}
+
+async fn stack_built(
+    with_tracker: bool,
+    scheme: Scheme,
+    input: PathBuf,
+    short_tokens: Option<ShortTokens>,
+) -> Stack {
     let dir = tempfile::tempdir().unwrap();
     // The license server, on the real clock (peers check tokens with it).
-    std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
-    std::fs::write(dir.path().join("admin-token"), ADMIN).unwrap();
+    // Secret files must be private to their owner.
+    for (name, value) in [("kek", "07".repeat(32)), ("admin-token", ADMIN.to_owned())] {
+        std::fs::write(dir.path().join(name), value).unwrap();
+        std::fs::set_permissions(
+            dir.path().join(name),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
     let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -96,10 +141,22 @@ pub async fn stack_from(with_tracker: bool, scheme: Scheme, input: PathBuf) -> S
         rendition("video_720p", "hd", 720),
     ];
     config.titles = vec![title];
-    let clock = ManualClock::new(UnixSeconds::now());
-    let license = license_server::start(config, Arc::new(clock))
-        .await
-        .unwrap();
+    let license = match short_tokens {
+        Some(tokens) => {
+            config.policy.renewal_interval_s = tokens.renewal_s;
+            config.policy.renewal_grace_s = tokens.grace_s;
+            config.policy.max_clock_skew_s = 0;
+            license_server::start(config, Arc::new(license_server::SystemClock))
+                .await
+                .unwrap()
+        }
+        None => {
+            let clock = ManualClock::new(UnixSeconds::now());
+            license_server::start(config, Arc::new(clock))
+                .await
+                .unwrap()
+        }
+    };
     let signin = loaves_proto::keygen::read_signing_key(&signin.private_key).unwrap();
     // Package the committed sample with cenc, keys from the license
     // server's key service (a blocking client: its own thread).
@@ -126,13 +183,14 @@ pub async fn stack_from(with_tracker: bool, scheme: Scheme, input: PathBuf) -> S
     })
     .join()
     .unwrap();
-    let cdn = serve_origin(dir.path().join("cdn")).await;
+    let (cdn, cdn_requests) = serve_counting_origin(dir.path().join("cdn")).await;
     let operator = SigningKeyPair::generate().unwrap();
     let tracker = if with_tracker {
         Some(start_tracker(
             [license.core.license_public_key(), operator.verifying_key()]
                 .into_iter()
                 .collect(),
+            if short_tokens.is_some() { 0 } else { 30 },
         ))
     } else {
         None
@@ -144,13 +202,14 @@ pub async fn stack_from(with_tracker: bool, scheme: Scheme, input: PathBuf) -> S
         signin,
         origin_key,
         cdn,
+        cdn_requests,
         tracker,
         operator,
         seed: None,
     }
 }
 
-fn start_tracker(keyring: Keyring) -> tracker::server::RunningTracker {
+fn start_tracker(keyring: Keyring, clock_skew_s: u64) -> tracker::server::RunningTracker {
     use tracker::server::{FrontEndOptions, RunningTracker, Shared};
     let options = FrontEndOptions {
         requests_per_second: 50.0,
@@ -161,7 +220,7 @@ fn start_tracker(keyring: Keyring) -> tracker::server::RunningTracker {
         tracker::swarm::SwarmConfig::default(),
         tracker::stats::StatsLimits::default(),
         options,
-        tracker::credential::CredentialVerifier::new(keyring, 30),
+        tracker::credential::CredentialVerifier::new(keyring, clock_skew_s),
         None,
         tracker::metrics::Metrics::new().unwrap(),
         7,
@@ -172,6 +231,14 @@ fn start_tracker(keyring: Keyring) -> tracker::server::RunningTracker {
 
 /// A static HTTP origin over `root` honouring `Range: bytes=a-b`.
 pub async fn serve_origin(root: PathBuf) -> SocketAddr {
+    serve_counting_origin(root).await.0
+}
+
+/// [`serve_origin`], counting the requests it answers.
+pub async fn serve_counting_origin(
+    root: PathBuf,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let requests = Arc::new(std::sync::atomic::AtomicU64::new(0));
     async fn file(
         State(root): State<Arc<PathBuf>>,
         UrlPath((title, rendition, name)): UrlPath<(String, String, String)>,
@@ -212,14 +279,21 @@ pub async fn serve_origin(root: PathBuf) -> SocketAddr {
         )
             .into_response()
     }
+    let counter = requests.clone();
     let router = Router::new()
         .route("/{title}/{name}", get(top))
         .route("/{title}/{rendition}/{name}", get(file))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                next.run(request)
+            },
+        ))
         .with_state(Arc::new(root));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
+    (addr, requests)
 }
 
 impl Stack {
@@ -228,7 +302,8 @@ impl Stack {
     pub async fn start_seed(&mut self) {
         use edge_seed::serve::SeedKeys;
         use edge_seed::serve::config::SeedConfig;
-        use loaves_proto::{pb, peerwire};
+        use loaves_proto::pb;
+        use loaves_wire::peerwire;
         let identity = SigningKeyPair::generate().unwrap();
         let credential = peerwire::sign_seed_credential(
             &pb::SeedCredentialBody {
@@ -276,11 +351,12 @@ impl Stack {
     }
 
     /// An SDK viewer of the sample, signed in as `account`.
-    pub async fn viewer(&self, account: &str, options: Options) -> loaves_client_sdk::Session {
-        let loaves = loaves_client_sdk::Loaves::builder()
-            .options(options)
-            .build()
-            .unwrap();
+    pub async fn viewer(
+        &self,
+        account: &str,
+        options: LoavesBuilder,
+    ) -> loaves_client_sdk::Session {
+        let loaves = options.build().unwrap();
         loaves.open(TITLE, self.entitlement(account)).await.unwrap()
     }
 
@@ -315,43 +391,67 @@ impl Stack {
         .sign(&self.signin)
     }
 
-    /// Options of a viewer of this stack.
-    pub fn options(&self, p2p: bool) -> Options {
-        Options {
-            license: LicenseServerConfig {
-                url: format!("https://{}", self.license.grpc_addr),
-                ca_pem: Some(self.license.tls_cert_pem.clone()),
-                tls_server_name: Some("localhost".into()),
-                trusted_keys: [
+    /// How a client reaches and trusts this stack's license server.
+    pub fn license_config(&self) -> loaves_client_sdk::license::LicenseServerConfig {
+        loaves_client_sdk::license::LicenseServerConfig {
+            url: Some(
+                format!("https://{}", self.license.grpc_addr)
+                    .parse()
+                    .unwrap(),
+            ),
+            ca_pem: Some(self.license.tls_cert_pem.clone()),
+            tls_server_name: Some("localhost".into()),
+            trusted_keys: [
+                self.license.core.license_public_key(),
+                self.operator.verifying_key(),
+            ]
+            .into_iter()
+            .collect(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The settings of a viewer of this stack. The peer endpoint keeps the
+    /// SDK's default bind (every interface, any port), as an app's does.
+    /// What an app must set and nothing more: the license server, the
+    /// manifest keys, the CDN, ClearKey and the tracker; every other
+    /// setting as the SDK defaults it.
+    pub fn minimal_options(&self) -> LoavesBuilder {
+        let mut builder = Loaves::builder()
+            .license_server(
+                &format!("https://{}", self.license.grpc_addr),
+                [
                     self.license.core.license_public_key(),
                     self.operator.verifying_key(),
                 ]
                 .into_iter()
                 .collect(),
-                request_timeout: Duration::from_secs(10),
-            },
-            clearkey_url: self
-                .license
-                .clearkey_addr
-                .map(|a| format!("http://{a}/clearkey")),
-            manifest_keys: [self.origin_key.verifying_key()].into_iter().collect(),
-            cdn: loaves_client_sdk::cdn::CdnConfig {
-                base_urls: vec![format!("http://{}/", self.cdn)],
-                ..Default::default()
-            },
-            tracker: self.tracker.as_ref().map(|t| t.quic_addr),
-            p2p,
-            upload: Upload::Capped {
-                bytes_per_second: 20_000_000,
-            },
-            peer_bind: "127.0.0.1:0".parse().unwrap(),
-            region: "eu-west".into(),
-            isp: "as1".into(),
-            playback_speed: 2.0,
-            buffer_target: Duration::from_secs(8),
-            max_announce_interval: Duration::from_millis(500),
-            ..Options::default()
+            )
+            .license_server_ca_pem(self.license.tls_cert_pem.clone())
+            .license_server_tls_name("localhost")
+            .manifest_keys([self.origin_key.verifying_key()].into_iter().collect())
+            .cdn_urls([format!("http://{}/", self.cdn)]);
+        if let Some(clearkey) = self.license.clearkey_addr {
+            builder = builder.clearkey_url(&format!("http://{clearkey}/clearkey"));
         }
+        if let Some(tracker) = &self.tracker {
+            builder = builder.trackers([tracker.quic_addr.to_string()]);
+        }
+        builder
+    }
+
+    /// The tests' usual settings: faster than real time, a short announce
+    /// interval, a generous upload cap.
+    pub fn options(&self, p2p: bool) -> LoavesBuilder {
+        self.minimal_options()
+            .p2p(p2p)
+            .upload(Upload::Capped {
+                bytes_per_second: 20_000_000,
+            })
+            .location("eu-west", "as1")
+            .playback_speed(2.0)
+            .buffer_target(Duration::from_secs(8))
+            .max_announce_interval(Duration::from_millis(500))
     }
 
     /// The packaged bytes of `rendition`'s init (index 0) and segments.

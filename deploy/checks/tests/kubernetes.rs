@@ -213,8 +213,9 @@ fn check_pod(docs: &[Value], workload: &Value, config_name: &str, metrics_field:
         container["securityContext"]["allowPrivilegeEscalation"],
         false
     );
-    // The tracker reads every LOAVES_TRACKER_* variable and refuses unknown
-    // ones; Service links would inject some. Off everywhere.
+    // Each server reads every variable of its prefix (LOAVES_TRACKER_*,
+    // LOAVES_LICENSE_*, LOAVES_SEED_*) and refuses unknown ones; Service
+    // links would inject some. Off everywhere.
     assert_eq!(
         pod["enableServiceLinks"], false,
         "{name}: enableServiceLinks"
@@ -413,7 +414,7 @@ fn check_seed(overlay: &str, docs: &[Value], seed: &Value, tracker: &Value) {
     }
     let tracker_container = &tracker["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
-        env_value(container, "LOAVES_SEED_TRACKERS"),
+        env_value(container, "LOAVES_SEED_TRACKER__ADDRESSES"),
         env_value(tracker_container, "LOAVES_TRACKER_SHARDS"),
         "{overlay}: the seed's trackers are the shard list"
     );

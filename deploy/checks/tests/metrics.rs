@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use common::{deploy, tools_required, which, yaml, yaml_documents};
 use loaves_proto::UnixSeconds;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keygen;
 use loaves_proto::keys::{SessionId, SigningKeyPair};
 use loaves_proto::pb;
 use loaves_proto::shard::ShardMap;
 use loaves_proto::token::SessionToken;
+use loaves_wire::identity::PeerIdentity;
 use serde_yaml_ng::Value;
 use tracker::client::ClientEndpoint;
 
@@ -686,7 +686,7 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
         .connect()
         .await
         .expect("gRPC over TLS with the manifest's certificate");
-    let refused = pb::license_service_client::LicenseServiceClient::new(channel)
+    let refused = loaves_grpc::license_service_client::LicenseServiceClient::new(channel)
         .acquire_license(pb::AcquireLicenseRequest::default())
         .await;
     assert!(refused.is_err(), "an empty license request is refused");
@@ -743,6 +743,7 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
         upload_in_use_bps: 1_000_000,
         stats: Some(stats),
         max_peers: 0,
+        nat_class: Default::default(),
     };
     connection
         .announce(announce(pb::StatsDelta {
@@ -757,6 +758,7 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
             startup_ms: 900,
             played_ms: 30_000,
             cdn_only: false,
+            connects: Default::default(),
         }))
         .await
         .expect("announce");
@@ -796,7 +798,10 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
         ("LOAVES_SEED_HTTP_LISTEN", seed_http.to_string()),
         ("LOAVES_SEED_ORIGIN", origin.display().to_string()),
         ("LOAVES_SEED_TITLES", title.clone()),
-        ("LOAVES_SEED_TRACKERS", format!("localhost:{}", quic.port())),
+        (
+            "LOAVES_SEED_TRACKER__ADDRESSES",
+            format!("localhost:{}", quic.port()),
+        ),
         ("LOAVES_SEED_LOG", "info,edge_seed=debug".to_owned()),
     ] {
         pod.env.push((k.to_owned(), v));
@@ -837,20 +842,19 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
         .as_integer()
         .unwrap() as usize;
     let peer = PeerIdentity::new(&SigningKeyPair::generate().unwrap()).unwrap();
-    let client_config = loaves_proto::peerwire::client_config(
+    let client_config = loaves_wire::peerwire::client_config(
         &peer,
-        &loaves_proto::peerwire::TransportOptions::default(),
+        &loaves_wire::peerwire::TransportOptions::default(),
     )
     .unwrap();
-    let endpoint =
-        loaves_proto::peerwire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
+    let endpoint = loaves_wire::bind_endpoint("127.0.0.1:0".parse().unwrap(), None).unwrap();
     let attempts: Vec<_> = (0..=per_ip)
         .map(|_| {
             let connecting = endpoint
                 .connect_with(
                     client_config.clone(),
                     seed_quic,
-                    loaves_proto::identity::SERVER_NAME,
+                    loaves_wire::identity::SERVER_NAME,
                 )
                 .unwrap();
             tokio::spawn(
@@ -980,7 +984,7 @@ fn compose_services_start_with_their_configuration() {
         binary("license-server", "license-server"),
         binary("loaves-tracker", "tracker"),
         binary("edge-seed", "edge-seed"),
-        binary("loaves-keygen", "loaves-proto"),
+        binary("loaves-keygen", "loaves-tools"),
     ) else {
         return;
     };
@@ -991,7 +995,7 @@ fn compose_services_start_with_their_configuration() {
     map_config_files(&mut license, tmp.path());
     // The compose file's database host is the `postgres` service.
     for (k, v) in &mut license.env {
-        if k == "LOAVES_LICENSE_STORE_URL" {
+        if k == "LOAVES_LICENSE_STORE__URL" {
             assert!(
                 v.starts_with("postgres://"),
                 "compose runs the store on PostgreSQL"
@@ -1081,7 +1085,7 @@ fn compose_services_start_with_their_configuration() {
     seed.env
         .push(("LOAVES_SEED_HTTP_LISTEN".into(), seed_http.to_string()));
     seed.env.push((
-        "LOAVES_SEED_TRACKERS".into(),
+        "LOAVES_SEED_TRACKER__ADDRESSES".into(),
         format!("localhost:{}", quic.port()),
     ));
     let mut seed_server = Server::start(

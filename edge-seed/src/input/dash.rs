@@ -19,6 +19,7 @@
 //! representation), several Periods, a dynamic (live) MPD, a representation
 //! without an init segment, and a template or list naming a missing file.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -38,8 +39,33 @@ pub(super) fn looks_like_mpd(path: &Path, text: &str) -> bool {
 }
 
 /// The renditions of the MPD at `path`, one per Representation, in document
-/// order, named by `Representation@id`.
+/// order, named by `Representation@id`; every file it names must exist.
 pub(super) fn discover_mpd(path: &Path, text: &str) -> Result<Vec<RenditionInput>, PackageError> {
+    read_mpd(path, text, Files::MustExist, &Budget::default())
+}
+
+/// Reads the MPD `text` found at `path` as [`super::discover`] does, but
+/// without touching the filesystem: URLs are resolved against `path` (made
+/// absolute against the working directory when relative), and whether the
+/// files they name exist is not checked. The pure core of the DASH input
+/// (and its fuzz target).
+pub fn parse_mpd(path: &Path, text: &str) -> Result<Vec<RenditionInput>, PackageError> {
+    read_mpd(path, text, Files::Unchecked, &Budget::default())
+}
+
+/// Whether [`read_mpd`] checks that the files of each Representation exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Files {
+    MustExist,
+    Unchecked,
+}
+
+fn read_mpd(
+    path: &Path,
+    text: &str,
+    files: Files,
+    budget: &Budget,
+) -> Result<Vec<RenditionInput>, PackageError> {
     let mpd: Mpd = quick_xml::de::from_str(text)
         .map_err(|e| input_error(path, format!("malformed MPD: {e}")))?;
     if mpd.kind.as_deref() == Some("dynamic") {
@@ -90,6 +116,7 @@ pub(super) fn discover_mpd(path: &Path, text: &str) -> Result<Vec<RenditionInput
                 id: &id,
                 bandwidth: rep.bandwidth,
                 base: &rep_base,
+                budget,
             };
             let levels = [rep.addressing(), set.addressing(), period.addressing()];
             let (init, segments) = if levels.iter().any(|l| l.template.is_some()) {
@@ -120,7 +147,7 @@ pub(super) fn discover_mpd(path: &Path, text: &str) -> Result<Vec<RenditionInput
                 ));
             };
             for file in std::iter::once(&init).chain(&segments) {
-                if !file.is_file() {
+                if files == Files::MustExist && !file.is_file() {
                     return Err(input_error(
                         file,
                         format!(
@@ -146,24 +173,71 @@ struct Ctx<'a> {
     id: &'a str,
     bandwidth: Option<u64>,
     base: &'a Url,
+    /// What is left of the presentation's bounds, shared by its
+    /// Representations.
+    budget: &'a Budget,
 }
+
+/// The paths an MPD may still resolve to, in number and in bytes. A
+/// template addresses up to [`MAX_PATHS`] segments in a few bytes, and each
+/// Representation can repeat it, so the bounds are the whole
+/// presentation's, not one Representation's.
+#[derive(Debug)]
+struct Budget {
+    paths: Cell<usize>,
+    bytes: Cell<usize>,
+}
+
+impl Default for Budget {
+    /// A whole MPD's.
+    fn default() -> Self {
+        Self {
+            paths: Cell::new(MAX_PATHS),
+            bytes: Cell::new(MAX_PATH_BYTES),
+        }
+    }
+}
+
+/// Paths (init and media segments) one MPD may list, all Representations
+/// together: 1,000,000 two-second segments are 23 days of one rendition.
+const MAX_PATHS: usize = 1_000_000;
+/// Bytes those paths may take (1,000,000 paths of 256 bytes).
+const MAX_PATH_BYTES: usize = 256 << 20;
 
 impl Ctx<'_> {
     fn error(&self, message: impl std::fmt::Display) -> PackageError {
         input_error(self.mpd, format!("Representation {}: {message}", self.id))
     }
 
-    /// A URL of the MPD (relative or `file:`) as a local path.
+    /// A URL of the MPD (relative or `file:`) as a local path, taken from
+    /// the presentation's [`Budget`].
     fn file(&self, what: &str, reference: &str) -> Result<PathBuf, PackageError> {
         let url = self
             .base
             .join(reference)
             .map_err(|e| self.error(format!("{what} URL {reference:?}: {e}")))?;
-        local_path(&url).ok_or_else(|| {
+        let path = local_path(&url).ok_or_else(|| {
             self.error(format!(
                 "{what} URL {url} is not a local file: the packager reads files, download the presentation first"
             ))
-        })
+        })?;
+        let paths = self.budget.paths.get().checked_sub(1);
+        let bytes = self.budget.bytes.get().checked_sub(path.as_os_str().len());
+        let (Some(paths), Some(bytes)) = (paths, bytes) else {
+            return Err(self.error(format!(
+                "more than {MAX_PATHS} segments or {} MiB of paths in the MPD",
+                MAX_PATH_BYTES >> 20
+            )));
+        };
+        self.budget.paths.set(paths);
+        self.budget.bytes.set(bytes);
+        Ok(path)
+    }
+
+    /// Segments this Representation may still list (its init segment
+    /// aside): what the presentation's budget has left.
+    fn segments_left(&self) -> usize {
+        self.budget.paths.get().saturating_sub(1)
     }
 }
 
@@ -235,6 +309,13 @@ fn from_template(
         return Err(ctx.error("SegmentTemplate@timescale is 0"));
     }
     let pto = t.presentation_time_offset.unwrap_or(0);
+    let max_segments = ctx.segments_left();
+    let too_many = || ctx.error(format!("more than {MAX_PATHS} segments in the MPD"));
+    let number = |i: usize| {
+        start
+            .checked_add(i as u64)
+            .ok_or_else(|| ctx.error(format!("segment number {start} + {i} overflows")))
+    };
     // (number, time) of every segment.
     let mut numbered: Vec<(u64, Option<u64>)> = Vec::new();
     if let Some(timeline) = &t.timeline {
@@ -263,11 +344,11 @@ fn from_template(
                 }
             };
             for _ in 0..=repeat {
-                numbered.push((start + numbered.len() as u64, Some(time)));
-                time = time.saturating_add(s.d);
-                if numbered.len() > MAX_SEGMENTS {
-                    return Err(ctx.error(format!("more than {MAX_SEGMENTS} segments")));
+                if numbered.len() >= max_segments {
+                    return Err(too_many());
                 }
+                numbered.push((number(numbered.len())?, Some(time)));
+                time = time.saturating_add(s.d);
             }
         }
     } else {
@@ -286,10 +367,15 @@ fn from_template(
         } else {
             exact.ceil()
         };
-        if !(0.0..=MAX_SEGMENTS as f64).contains(&count) {
+        if count.is_nan() || count < 0.0 {
             return Err(ctx.error(format!("segment count {count} out of range")));
         }
-        numbered.extend((0..count as u64).map(|i| (start + i, None)));
+        if count > max_segments as f64 {
+            return Err(too_many());
+        }
+        for i in 0..count as usize {
+            numbered.push((number(i)?, None));
+        }
     }
     if numbered.is_empty() {
         return Err(ctx.error("SegmentTemplate lists no segments"));
@@ -301,9 +387,6 @@ fn from_template(
         .collect::<Result<Vec<_>, _>>()?;
     Ok((init, segments))
 }
-
-/// Refuses MPDs that would make the packager allocate without bound.
-const MAX_SEGMENTS: usize = 1_000_000;
 
 fn from_list(
     ctx: &Ctx<'_>,
@@ -394,19 +477,24 @@ fn format_value(value: u64, format: Option<&str>) -> Option<String> {
     let Some(f) = format else {
         return Some(value.to_string());
     };
-    let (width, conv) = f.split_at(f.len().checked_sub(1)?);
+    // The conversion is the last character, which the MPD's text may make
+    // any character: split on a character, not a byte.
+    let conv = f.chars().next_back()?;
+    let width = &f[..f.len() - conv.len_utf8()];
     let width: usize = if width.is_empty() {
         0
-    } else {
+    } else if width.bytes().all(|b| b.is_ascii_digit()) {
         // The spec's form is %0<width>; a width without the 0 pads with
         // zeros too in every packager seen, so accept both.
         width.parse().ok().filter(|w| *w <= 32)?
+    } else {
+        return None;
     };
     Some(match conv {
-        "d" | "i" | "u" => format!("{value:0width$}"),
-        "x" => format!("{value:0width$x}"),
-        "X" => format!("{value:0width$X}"),
-        "o" => format!("{value:0width$o}"),
+        'd' | 'i' | 'u' => format!("{value:0width$}"),
+        'x' => format!("{value:0width$x}"),
+        'X' => format!("{value:0width$X}"),
+        'o' => format!("{value:0width$o}"),
         _ => return None,
     })
 }
@@ -656,13 +744,130 @@ mod tests {
     }
 
     #[test]
+    fn parse_mpd_resolves_without_the_files() {
+        // Nothing exists at /nowhere: parse_mpd resolves, discover refuses.
+        let mpd = r#"<MPD type="static" mediaPresentationDuration="PT4S"><Period>
+  <AdaptationSet><SegmentTemplate duration="2" startNumber="0"
+    initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/s$Number%03d$.m4s"/>
+    <Representation id="v 1"/>
+  </AdaptationSet>
+  <AdaptationSet><Representation id="a"><BaseURL>audio/</BaseURL><SegmentList>
+    <Initialization sourceURL="i.mp4"/><SegmentURL media="0.m4s"/></SegmentList></Representation>
+  </AdaptationSet></Period></MPD>"#;
+        let path = Path::new("/nowhere/in.mpd");
+        let renditions = parse_mpd(path, mpd).unwrap();
+        assert_eq!(
+            renditions,
+            vec![
+                RenditionInput {
+                    name: "v_1".into(),
+                    init: PathBuf::from("/nowhere/v 1/init.mp4"),
+                    segments: vec![
+                        PathBuf::from("/nowhere/v 1/s000.m4s"),
+                        PathBuf::from("/nowhere/v 1/s001.m4s"),
+                    ],
+                },
+                RenditionInput {
+                    name: "a".into(),
+                    init: PathBuf::from("/nowhere/audio/i.mp4"),
+                    segments: vec![PathBuf::from("/nowhere/audio/0.m4s")],
+                },
+            ]
+        );
+        let err = discover_mpd(path, mpd).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    /// An MPD of `reps` Representations sharing one SegmentTemplate with
+    /// `attributes` (besides init and media) and `children`.
+    fn template_mpd(reps: usize, attributes: &str, children: &str) -> String {
+        let reps: String = (0..reps)
+            .map(|i| format!(r#"<Representation id="r{i}"/>"#))
+            .collect();
+        format!(
+            r#"<MPD type="static" mediaPresentationDuration="PT4S"><Period>
+<SegmentTemplate {attributes} initialization="i.mp4" media="s$Number$.m4s">{children}</SegmentTemplate>
+<AdaptationSet>{reps}</AdaptationSet></Period></MPD>"#
+        )
+    }
+
+    fn read_within(mpd: &str, paths: usize, bytes: usize) -> Result<usize, String> {
+        let budget = Budget {
+            paths: Cell::new(paths),
+            bytes: Cell::new(bytes),
+        };
+        read_mpd(Path::new("/p/in.mpd"), mpd, Files::Unchecked, &budget)
+            .map(|r| r.len())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bounds_are_the_whole_presentations() {
+        // Found by review while fuzzing (dash_mpd): each Representation may
+        // repeat a template of up to a million segments, so a 270-byte MPD
+        // of 3 Representations listed 3 million paths (a minute and 850 MB
+        // under the fuzzer), and more Representations made it unbounded.
+        let number = template_mpd(3, r#"duration="1" startNumber="0""#, "");
+        let timeline = template_mpd(
+            3,
+            r#"timescale="1""#,
+            r#"<SegmentTimeline><S d="1" r="3"/></SegmentTimeline>"#,
+        );
+        for mpd in [number, timeline] {
+            // 3 Representations of an init and 4 segments: 15 paths.
+            assert_eq!(read_within(&mpd, 15, 1 << 20), Ok(3));
+            for paths in [1, 5, 10, 14] {
+                let err = read_within(&mpd, paths, 1 << 20).unwrap_err();
+                assert!(err.contains("segments"), "{err}");
+            }
+            // 44 bytes of paths a Representation ("/p/i.mp4", "/p/s0.m4s"...).
+            let err = read_within(&mpd, 15, 60).unwrap_err();
+            assert!(err.contains("MiB of paths in the MPD"), "{err}");
+        }
+    }
+
+    #[test]
+    fn segment_numbers_do_not_overflow() {
+        let start = r#"startNumber="18446744073709551615""#;
+        for mpd in [
+            template_mpd(1, &format!(r#"duration="1" {start}"#), ""),
+            template_mpd(
+                1,
+                &format!(r#"timescale="1" {start}"#),
+                r#"<SegmentTimeline><S d="1" r="1"/></SegmentTimeline>"#,
+            ),
+        ] {
+            let err = read_within(&mpd, MAX_PATHS, MAX_PATH_BYTES).unwrap_err();
+            assert!(err.contains("overflows"), "{err}");
+        }
+    }
+
+    #[test]
+    fn template_formats_end_in_any_character() {
+        // Found by the dash_mpd fuzz target: `$Number%0ƛ$` (a format whose
+        // last character is not ASCII) split the format inside that
+        // character, a panic.
+        for format in ["%0ƛ", "%ƛ", "%1ƛ", "%", "%+5d", "%-5d", "% 5d", "%05"] {
+            let mpd = template_mpd(1, r#"duration="1""#, "")
+                .replace("s$Number$.m4s", &format!("s$Number{format}$.m4s"));
+            let err = read_within(&mpd, MAX_PATHS, MAX_PATH_BYTES).unwrap_err();
+            assert!(err.contains("bad format"), "{format}: {err}");
+        }
+        assert_eq!(format_value(42, Some("05d")).as_deref(), Some("00042"));
+        assert_eq!(format_value(255, Some("x")).as_deref(), Some("ff"));
+        assert_eq!(format_value(7, None).as_deref(), Some("7"));
+    }
+
+    #[test]
     fn template_identifiers() {
         let base = Url::parse("file:///x/").unwrap();
+        let budget = Budget::default();
         let ctx = Ctx {
             mpd: Path::new("m.mpd"),
             id: "v1",
             bandwidth: Some(800),
             base: &base,
+            budget: &budget,
         };
         let e = |t: &str| expand(&ctx, t, Some(7), Some(9000));
         assert_eq!(

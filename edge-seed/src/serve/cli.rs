@@ -9,151 +9,145 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use loaves_proto::keys::SigningKeyPair;
-use loaves_proto::peerwire::{CredentialVerifier, SeedCredential};
 use loaves_proto::{UnixSeconds, pb};
+use loaves_service::config::Overrides;
+use loaves_wire::peerwire::{CredentialVerifier, SeedCredential};
 
 use super::{SeedConfig, SeedKeys, ServeError};
 
-/// Flags of `edge-seed serve`. Each overrides the configuration file.
+/// Flags of `edge-seed serve`. Each overrides its setting (named in
+/// brackets) from the configuration file and the environment.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// TOML configuration file (see `edge_seed::serve::config`).
-    #[arg(long, env = "LOAVES_SEED_CONFIG")]
+    /// TOML configuration file (see `edge-seed serve print-config --commented`).
+    #[arg(long, env = "LOAVES_SEED_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// UDP address of the peer wire server.
-    #[arg(long, env = "LOAVES_SEED_QUIC_LISTEN")]
+    /// UDP address of the peer wire server [quic_listen].
+    #[arg(long, global = true)]
     pub quic_listen: Option<SocketAddr>,
-    /// TCP address of the HTTP origin, /metrics and /healthz.
-    #[arg(long, env = "LOAVES_SEED_HTTP_LISTEN")]
+    /// TCP address of the HTTP origin, /metrics and /healthz [http_listen].
+    #[arg(long, global = true)]
     pub http_listen: Option<SocketAddr>,
     /// Origin: http(s) base URL or directory holding one packaged title per
-    /// subdirectory.
-    #[arg(long, env = "LOAVES_SEED_ORIGIN")]
+    /// subdirectory [origin].
+    #[arg(long, global = true)]
     pub origin: Option<String>,
-    /// Titles to serve (repeat, or comma-separated).
-    #[arg(long = "title", env = "LOAVES_SEED_TITLES", value_delimiter = ',')]
+    /// Titles to serve (repeat, or comma-separated) [titles].
+    #[arg(long = "title", value_delimiter = ',', global = true)]
     pub titles: Vec<String>,
-    /// Ed25519 identity key (PKCS#8 PEM).
-    #[arg(long, env = "LOAVES_SEED_IDENTITY_KEY")]
+    /// Ed25519 identity key (PKCS#8 PEM) [identity_key].
+    #[arg(long, global = true)]
     pub identity_key: Option<PathBuf>,
     /// Signed seed credential file (written by `edge-seed credential`; it
-    /// must name the public key of --identity-key).
-    #[arg(long, env = "LOAVES_SEED_CREDENTIAL")]
+    /// must name the public key of --identity-key) [credential].
+    #[arg(long, global = true)]
     pub credential: Option<PathBuf>,
-    /// License server public key (PEM); repeat for several.
-    #[arg(
-        long = "license-key",
-        env = "LOAVES_SEED_LICENSE_KEYS",
-        value_delimiter = ','
-    )]
+    /// License server public key (PEM); repeat for several
+    /// [license_public_keys].
+    #[arg(long = "license-key", value_delimiter = ',', global = true)]
     pub license_keys: Vec<PathBuf>,
-    /// Origin manifest public key (PEM); repeat for several.
-    #[arg(
-        long = "origin-key",
-        env = "LOAVES_SEED_ORIGIN_KEYS",
-        value_delimiter = ','
-    )]
+    /// Origin manifest public key (PEM); repeat for several
+    /// [origin_public_keys].
+    #[arg(long = "origin-key", value_delimiter = ',', global = true)]
     pub origin_keys: Vec<PathBuf>,
-    /// Disk cache directory.
-    #[arg(long, env = "LOAVES_SEED_CACHE_DIR")]
+    /// Disk cache directory [cache.disk_dir].
+    #[arg(long, global = true)]
     pub cache_dir: Option<PathBuf>,
-    /// Memory cache budget, bytes.
-    #[arg(long, env = "LOAVES_SEED_MEMORY_CACHE_BYTES")]
+    /// Memory cache budget, bytes [cache.memory_bytes].
+    #[arg(long, global = true)]
     pub memory_cache_bytes: Option<u64>,
-    /// Disk cache budget, bytes.
-    #[arg(long, env = "LOAVES_SEED_DISK_CACHE_BYTES")]
+    /// Disk cache budget, bytes [cache.disk_bytes].
+    #[arg(long, global = true)]
     pub disk_cache_bytes: Option<u64>,
-    /// Maximum QUIC connections.
-    #[arg(long, env = "LOAVES_SEED_MAX_CONNECTIONS")]
+    /// Maximum QUIC connections [capacity.max_connections].
+    #[arg(long, global = true)]
     pub max_connections: Option<usize>,
-    /// Maximum concurrent uploads.
-    #[arg(long, env = "LOAVES_SEED_MAX_UPLOADS")]
+    /// Maximum concurrent uploads [capacity.max_concurrent_uploads].
+    #[arg(long, global = true)]
     pub max_uploads: Option<usize>,
-    /// Egress limit for peer uploads, bytes per second (0: none).
-    #[arg(long, env = "LOAVES_SEED_EGRESS_BYTES_PER_SECOND")]
+    /// Egress limit for peer uploads, bytes per second (0: none)
+    /// [capacity.egress_bytes_per_second].
+    #[arg(long, global = true)]
     pub egress_bytes_per_second: Option<u64>,
-    /// Tracker shard addresses (repeat, or comma-separated).
-    #[arg(long = "tracker", env = "LOAVES_SEED_TRACKERS", value_delimiter = ',')]
+    /// Tracker shard addresses (repeat, or comma-separated)
+    /// [tracker.addresses].
+    #[arg(long = "tracker", value_delimiter = ',', global = true)]
     pub trackers: Vec<String>,
-    /// Addresses announced to the tracker.
-    #[arg(
-        long = "advertise",
-        env = "LOAVES_SEED_ADVERTISE",
-        value_delimiter = ','
-    )]
+    /// Addresses announced to the tracker [advertise].
+    #[arg(long = "advertise", value_delimiter = ',', global = true)]
     pub advertise: Vec<String>,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, env = "LOAVES_SEED_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing `EnvFilter` syntax) [log].
+    #[arg(long, global = true)]
+    pub log: Option<String>,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub action: Option<ServeAction>,
+}
+
+/// `edge-seed serve` commands besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ServeAction {
+    /// Print the effective configuration as TOML (defaults, file,
+    /// environment, flags), or with --commented the full commented
+    /// reference of every setting and its default.
+    PrintConfig {
+        /// Every setting with its documentation and default, commented out.
+        #[arg(long)]
+        commented: bool,
+    },
 }
 
 impl ServeArgs {
-    /// The effective configuration.
+    /// The effective configuration, from the process environment.
     pub fn config(&self) -> Result<SeedConfig, ServeError> {
-        let mut config = match &self.config {
-            Some(path) => SeedConfig::from_file(path)?,
-            None => SeedConfig::default(),
-        };
-        let args = self.clone();
-        if let Some(v) = args.quic_listen {
-            config.quic_listen = v;
-        }
-        if let Some(v) = args.http_listen {
-            config.http_listen = v;
-        }
-        if let Some(v) = args.origin {
-            config.origin = v;
-        }
-        if !args.titles.is_empty() {
-            config.titles = args.titles;
-        }
-        if let Some(v) = args.identity_key {
-            config.identity_key = Some(v);
-        }
-        if let Some(v) = args.credential {
-            config.credential = Some(v);
-        }
-        if !args.license_keys.is_empty() {
-            config.license_public_keys = args.license_keys;
-        }
-        if !args.origin_keys.is_empty() {
-            config.origin_public_keys = args.origin_keys;
-        }
-        if let Some(v) = args.cache_dir {
-            config.cache.disk_dir = Some(v);
-        }
-        if let Some(v) = args.memory_cache_bytes {
-            config.cache.memory_bytes = v;
-        }
-        if let Some(v) = args.disk_cache_bytes {
-            config.cache.disk_bytes = v;
-        }
-        if let Some(v) = args.max_connections {
-            config.capacity.max_connections = v;
-        }
-        if let Some(v) = args.max_uploads {
-            config.capacity.max_concurrent_uploads = v;
-        }
-        if let Some(v) = args.egress_bytes_per_second {
-            config.capacity.egress_bytes_per_second = v;
-        }
-        if !args.trackers.is_empty() {
-            config.tracker.addresses = args.trackers;
-        }
-        if !args.advertise.is_empty() {
-            config.advertise = args.advertise;
-        }
-        config.validate()?;
-        Ok(config)
+        self.config_with_env(&loaves_service::config::process_env())
+    }
+
+    /// The effective configuration with the environment given.
+    pub fn config_with_env(&self, env: &[(String, String)]) -> Result<SeedConfig, ServeError> {
+        let mut flags = Overrides::new();
+        flags
+            .set_some("quic_listen", self.quic_listen)
+            .set_some("http_listen", self.http_listen)
+            .set_some("origin", self.origin.as_ref())
+            .set_list("titles", &self.titles)
+            .set_some("identity_key", self.identity_key.as_ref())
+            .set_some("credential", self.credential.as_ref())
+            .set_list("license_public_keys", &self.license_keys)
+            .set_list("origin_public_keys", &self.origin_keys)
+            .set_some("cache.disk_dir", self.cache_dir.as_ref())
+            .set_some("cache.memory_bytes", self.memory_cache_bytes)
+            .set_some("cache.disk_bytes", self.disk_cache_bytes)
+            .set_some("capacity.max_connections", self.max_connections)
+            .set_some("capacity.max_concurrent_uploads", self.max_uploads)
+            .set_some(
+                "capacity.egress_bytes_per_second",
+                self.egress_bytes_per_second,
+            )
+            .set_list("tracker.addresses", &self.trackers)
+            .set_list("advertise", &self.advertise)
+            .set_some("log", self.log.as_ref());
+        Ok(SeedConfig::load(self.config.as_deref(), env, &flags)?)
     }
 }
 
-/// Runs the seed until SIGTERM or Ctrl-C, then drains.
+/// Runs the seed until SIGTERM or Ctrl-C, then drains; or prints the
+/// configuration.
 pub fn run(args: ServeArgs) -> Result<(), ServeError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    match &args.action {
+        Some(ServeAction::PrintConfig { commented: true }) => {
+            print!("{}", SeedConfig::commented());
+            return Ok(());
+        }
+        Some(ServeAction::PrintConfig { commented: false }) => {
+            print!("{}", args.config()?.to_toml()?);
+            return Ok(());
+        }
+        None => {}
+    }
     let config = args.config()?;
+    loaves_service::telemetry::init_tracing(&config.log)
+        .map_err(|e| ServeError::Setup(e.to_string()))?;
     let keys = SeedKeys::load(&config)?;
     check_credential(&config, &keys, UnixSeconds::now())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,34 +156,12 @@ pub fn run(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Setup(e.to_string()))?;
     runtime.block_on(async {
         let seed = super::start(&config, keys).await?;
-        wait_for_signal().await;
-        tracing::info!(drain_s = config.drain_timeout_s, "draining");
+        let signal = loaves_service::signal::shutdown_signal().await;
+        tracing::info!(?signal, drain_s = config.drain_timeout_s, "draining");
         seed.shutdown().await;
         tracing::info!("stopped");
         Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 /// Clock skew allowed when checking the seed's own credential at start,
@@ -449,7 +421,7 @@ pub fn mint_credential(
         not_before: now.0.saturating_sub(args.backdate_s),
         expires_at: now.0.saturating_add(args.valid_days.saturating_mul(86_400)),
     };
-    let bytes = loaves_proto::peerwire::sign_seed_credential(&body, &operator);
+    let bytes = loaves_wire::peerwire::sign_seed_credential(&body, &operator);
     write_atomically(&args.out, &bytes)?;
     Ok(MintedCredential {
         bytes,

@@ -32,10 +32,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SigningKeyPair};
-use loaves_proto::peerwire::{self, CredentialVerifier, EgressLimiter, Limits, TransportOptions};
 use loaves_proto::shard::ShardMap;
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::peerwire::{self, CredentialVerifier, EgressLimiter, Limits, TransportOptions};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -43,17 +43,12 @@ pub use config::SeedConfig;
 use metrics::Metrics;
 use store::Store;
 
-/// Whether `name` is a safe single path component: ASCII letters, digits,
-/// `-`, `_` and `.`, not starting with a dot, at most 128 bytes. Titles,
+/// Whether `name` is a safe single path component: the contracts' one
+/// rule for names ([`loaves_proto::names::is_valid_name`]). Titles,
 /// renditions and file names from configuration, manifests or requests
 /// must pass before they touch a path or a URL.
 pub fn safe_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    loaves_proto::names::is_valid_name(name)
 }
 
 /// Why the seed could not start.
@@ -210,7 +205,7 @@ pub async fn start(config: &SeedConfig, keys: SeedKeys) -> Result<RunningSeed, S
     };
     let server_config = peerwire::server_config(&identity, &transport)
         .map_err(|e| ServeError::Setup(e.to_string()))?;
-    let endpoint = peerwire::bind_endpoint(config.quic_listen, Some(server_config))
+    let endpoint = loaves_wire::bind_endpoint(config.quic_listen, Some(server_config))
         .map_err(|e| ServeError::Setup(format!("binding {}: {e}", config.quic_listen)))?;
     let quic_address = endpoint
         .local_addr()
@@ -231,7 +226,10 @@ pub async fn start(config: &SeedConfig, keys: SeedKeys) -> Result<RunningSeed, S
     let shared = Arc::new(peer::PeerShared {
         store: store.clone(),
         metrics: metrics.clone(),
-        verifier: Arc::new(CredentialVerifier::new(keys.license.clone(), 30)),
+        verifier: Arc::new(CredentialVerifier::new(
+            keys.license.clone(),
+            config.max_clock_skew_s,
+        )),
         own_hello,
         limits: Arc::new(Limits::default()),
         uploads: uploads.clone(),

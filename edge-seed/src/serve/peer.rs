@@ -1,5 +1,5 @@
 //! The peer wire server: QUIC, ALPN `loaves-peer/1`, the protocol mechanics
-//! of [`loaves_proto::peerwire`] around the seed's [`Store`].
+//! of [`loaves_wire::peerwire`] around the seed's [`Store`].
 //!
 //! Admission, cheapest check first, so a flood is turned away before it
 //! costs anything:
@@ -10,7 +10,7 @@
 //! 3. per request: an upload slot and room in the egress budget, otherwise
 //!    BUSY at once (the client goes elsewhere instead of queueing);
 //! 4. per transfer: the stall and minimum-rate deadlines of
-//!    [`loaves_proto::peerwire::Limits`], so a slow reader holds its upload
+//!    [`loaves_wire::peerwire::Limits`], so a slow reader holds its upload
 //!    slot for a bounded time.
 
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use loaves_proto::UnixSeconds;
 use loaves_proto::pb;
 use loaves_proto::pb::segment_response_header::Status;
-use loaves_proto::peerwire::{
+use loaves_wire::peerwire::{
     self, AuthenticatedPeer, CredentialVerifier, EgressLimiter, HaveSender, Limits, Outcome, Reply,
     RequestHandler, UploadGuard, close_code,
 };

@@ -18,11 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use loaves_proto::framing;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::pb;
 use loaves_proto::shard::ShardMap;
-use loaves_proto::tracker_client::{self, ClientEndpoint, ClientError, TrackerConnection};
+use loaves_wire::framing;
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::tracker_client::{self, ClientEndpoint, ClientError, TrackerConnection};
 use tokio::sync::{Mutex, watch};
 
 use super::metrics::Metrics;
@@ -129,7 +129,7 @@ pub trait Registrar: Send + Sync + 'static {
 }
 
 /// Registration over QUIC to one tracker, with the tracker client of
-/// `loaves_proto::tracker_client` (one connection, kept while it lives).
+/// `loaves_wire::tracker_client` (one connection, kept while it lives).
 #[derive(Debug)]
 pub struct QuicRegistrar {
     client: ClientEndpoint,

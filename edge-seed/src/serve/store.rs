@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use loaves_proto::framing::decode_frame;
 use loaves_proto::keys::Keyring;
 use loaves_proto::manifest::{MAX_CHUNK_LEN, Manifest, SegmentInfo, sha256, verify_chunk};
+use loaves_wire::framing::decode_frame;
 use tokio::sync::{OnceCell, broadcast};
 
 use super::cache::{DiskCache, MemoryCache, SegmentKey};

@@ -15,13 +15,13 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use edge_seed::serve::{RunningSeed, SeedConfig, SeedKeys};
 use loaves_proto::UnixSeconds;
-use loaves_proto::framing::encode_frame;
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::manifest::{MAX_CHUNK_LEN, ManifestWriter, Scheme, SegmentInfo};
 use loaves_proto::pb;
-use loaves_proto::peerwire::{self, CredentialVerifier, Limits, PeerConnection, TransportOptions};
 use loaves_proto::token::SessionToken;
+use loaves_wire::framing::encode_frame;
+use loaves_wire::identity::PeerIdentity;
+use loaves_wire::peerwire::{self, CredentialVerifier, Limits, PeerConnection, TransportOptions};
 
 pub const TITLE: &str = "big-buck";
 

@@ -12,14 +12,14 @@ use std::time::Duration;
 use license_server::config::Config;
 use license_server::server::{RunningServer, start};
 use license_server::{ManualClock, Store};
+use loaves_grpc::key_service_client::KeyServiceClient;
+use loaves_grpc::license_service_client::LicenseServiceClient;
 use loaves_proto::UnixSeconds;
 use loaves_proto::entitlement::Entitlement;
 use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::keywrap::SessionKeyPair;
 use loaves_proto::license::{self, OpenedKey, VerifiedLicense};
 use loaves_proto::pb;
-use loaves_proto::pb::key_service_client::KeyServiceClient;
-use loaves_proto::pb::license_service_client::LicenseServiceClient;
 use loaves_proto::signed::{self, Purpose};
 use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -92,13 +92,20 @@ pub fn with_database(base: &str, name: &str) -> String {
     }
 }
 
+/// Writes `contents` to a new file readable by its owner only.
+pub fn write_private(path: &std::path::Path, contents: &str) {
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+}
+
 /// Writes the test KEK, admin credential and entitlement signer into `dir`
 /// and returns a config using them, listening on port 0.
 pub fn test_config(dir: &std::path::Path, store_url: &str) -> (Config, SigningKeyPair) {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(dir.join("kek"), KEK_HEX).unwrap();
-    std::fs::write(dir.join("admin-token"), ADMIN).unwrap();
+    // Secret files must be private to their owner.
+    write_private(&dir.join("kek"), KEK_HEX);
+    write_private(&dir.join("admin-token"), ADMIN);
     let files = loaves_proto::keygen::write_key_pair(dir, "signin", true).unwrap();
     let signer = loaves_proto::keygen::read_signing_key(&files.private_key).unwrap();
     let mut config = Config {
@@ -384,4 +391,70 @@ pub async fn http(
 /// Path of a file in the crate (for binaries and fixtures).
 pub fn crate_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A gRPC codec that sends and receives bytes as they are: requests no
+/// generated client would make.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, len).to_vec()))
+    }
+}
+
+/// Calls the unary method at `path` with `body` as the raw request message.
+pub async fn raw_call(
+    channel: Channel,
+    path: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use license_server::config::Config as LicenseConfig;
+use license_server::config::{Config as LicenseConfig, PolicyConfig};
 use loaves_proto::keygen;
 use loaves_proto::keys::SigningKeyPair;
 
@@ -33,43 +33,86 @@ use crate::platform::{
     named_title_config, sample_dir, start_live,
 };
 
-/// What a deployment serves.
+/// What a deployment serves: the live title, VOD titles, or both.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    /// Renditions of the live title [`TITLE`], packaged as the sample
+    /// encoder publishes it (empty: no live title).
+    pub live: Vec<String>,
+    /// VOD titles.
+    pub vod: Option<VodContent>,
+}
+
+/// VOD titles of one rendition each: the sample's `rendition` looped to
+/// `segments` segments (the same clear media, protected with each title's
+/// own keys).
 #[derive(Debug, Clone)]
-pub enum Content {
-    /// The live title [`TITLE`] of these renditions, packaged as the
-    /// sample encoder publishes it.
-    Live {
-        /// Renditions of the sample.
-        renditions: Vec<String>,
-    },
-    /// VOD titles of one rendition each: the sample's `rendition` looped to
-    /// `segments` segments (the same clear media, protected with each
-    /// title's own keys).
-    Vod {
-        /// Title ids.
-        titles: Vec<String>,
-        /// Rendition of the sample.
-        rendition: String,
-        /// Segments per title.
-        segments: u64,
-    },
+pub struct VodContent {
+    /// Title ids.
+    pub titles: Vec<String>,
+    /// Rendition of the sample.
+    pub rendition: String,
+    /// Segments per title.
+    pub segments: u64,
 }
 
 impl Content {
-    /// The titles served.
-    pub fn titles(&self) -> Vec<String> {
-        match self {
-            Self::Live { .. } => vec![TITLE.to_owned()],
-            Self::Vod { titles, .. } => titles.clone(),
+    /// The live title of `renditions` alone.
+    pub fn live(renditions: Vec<String>) -> Self {
+        Self {
+            live: renditions,
+            vod: None,
         }
     }
 
-    fn renditions(&self) -> Vec<String> {
-        match self {
-            Self::Live { renditions } => renditions.clone(),
-            Self::Vod { rendition, .. } => vec![rendition.clone()],
+    /// VOD titles alone.
+    pub fn vod(titles: Vec<String>, rendition: String, segments: u64) -> Self {
+        Self {
+            live: Vec::new(),
+            vod: Some(VodContent {
+                titles,
+                rendition,
+                segments,
+            }),
         }
     }
+
+    /// The titles served (the live one first).
+    pub fn titles(&self) -> Vec<String> {
+        let mut titles = Vec::new();
+        if !self.live.is_empty() {
+            titles.push(TITLE.to_owned());
+        }
+        if let Some(vod) = &self.vod {
+            titles.extend(vod.titles.iter().cloned());
+        }
+        titles
+    }
+
+    /// The renditions of `title`.
+    fn renditions_of(&self, title: &str) -> Vec<String> {
+        match &self.vod {
+            Some(vod) if vod.titles.iter().any(|t| t == title) => vec![vod.rendition.clone()],
+            _ => self.live.clone(),
+        }
+    }
+}
+
+/// How the deployment's servers are set up beyond their defaults.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// The license server's `[policy]` (renewal interval and grace: the
+    /// session tokens' lifetime); `None`: its defaults.
+    pub policy: Option<PolicyConfig>,
+    /// Live key rotation: a new content key every this many segments (0:
+    /// one key for the whole event). The license server's title gets the
+    /// matching `key_period_s`, its period 0 starting when the deployment
+    /// does.
+    pub live_key_period_segments: u32,
+    /// Clock skew tolerated on session tokens by the tracker and the seeds
+    /// (`None`: their defaults, 30 s). 0 makes an expired token refused at
+    /// once, so a missed refresh shows in their refusal counters.
+    pub token_clock_skew_s: Option<u64>,
 }
 
 /// Longest an `edge-seed package` run of one VOD title may take.
@@ -92,10 +135,16 @@ pub struct Deployment {
     license: Proc,
     /// The tracker process (killed and restarted by the tracker scenario).
     pub tracker: Proc,
-    /// The tracker's HTTP address (`/healthz`, `/dashboard`).
+    /// The tracker's HTTP address (`/healthz`, `/dashboard`, `/metrics`).
     pub tracker_http: SocketAddr,
+    /// The license server's operators' address (`/healthz`, `/metrics`).
+    pub license_http: SocketAddr,
+    /// The license server's key service, as the packager reaches it.
+    pub key_service: KeyService,
     /// The CDN (an edge seed serving HTTP only).
     cdn: Proc,
+    /// The CDN's HTTP address.
+    pub cdn_http: SocketAddr,
     /// The swarm seeds and their HTTP addresses.
     pub seeds: Vec<(Proc, SocketAddr)>,
     live: Option<LivePipeline>,
@@ -122,8 +171,16 @@ impl Deployment {
     /// every title); returns once all answer `/healthz` and the first live
     /// segments (or every VOD title) are packaged.
     pub async fn start(content: &Content, seeds: &[Location]) -> anyhow::Result<Self> {
+        Self::start_with(content, seeds, &DeployOptions::default()).await
+    }
+
+    /// [`Deployment::start`] with `options`.
+    pub async fn start_with(
+        content: &Content,
+        seeds: &[Location],
+        options: &DeployOptions,
+    ) -> anyhow::Result<Self> {
         let titles = content.titles();
-        let renditions = content.renditions();
         let license_bin = binary("license-server", "license-server")?;
         let tracker_bin = binary("loaves-tracker", "tracker")?;
         let seed_bin = binary("edge-seed", "edge-seed")?;
@@ -147,7 +204,22 @@ impl Deployment {
         // The license server.
         let admin_token = root.join("admin-token");
         std::fs::write(&admin_token, ADMIN_TOKEN)?;
+        // A secret file must be private to its owner.
+        std::fs::set_permissions(
+            &admin_token,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         let cert = root.join("license-cert.pem");
+        let live_key_period_s = match options.live_key_period_segments {
+            0 => 0,
+            n => {
+                // The sample's segments all last the same (2 s).
+                let sample = LoopedRendition::load(
+                    &sample_dir().join(content.live.first().map_or("video_720p", String::as_str)),
+                )?;
+                (u64::from(n) * sample.duration_ms(0)).div_ceil(1000).max(1)
+            }
+        };
         let mut config = LicenseConfig {
             listen: free_addr()?,
             metrics_listen: free_addr()?,
@@ -155,10 +227,25 @@ impl Deployment {
             data_dir: root.join("license-server"),
             titles: titles
                 .iter()
-                .map(|t| named_title_config(t, &renditions))
+                .map(|t| {
+                    let mut title = named_title_config(t, &content.renditions_of(t));
+                    if t == TITLE && live_key_period_s > 0 {
+                        // Period 0 from now: the license server's period is
+                        // then never behind the packager's (which counts
+                        // segments from the encoder's start, a little
+                        // later), so the keys the packager uses are within
+                        // the ClearKey lookahead.
+                        title.key_period_s = live_key_period_s;
+                        title.period_epoch = loaves_proto::UnixSeconds::now().0;
+                    }
+                    title
+                })
                 .collect(),
             ..LicenseConfig::default()
         };
+        if let Some(policy) = &options.policy {
+            config.policy = policy.clone();
+        }
         config.tls.dev_cert_out = Some(cert.clone());
         config.keys.signing_key_file = Some(license_files.private_key.clone());
         config.keys.admin_token_file = Some(admin_token);
@@ -178,23 +265,27 @@ impl Deployment {
         // The tracker.
         let tracker_quic = free_addr()?;
         let tracker_http = free_addr()?;
-        let mut tracker = Proc::spawn(
-            "tracker",
-            &tracker_bin,
-            &[
-                "--quic-listen".into(),
-                tracker_quic.to_string(),
-                "--http-listen".into(),
-                tracker_http.to_string(),
-                "--trusted-key".into(),
-                license_files.public_key.display().to_string(),
-                "--identity-key".into(),
-                tracker_files.private_key.display().to_string(),
-                "--log".into(),
-                "warn".into(),
-            ],
-            &logs,
-        )?;
+        let tracker_args: Vec<String> = vec![
+            "--quic-listen".into(),
+            tracker_quic.to_string(),
+            "--http-listen".into(),
+            tracker_http.to_string(),
+            "--trusted-key".into(),
+            license_files.public_key.display().to_string(),
+            "--identity-key".into(),
+            tracker_files.private_key.display().to_string(),
+            "--log".into(),
+            "warn".into(),
+        ];
+        let mut tracker_env = Vec::new();
+        if let Some(skew) = options.token_clock_skew_s {
+            tracker_env.push((
+                "LOAVES_TRACKER_FRONT_END__MAX_CLOCK_SKEW_S".to_owned(),
+                skew.to_string(),
+            ));
+        }
+        let mut tracker =
+            Proc::spawn_with_env("tracker", &tracker_bin, &tracker_args, &tracker_env, &logs)?;
         tracker.wait_ready(tracker_http).await?;
 
         // The live stream, or the VOD titles.
@@ -204,47 +295,47 @@ impl Deployment {
             url: format!("https://{}", config.listen),
             ca_pem: ca_pem.clone(),
         };
-        let live = match content {
-            Content::Live { renditions } => {
-                let platform_config = PlatformConfig {
-                    renditions: renditions.clone(),
-                    ..PlatformConfig::default()
-                };
-                let live = start_live(
-                    &root,
-                    &packaged,
-                    &platform_config,
-                    &key_service,
-                    &origin_key,
-                    published.clone(),
-                )?;
-                wait_first_segments(&packaged, renditions).await?;
-                Some(live)
-            }
-            Content::Vod {
-                titles,
-                rendition,
-                segments,
-            } => {
-                package_vod(
-                    &seed_bin,
-                    &root,
-                    &packaged,
-                    titles,
-                    rendition,
-                    *segments,
-                    &key_service.url,
-                    &cert,
-                    &origin_files.private_key,
-                )
-                .await?;
-                None
-            }
+        if let Some(vod) = &content.vod {
+            package_vod(
+                &seed_bin,
+                &root,
+                &packaged,
+                &vod.titles,
+                &vod.rendition,
+                vod.segments,
+                &key_service.url,
+                &cert,
+                &origin_files.private_key,
+            )
+            .await?;
+        }
+        let live = if content.live.is_empty() {
+            None
+        } else {
+            let platform_config = PlatformConfig {
+                renditions: content.live.clone(),
+                key_period_segments: options.live_key_period_segments,
+                ..PlatformConfig::default()
+            };
+            let live = start_live(
+                &root,
+                &packaged,
+                &platform_config,
+                &key_service,
+                &origin_key,
+                published.clone(),
+            )?;
+            wait_first_segments(&packaged, &content.live).await?;
+            Some(live)
         };
 
         // The CDN and the seeds.
         let seed_toml = root.join("edge-seed.toml");
-        std::fs::write(&seed_toml, SEED_CONFIG)?;
+        let seed_config = match options.token_clock_skew_s {
+            Some(skew) => format!("max_clock_skew_s = {skew}\n{SEED_CONFIG}"),
+            None => SEED_CONFIG.to_owned(),
+        };
+        std::fs::write(&seed_toml, seed_config)?;
         let common = |quic: SocketAddr, http: SocketAddr| -> Vec<String> {
             vec![
                 "serve".into(),
@@ -316,7 +407,10 @@ impl Deployment {
             license,
             tracker,
             tracker_http,
+            license_http: config.metrics_listen,
+            key_service,
             cdn,
+            cdn_http,
             seeds: running_seeds,
             live,
             published,
@@ -329,6 +423,11 @@ impl Deployment {
     /// Live segments published so far (0 for VOD).
     pub fn published(&self) -> u64 {
         self.published.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Deployment::published`], for a task to read.
+    pub fn published_counter(&self) -> Arc<AtomicU64> {
+        self.published.clone()
     }
 
     /// An entitlement for `account`.

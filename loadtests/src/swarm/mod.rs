@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use loaves_client_sdk::cdn::LinkLimits;
 use loaves_client_sdk::player;
-use loaves_client_sdk::{Event, Upload};
+use loaves_client_sdk::{Event, LoavesBuilder, RenditionName, Upload};
 use serde::{Deserialize, Serialize};
 
 use crate::demo::{self, Crowd, ViewerOutcome, lock};
@@ -308,14 +308,12 @@ impl Scenario {
     /// The content the deployment serves.
     pub fn content(&self) -> Content {
         match &self.vod {
-            None => Content::Live {
-                renditions: vec![self.rendition.clone()],
-            },
-            Some(vod) => Content::Vod {
-                titles: (1..=vod.titles).map(Vod::title).collect(),
-                rendition: self.rendition.clone(),
-                segments: vod.segments,
-            },
+            None => Content::live(vec![self.rendition.clone()]),
+            Some(vod) => Content::vod(
+                (1..=vod.titles).map(Vod::title).collect(),
+                self.rendition.clone(),
+                vod.segments,
+            ),
         }
     }
 
@@ -537,7 +535,7 @@ async fn crowd(
     let t0 = Instant::now();
     let mut viewers = Vec::new();
     for plan in &plans {
-        let options = viewer_options(scenario, deployment, plan, p2p);
+        let options = viewer_builder(scenario, deployment, plan, p2p);
         let entitlement = deployment.entitlement(&plan.account);
         let plan = plan.clone();
         let crowd = crowd.clone();
@@ -723,32 +721,33 @@ fn sample(crowd: &Mutex<Crowd>, at: Duration) -> Sample {
     sample
 }
 
-fn viewer_options(
+fn viewer_builder(
     scenario: &Scenario,
     deployment: &Deployment,
     plan: &ViewerPlan,
     p2p: bool,
-) -> loaves_client_sdk::Options {
-    let mut options =
-        deployment
-            .endpoints
-            .viewer_options(p2p, &plan.location.region, &plan.location.isp);
-    options.upload = Upload::Capped {
-        bytes_per_second: scenario.link.upload_bytes_per_second,
-    };
-    options.link = LinkLimits {
-        download_bytes_per_second: scenario.link.download_bytes_per_second,
-        added_latency: Duration::from_millis(scenario.link.latency_ms),
-    };
-    options.tamper_uploads = plan.role == Role::Tamper;
-    options.lie_about_holdings = plan.role == Role::Liar;
-    options
+) -> LoavesBuilder {
+    deployment
+        .endpoints
+        .viewer_builder(p2p, &plan.location.region, &plan.location.isp)
+        .upload(Upload::Capped {
+            bytes_per_second: scenario.link.upload_bytes_per_second,
+        })
+        .faults(loaves_client_sdk::Faults {
+            tamper_uploads: plan.role == Role::Tamper,
+            lie_about_holdings: plan.role == Role::Liar,
+            link: LinkLimits {
+                download_bytes_per_second: scenario.link.download_bytes_per_second,
+                added_latency: Duration::from_millis(scenario.link.latency_ms),
+            },
+            ..Default::default()
+        })
 }
 
 async fn viewer(
     scenario: &Scenario,
     plan: &ViewerPlan,
-    options: loaves_client_sdk::Options,
+    options: LoavesBuilder,
     entitlement: Vec<u8>,
     crowd: &Mutex<Crowd>,
     packaged: &std::path::Path,
@@ -763,9 +762,16 @@ async fn viewer(
     };
     let failed =
         |e: String| ViewerOutcome::failed_as(plan.account.clone(), plan.location.isp.clone(), e);
-    let buffer_ahead = options.buffer_target;
     let pressed_play = Instant::now();
-    let session = match open_session(options, &plan.title, entitlement).await {
+    let loaves = match options.build() {
+        Ok(loaves) => loaves,
+        Err(e) => {
+            trace.left_s = since(t0);
+            return (failed(e.to_string()), trace);
+        }
+    };
+    let buffer_ahead = loaves.buffer_target();
+    let session = match open_session(&loaves, &plan.title, entitlement).await {
         Ok(session) => Arc::new(session),
         Err(e) => {
             trace.left_s = since(t0);
@@ -801,18 +807,16 @@ async fn viewer(
         })
     };
     lock(crowd).watching.push(session.clone());
-    let played = if scenario.vod.is_some() {
+    let played = match RenditionName::new(scenario.rendition.as_str()) {
         // From the start to the end, keeping as much requested ahead as
         // the SDK buffers.
-        player::play(&session, &scenario.rendition, buffer_ahead).await
-    } else {
-        player::play_live(
-            &session,
-            &scenario.rendition,
-            scenario.latency_segments,
-            plan.watch,
-        )
-        .await
+        Ok(rendition) if scenario.vod.is_some() => {
+            player::play(&session, &rendition, buffer_ahead).await
+        }
+        Ok(rendition) => {
+            player::play_live(&session, &rendition, scenario.latency_segments, plan.watch).await
+        }
+        Err(e) => Err(loaves_client_sdk::Error::from(e).into()),
     };
     let stats = session.stats();
     {
@@ -845,13 +849,10 @@ async fn viewer(
 
 /// Opens a viewer's session on `title`.
 async fn open_session(
-    options: loaves_client_sdk::Options,
+    loaves: &loaves_client_sdk::Loaves,
     title: &str,
     entitlement: Vec<u8>,
 ) -> anyhow::Result<loaves_client_sdk::Session> {
-    let loaves = loaves_client_sdk::Loaves::builder()
-        .options(options)
-        .build()?;
     Ok(loaves.open(title, entitlement).await?)
 }
 

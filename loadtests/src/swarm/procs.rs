@@ -125,6 +125,7 @@ pub struct Proc {
     pub log: PathBuf,
     program: PathBuf,
     args: Vec<String>,
+    envs: Vec<(String, String)>,
 }
 
 impl Proc {
@@ -135,12 +136,25 @@ impl Proc {
         args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with_env(name, program, args, &[], log_dir)
+    }
+
+    /// [`Proc::spawn`] with variables added to its environment (kept for
+    /// a restart).
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(String, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let mut proc = Self {
             name: name.to_owned(),
             child: None,
             log: log_dir.join(format!("{name}.log")),
             program: program.to_owned(),
             args: args.to_vec(),
+            envs: envs.to_vec(),
         };
         proc.start()?;
         Ok(proc)
@@ -154,6 +168,7 @@ impl Proc {
             .with_context(|| format!("opening {}", self.log.display()))?;
         let child = Command::new(&self.program)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

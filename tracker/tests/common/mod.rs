@@ -6,10 +6,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use loaves_proto::identity::PeerIdentity;
 use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::token::SessionToken;
 use loaves_proto::{UnixSeconds, pb};
+use loaves_wire::identity::PeerIdentity;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracker::client::{ClientEndpoint, ClientError, TrackerConnection};
 use tracker::credential::CredentialVerifier;
@@ -38,11 +38,12 @@ impl TestTracker {
         shards: Option<(loaves_proto::shard::ShardMap, String)>,
     ) -> Self {
         let keyring: Keyring = [license_key().verifying_key()].into_iter().collect();
+        let skew = options.max_clock_skew_s;
         let shared = Arc::new(Shared::new(
             SwarmConfig::default(),
             StatsLimits::default(),
             options,
-            CredentialVerifier::new(keyring, 30),
+            CredentialVerifier::new(keyring, skew),
             shards,
             Metrics::new().unwrap(),
             7,
@@ -66,6 +67,11 @@ impl TestTracker {
             http,
             client,
         }
+    }
+
+    /// The local port of the test's client endpoint.
+    pub fn client_port(&self) -> u16 {
+        self.client.local_addr().unwrap().port()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -204,7 +210,7 @@ impl RawSession {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let config = tracker::client::client_config(&viewer.identity).unwrap();
         let connection = endpoint
-            .connect_with(config, tracker.addr(), loaves_proto::identity::SERVER_NAME)
+            .connect_with(config, tracker.addr(), loaves_wire::identity::SERVER_NAME)
             .unwrap()
             .await
             .unwrap();
@@ -219,7 +225,7 @@ impl RawSession {
 
     /// Writes `payload` as one frame.
     pub async fn write(&mut self, payload: &[u8]) {
-        let frame = loaves_proto::framing::encode_frame(payload, u32::MAX as usize).unwrap();
+        let frame = loaves_wire::framing::encode_frame(payload, u32::MAX as usize).unwrap();
         self.send.write_all(&frame).await.unwrap();
     }
 
@@ -230,7 +236,7 @@ impl RawSession {
 
     /// The next response; `None` when the stream ended or failed.
     pub async fn response(&mut self) -> Option<pb::TrackerResponse> {
-        loaves_proto::framing::read_message(
+        loaves_wire::framing::read_message(
             &mut self.recv,
             1 << 20,
             std::time::Duration::from_secs(10),
@@ -288,5 +294,6 @@ pub fn announce(title: &str, rendition: &str, port: u16) -> pb::Announce {
         upload_in_use_bps: 1_000_000,
         stats: None,
         max_peers: 0,
+        nat_class: Default::default(),
     }
 }
