@@ -150,6 +150,14 @@ pub struct SchedulerConfig {
     /// while the deadline comes closer, and the CDN or another source is
     /// the better bet meanwhile.
     pub busy_backoff_ms: u64,
+    /// The longest a peer or seed whose transfers keep failing (connection
+    /// errors, refusals such as a session token it does not accept) is
+    /// left out. One failure costs nothing (transient); from the second in
+    /// a row the source is left out for `busy_backoff_ms`, doubling with
+    /// each further failure up to this bound, until it delivers a segment
+    /// again. Without it a source that refuses every request at once is
+    /// asked again at every poll.
+    pub failure_backoff_max_ms: u64,
     /// While a peer transfer is in flight, how often its pace is checked
     /// against its deadline (see [`Scheduler::poll_timeout`]).
     pub late_check_interval_ms: u64,
@@ -169,6 +177,7 @@ impl Default for SchedulerConfig {
             seed: 0,
             max_peers: 64,
             busy_backoff_ms: 1_000,
+            failure_backoff_max_ms: 16_000,
             late_check_interval_ms: 200,
         }
     }
@@ -314,8 +323,20 @@ struct Peer {
     late_strikes: u32,
     /// Announced segments it then said it did not hold.
     false_claims: u32,
-    /// It answered BUSY: not a candidate before this instant.
+    /// It answered BUSY, or its transfers keep failing: not a candidate
+    /// before this instant.
     busy_until: Millis,
+    /// Transfers from it that failed in a row (reset by a verified one).
+    failures_in_a_row: u32,
+}
+
+/// How long a source is left out after `failures_in_a_row` failed
+/// transfers: nothing for the first, then `base_ms` doubling per further
+/// failure, at most `max_ms`.
+fn failure_backoff_ms(failures_in_a_row: u32, base_ms: u64, max_ms: u64) -> Option<u64> {
+    let doublings = failures_in_a_row.checked_sub(2)?;
+    let factor = 1u64.checked_shl(doublings.min(32)).unwrap_or(u64::MAX);
+    Some(base_ms.saturating_mul(factor).min(max_ms))
 }
 
 #[derive(Debug, Clone)]
@@ -551,6 +572,7 @@ impl<P: Policy> Scheduler<P> {
                 late_strikes: 0,
                 false_claims: 0,
                 busy_until: Millis(0),
+                failures_in_a_row: 0,
             },
         );
     }
@@ -632,6 +654,9 @@ impl<P: Policy> Scheduler<P> {
         match outcome {
             Outcome::Verified => {
                 segment.held = true;
+                if let Some(peer) = state.source.peer().and_then(|p| self.peers.get_mut(&p)) {
+                    peer.failures_in_a_row = 0;
+                }
                 let elapsed_ms = now.since(state.started_at).max(1);
                 self.update_throughput(
                     state.source,
@@ -662,6 +687,19 @@ impl<P: Policy> Scheduler<P> {
                     && let Some(peer_state) = self.peers.get_mut(&peer)
                 {
                     peer_state.busy_until = now.plus(self.config.busy_backoff_ms);
+                }
+                if outcome == Outcome::Failed
+                    && let Some(peer) = state.source.peer()
+                    && let Some(peer_state) = self.peers.get_mut(&peer)
+                {
+                    peer_state.failures_in_a_row = peer_state.failures_in_a_row.saturating_add(1);
+                    if let Some(backoff) = failure_backoff_ms(
+                        peer_state.failures_in_a_row,
+                        self.config.busy_backoff_ms,
+                        self.config.failure_backoff_max_ms,
+                    ) {
+                        peer_state.busy_until = peer_state.busy_until.max(now.plus(backoff));
+                    }
                 }
                 // Failed or denied: ask somebody else next time, forget that
                 // this peer offers the segment (it may have evicted it). BUSY

@@ -560,6 +560,100 @@ fn a_busy_seed_is_not_asked_again_before_its_back_off() {
     assert!(later.iter().any(|f| f.2 == Source::Seed(seed)), "{later:?}");
 }
 
+/// A seed that fails every request at once (it refuses this viewer's
+/// session token, say) is left out for a doubling back-off instead of being
+/// asked again at every poll, and is asked again once it has passed; the
+/// segments go to the CDN meanwhile, and a delivery from the seed ends the
+/// back-off.
+#[test]
+fn a_seed_that_keeps_failing_is_left_out_for_a_doubling_back_off() {
+    let config = SchedulerConfig::default();
+    let mut s = vod(DeadlineFirst::default());
+    s.set_playhead(Millis(0), 0, 0, false);
+    let seed = PeerId(100);
+    s.add_peer(
+        seed,
+        PeerInfo {
+            kind: PeerKind::Seed,
+            locality: Locality::SameRegion,
+            rtt_ms: 10,
+            throughput_bytes_per_s: 10_000_000,
+        },
+    );
+    // One poll at `now`: every CDN transfer fails at once (so the segments
+    // stay wanted and the seed stays a candidate for them); the seed's
+    // transfers are returned.
+    let poll = |s: &mut Scheduler<DeadlineFirst>, now: u64| {
+        let mut from_seed = Vec::new();
+        for fetch in fetches(&s.poll(Millis(now))) {
+            if fetch.2 == Source::Seed(seed) {
+                from_seed.push(fetch);
+            } else {
+                s.on_complete(Millis(now + 1), fetch.0, Outcome::Failed);
+            }
+        }
+        from_seed
+    };
+    // Ten seconds of polls every 50 ms; the seed fails every request.
+    let mut asked_at = Vec::new();
+    for step in 0..200u64 {
+        let now = step * 50;
+        for (transfer, ..) in poll(&mut s, now) {
+            asked_at.push(now);
+            s.on_complete(Millis(now + 1), transfer, Outcome::Failed);
+        }
+    }
+    // Without the back-off: about two requests per poll, 400 in all.
+    assert!(
+        asked_at.len() <= 16,
+        "{} requests to a failing seed: {asked_at:?}",
+        asked_at.len()
+    );
+    // The gaps between rounds of requests double: at least 1, 2 and 4 s.
+    let mut rounds = asked_at.clone();
+    rounds.dedup();
+    let gaps: Vec<u64> = rounds.windows(2).map(|w| w[1] - w[0]).collect();
+    let long: Vec<u64> = gaps.iter().copied().filter(|g| *g >= 900).collect();
+    assert!(long.len() >= 3, "{gaps:?}");
+    assert!(long.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+    assert!(
+        gaps.iter()
+            .all(|g| *g <= config.failure_backoff_max_ms + 100),
+        "{gaps:?}"
+    );
+    // Once the back-off has passed the seed is asked again, and a delivery
+    // from it ends the back-off: one failure after it costs nothing, so
+    // the seed is asked again within the base back-off.
+    let next_ask = |s: &mut Scheduler<DeadlineFirst>, from: u64| {
+        (from..from + 30_000)
+            .step_by(50)
+            .find_map(|at| {
+                let asked = poll(s, at);
+                (!asked.is_empty()).then_some((at, asked))
+            })
+            .expect("the seed was never asked again")
+    };
+    let (at, delivered) = next_ask(&mut s, 10_000);
+    for (transfer, _, _, range) in &delivered {
+        s.on_progress(Millis(at + 10), *transfer, range.len());
+        s.on_complete(Millis(at + 20), *transfer, Outcome::Verified);
+    }
+    // The (paused) player moves on to what follows, so more is wanted.
+    let next = delivered.iter().map(|f| f.1).max().unwrap_or(0) + 1;
+    s.set_playhead(Millis(at + 25), next, 0, false);
+    let (failed_at, asked) = next_ask(&mut s, at + 30);
+    s.on_complete(Millis(failed_at + 1), asked[0].0, Outcome::Failed);
+    for (transfer, _, _, range) in &asked[1..] {
+        s.on_progress(Millis(failed_at + 1), *transfer, range.len());
+        s.on_complete(Millis(failed_at + 1), *transfer, Outcome::Verified);
+    }
+    let (again_at, _) = next_ask(&mut s, failed_at + 50);
+    assert!(
+        again_at - failed_at < config.busy_backoff_ms,
+        "one failure after a delivery left the seed out from {failed_at} to {again_at} ms"
+    );
+}
+
 #[test]
 fn a_busy_peer_still_holds_the_segment_after_its_back_off() {
     let backoff = SchedulerConfig::default().busy_backoff_ms;
