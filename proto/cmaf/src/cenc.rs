@@ -4,9 +4,39 @@
 //! in, bytes out.
 
 use aes::Aes128;
-use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, StreamCipher};
+use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, InnerIvInit, KeyInit, StreamCipher};
 use loaves_proto::keys::ContentKey;
 use sha2::{Digest, Sha256};
+
+/// A content key with its AES key schedule expanded once, for the many
+/// samples of a segment (each sample starts a fresh CTR counter or CBC
+/// chain from it, without expanding the key again).
+#[derive(Clone)]
+pub struct ExpandedKey {
+    aes: Aes128,
+}
+
+impl ExpandedKey {
+    /// Expands `key`.
+    pub fn new(key: &ContentKey) -> Self {
+        Self {
+            aes: Aes128::new(key.as_bytes().into()),
+        }
+    }
+
+    fn ctr(&self, iv: [u8; 16]) -> ctr::Ctr128BE<Aes128> {
+        ctr::Ctr128BE::<Aes128>::from_core(ctr::CtrCore::inner_iv_init(
+            self.aes.clone(),
+            &iv.into(),
+        ))
+    }
+}
+
+impl std::fmt::Debug for ExpandedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExpandedKey(..)")
+    }
+}
 
 /// AES block size.
 pub const BLOCK: usize = 16;
@@ -140,38 +170,36 @@ fn push_subsample(
     Ok(())
 }
 
-/// The protected byte ranges of a sample, in order.
-fn protected_ranges(len: usize, subsamples: Option<&[Subsample]>) -> Vec<std::ops::Range<usize>> {
-    match subsamples {
-        None => std::iter::once(0..len).collect(),
-        Some(subsamples) => {
-            let mut ranges = Vec::with_capacity(subsamples.len());
-            let mut pos = 0usize;
-            for s in subsamples {
-                pos += usize::from(s.clear);
-                let end = (pos + s.protected as usize).min(len);
-                if end > pos {
-                    ranges.push(pos..end);
-                }
-                pos = end;
-            }
-            ranges
-        }
-    }
+/// The protected byte ranges of a sample, in order (without allocating:
+/// this runs for every sample).
+fn protected_ranges(
+    len: usize,
+    subsamples: Option<&[Subsample]>,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let whole = subsamples.is_none().then_some(0..len);
+    let mut pos = 0usize;
+    let parts = subsamples.unwrap_or_default().iter().filter_map(move |s| {
+        pos = pos.saturating_add(usize::from(s.clear)).min(len);
+        let end = pos.saturating_add(s.protected as usize).min(len);
+        let range = pos..end;
+        pos = end;
+        (!range.is_empty()).then_some(range)
+    });
+    whole.into_iter().chain(parts)
 }
 
 /// `cenc`: AES-128-CTR with the 8-byte `iv` as the high half of the counter
 /// block. The keystream runs continuously across the protected ranges of
 /// the sample (subsamples are concatenated, as the standard says).
 pub fn encrypt_cenc(
-    key: &ContentKey,
+    key: &ExpandedKey,
     iv: &[u8; 8],
     sample: &mut [u8],
     subsamples: Option<&[Subsample]>,
 ) {
     let mut counter = [0u8; 16];
     counter[..8].copy_from_slice(iv);
-    let mut cipher = ctr::Ctr128BE::<Aes128>::new(key.as_bytes().into(), &counter.into());
+    let mut cipher = key.ctr(counter);
     for range in protected_ranges(sample.len(), subsamples) {
         cipher.apply_keystream(&mut sample[range]);
     }
@@ -183,7 +211,7 @@ pub fn encrypt_cenc(
 /// only); without one, every whole block is. A trailing partial block always
 /// stays clear.
 pub fn encrypt_cbcs(
-    key: &ContentKey,
+    key: &ExpandedKey,
     iv: &[u8; 16],
     sample: &mut [u8],
     subsamples: Option<&[Subsample]>,
@@ -193,7 +221,7 @@ pub fn encrypt_cbcs(
         sample,
         subsamples,
         pattern,
-        || cbc::Encryptor::<Aes128>::new(key.as_bytes().into(), iv.into()),
+        || cbc::Encryptor::<Aes128>::inner_iv_init(key.aes.clone(), iv.into()),
         encrypt_block,
     );
 }
@@ -231,7 +259,7 @@ fn for_each_cbcs_block<C>(
 /// counter block) or 16 (the whole block), as `senc` carries it. CTR is its
 /// own inverse; this exists for IVs that are not the packager's 8 bytes.
 pub fn decrypt_cenc(
-    key: &ContentKey,
+    key: &ExpandedKey,
     iv: &[u8],
     sample: &mut [u8],
     subsamples: Option<&[Subsample]>,
@@ -241,7 +269,7 @@ pub fn decrypt_cenc(
         8 | 16 => counter[..iv.len()].copy_from_slice(iv),
         n => return Err(SampleError::BadIvSize(n)),
     }
-    let mut cipher = ctr::Ctr128BE::<Aes128>::new(key.as_bytes().into(), &counter.into());
+    let mut cipher = key.ctr(counter);
     for range in protected_ranges(sample.len(), subsamples) {
         cipher.apply_keystream(&mut sample[range]);
     }
@@ -251,7 +279,7 @@ pub fn decrypt_cenc(
 /// Undoes [`encrypt_cbcs`]: the same ranges, blocks and pattern, each
 /// subsample's CBC chain restarting from `iv`.
 pub fn decrypt_cbcs(
-    key: &ContentKey,
+    key: &ExpandedKey,
     iv: &[u8; 16],
     sample: &mut [u8],
     subsamples: Option<&[Subsample]>,
@@ -261,7 +289,7 @@ pub fn decrypt_cbcs(
         sample,
         subsamples,
         pattern,
-        || cbc::Decryptor::<Aes128>::new(key.as_bytes().into(), iv.into()),
+        || cbc::Decryptor::<Aes128>::inner_iv_init(key.aes.clone(), iv.into()),
         decrypt_block,
     );
 }
@@ -282,24 +310,35 @@ fn encrypt_block(cipher: &mut cbc::Encryptor<Aes128>, block: &mut [u8]) {
     block.copy_from_slice(&array);
 }
 
-/// The per-sample `cenc` IV: 8 bytes derived from the key id, rendition,
-/// segment sequence and sample index. Distinct inputs give distinct IVs
-/// with overwhelming probability (64-bit hash), and since each IV is the
-/// high half of the 128-bit counter block, distinct IVs never share a
-/// counter block under one key. Deterministic, so re-packaging gives
-/// identical ciphertext.
-pub fn cenc_iv(key_id: &[u8; 16], rendition: &str, sequence: u64, sample: u32) -> [u8; 8] {
+/// The first `cenc` IV of a segment: 8 bytes derived (one hash per
+/// segment) from the key id, rendition and segment sequence. Sample `i` of
+/// the segment uses [`cenc_iv`]`(base, i)`, the base plus `i`.
+///
+/// Why this keeps every counter block unique under one key: each IV is the
+/// high half of the 128-bit counter block, whose low half counts the
+/// sample's blocks from zero, so two samples share a counter block only if
+/// they share an IV. Within a segment the IVs are consecutive, hence
+/// distinct; two segments collide only if their bases fall within a
+/// segment's sample count of each other, which for 64-bit hashed bases is
+/// less likely than two of the per-sample hashes this replaces colliding.
+/// Deterministic, so re-packaging gives identical ciphertext.
+pub fn cenc_iv_base(key_id: &[u8; 16], rendition: &str, sequence: u64) -> u64 {
     let mut h = Sha256::new();
-    h.update(b"loaves/v1/cenc-iv\0");
+    h.update(b"loaves/v2/cenc-iv-base\0");
     h.update(key_id);
     h.update((rendition.len() as u64).to_be_bytes());
     h.update(rendition.as_bytes());
     h.update(sequence.to_be_bytes());
-    h.update(sample.to_be_bytes());
     let d = h.finalize();
-    let mut iv = [0u8; 8];
-    iv.copy_from_slice(&d[..8]);
-    iv
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(base)
+}
+
+/// The `cenc` IV of sample `sample` of a segment whose first IV is `base`
+/// ([`cenc_iv_base`]).
+pub fn cenc_iv(base: u64, sample: u32) -> [u8; 8] {
+    base.wrapping_add(u64::from(sample)).to_be_bytes()
 }
 
 /// The `cbcs` constant IV of a track, from its default key id (public: it
@@ -387,7 +426,7 @@ mod tests {
 
     #[test]
     fn cenc_keystream_continues_across_subsamples() {
-        let key = ContentKey::new([3; 16]);
+        let key = ExpandedKey::new(&ContentKey::new([3; 16]));
         let iv = [9u8; 8];
         let clear: Vec<u8> = (0..100u8).collect();
         let subs = [
@@ -413,7 +452,8 @@ mod tests {
 
     #[test]
     fn cbcs_pattern_one_in_ten_and_iv_reset() {
-        let key = ContentKey::new([5; 16]);
+        let content_key = ContentKey::new([5; 16]);
+        let key = ExpandedKey::new(&content_key);
         let iv = [1u8; 16];
         let clear = vec![0xabu8; 16 * 25 + 7];
         let subs = [Subsample {
@@ -427,7 +467,7 @@ mod tests {
             assert_eq!(encrypted, i % 10 == 0 && a.len() == 16, "block {i}");
         }
         // Decrypt the encrypted blocks as one CBC chain from the IV.
-        let aes = Aes128::new(key.as_bytes().into());
+        let aes = Aes128::new(content_key.as_bytes().into());
         let mut prev = iv;
         for i in [0usize, 10, 20] {
             let mut block: [u8; 16] = enc[i * 16..i * 16 + 16].try_into().unwrap();
@@ -460,7 +500,7 @@ mod tests {
 
     #[test]
     fn cbcs_full_sample_leaves_partial_block_clear() {
-        let key = ContentKey::new([5; 16]);
+        let key = ExpandedKey::new(&ContentKey::new([5; 16]));
         let clear = vec![7u8; 40];
         let mut enc = clear.clone();
         encrypt_cbcs(&key, &[0; 16], &mut enc, None, None);
@@ -471,7 +511,7 @@ mod tests {
 
     #[test]
     fn decryption_undoes_encryption() {
-        let key = ContentKey::new([8; 16]);
+        let key = ExpandedKey::new(&ContentKey::new([8; 16]));
         let clear: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
         let subs = [
             Subsample {
@@ -501,11 +541,34 @@ mod tests {
         );
     }
 
+    /// The expanded key gives the keystream of the plain `ctr` + `aes`
+    /// construction with the key, the IV as the counter's high half.
+    #[test]
+    fn cenc_is_aes_ctr_with_the_iv_as_the_counters_high_half() {
+        use aes::cipher::KeyIvInit;
+        let content_key = ContentKey::new([0x42; 16]);
+        let iv = [0x17u8; 8];
+        let clear: Vec<u8> = (0..333u32).map(|i| (i * 13) as u8).collect();
+        let mut ours = clear.clone();
+        encrypt_cenc(&ExpandedKey::new(&content_key), &iv, &mut ours, None);
+        let mut counter = [0u8; 16];
+        counter[..8].copy_from_slice(&iv);
+        let mut reference = clear;
+        ctr::Ctr128BE::<Aes128>::new(content_key.as_bytes().into(), &counter.into())
+            .apply_keystream(&mut reference);
+        assert_eq!(ours, reference);
+    }
+
     #[test]
     fn ivs_differ() {
         let kid = [1u8; 16];
-        assert_ne!(cenc_iv(&kid, "a", 0, 0), cenc_iv(&kid, "a", 0, 1));
-        assert_ne!(cenc_iv(&kid, "a", 0, 0), cenc_iv(&kid, "b", 0, 0));
-        assert_ne!(cenc_iv(&kid, "a", 0, 0), cenc_iv(&kid, "a", 1, 0));
+        let base = cenc_iv_base(&kid, "a", 0);
+        assert_ne!(cenc_iv(base, 0), cenc_iv(base, 1));
+        assert_ne!(base, cenc_iv_base(&kid, "b", 0));
+        assert_ne!(base, cenc_iv_base(&kid, "a", 1));
+        assert_ne!(base, cenc_iv_base(&[2; 16], "a", 0));
+        // Consecutive within a segment, wrapping at the top.
+        assert_eq!(cenc_iv(u64::MAX, 1), [0; 8]);
+        assert_eq!(cenc_iv(7, 3), 10u64.to_be_bytes());
     }
 }

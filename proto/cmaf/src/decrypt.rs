@@ -293,7 +293,7 @@ fn decrypt_traf(
         return Ok(());
     };
     let entries = read_senc(senc, &per_sample)?;
-    let mut key: Option<([u8; 16], ContentKey)> = None;
+    let mut key: Option<([u8; 16], cenc::ExpandedKey)> = None;
     for (index, ((sample, encryption), (iv, subsamples))) in
         samples.iter().zip(&per_sample).zip(entries).enumerate()
     {
@@ -302,7 +302,7 @@ fn decrypt_traf(
         }
         if key.as_ref().is_none_or(|(kid, _)| *kid != encryption.kid) {
             let found = key_for(&encryption.kid).ok_or(DecryptError::NoKey(encryption.kid))?;
-            key = Some((encryption.kid, found));
+            key = Some((encryption.kid, cenc::ExpandedKey::new(&found)));
         }
         let Some((_, content_key)) = &key else {
             continue;

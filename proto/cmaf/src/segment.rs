@@ -312,6 +312,8 @@ fn encrypt_samples(
 ) -> Result<AuxInfo, Mp4Error> {
     let pattern = pattern_for(p.scheme, track);
     let constant_iv = cenc::cbcs_constant_iv(&p.default_kid);
+    let key = cenc::ExpandedKey::new(p.key);
+    let iv_base = cenc::cenc_iv_base(&p.kid, p.rendition, p.sequence);
     let mut entries = Vec::with_capacity(samples.len());
     let use_subsamples = track.is_video();
     for (i, s) in samples.iter().enumerate() {
@@ -328,12 +330,12 @@ fn encrypt_samples(
         let index = first_index + i as u32;
         match p.scheme {
             Scheme::Cenc => {
-                let iv = cenc::cenc_iv(&p.kid, p.rendition, p.sequence, index);
-                cenc::encrypt_cenc(p.key, &iv, sample, subsamples.as_deref());
+                let iv = cenc::cenc_iv(iv_base, index);
+                cenc::encrypt_cenc(&key, &iv, sample, subsamples.as_deref());
                 entry.extend_from_slice(&iv);
             }
             Scheme::Cbcs => {
-                cenc::encrypt_cbcs(p.key, &constant_iv, sample, subsamples.as_deref(), pattern);
+                cenc::encrypt_cbcs(&key, &constant_iv, sample, subsamples.as_deref(), pattern);
             }
             Scheme::Passthrough => {}
         }
@@ -460,7 +462,10 @@ pub fn protect_segment(
             .filter(|m| m.kind.0 == *b"mdat")
             .ok_or(Mp4Error::Missing("mdat right after moof"))?;
         let children = b.children(0)?;
-        let mut mdat_body = mdat.body().to_vec();
+        // The output's mdat, header and media data: the one copy of the
+        // media data, encrypted where it lies.
+        let mut mdat_box = make_box(b"mdat", mdat.body());
+        let mdat_header = mdat_box.len() - mdat.body().len();
         let data_base = mdat.body_offset() as usize;
         // Per traf: parsed traf and its encryption info.
         let mut trafs = Vec::new();
@@ -470,7 +475,14 @@ pub fn protect_segment(
             }
             let traf = parse_traf(*child, track, false, &mut samples_left)?;
             let samples = locate_samples(b, mdat, &traf)?;
-            let aux = encrypt_samples(&mut mdat_body, data_base, &samples, sample_index, track, p)?;
+            let aux = encrypt_samples(
+                &mut mdat_box[mdat_header..],
+                data_base,
+                &samples,
+                sample_index,
+                track,
+                p,
+            )?;
             sample_index = sample_index.saturating_add(samples.len() as u32);
             let s = summary.get_or_insert(SegmentSummary {
                 duration: 0,
@@ -488,7 +500,7 @@ pub fn protect_segment(
         let draft = build_moof(b, &children, &trafs, track, p, 0)?;
         let growth = draft.len() as i64 - b.bytes.len() as i64;
         let moof = build_moof(b, &children, &trafs, track, p, growth)?;
-        rewritten.push((i, moof, make_box(b"mdat", &mdat_body), growth));
+        rewritten.push((i, moof, mdat_box, growth));
     }
     let summary = summary.ok_or(Mp4Error::Missing("moof (not a media segment)"))?;
 

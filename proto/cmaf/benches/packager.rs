@@ -1,5 +1,5 @@
 //! Packaging throughput beside the raw AES rates of the same crates, on one
-//! core, in one run. `cargo bench -p edge-seed --bench packager`
+//! core, in one run. `cargo bench -p loaves-cmaf --bench packager`
 //!
 //! Packaging = parse boxes, compute subsamples, encrypt, rebuild `moof`
 //! (`senc`/`saiz`/`saio`), hash nothing (the manifest hash is the seeds'
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use aes::Aes128;
 use aes::cipher::{BlockModeEncrypt, KeyIvInit, StreamCipher};
-use edge_seed::init::inspect_init;
-use edge_seed::segment::{SegmentProtection, protect_segment};
+use loaves_cmaf::init::inspect_init;
+use loaves_cmaf::segment::{SegmentProtection, protect_segment};
 use loaves_proto::keys::ContentKey;
 use loaves_proto::manifest::Scheme;
 
@@ -31,7 +31,8 @@ fn rate(bytes: u64, f: &mut dyn FnMut()) -> f64 {
 }
 
 fn main() {
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/sample");
+    // The sample presentation the packager's tests use.
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../edge-seed/testdata/sample");
     let mut renditions = Vec::new();
     for name in ["video_360p", "video_720p", "audio"] {
         let dir = sample.join(name);
