@@ -13,7 +13,7 @@
 //! - `GET /NAME/seg_NNNNN.m4s`: the segment, pulled through the rendition's
 //!   scheduler (the request moves its playhead) and verified before a single
 //!   byte is sent. Segments stay CENC-encrypted: the player's DRM module
-//!   decrypts. With [`crate::Options::decrypt`] (weaker: see there) the
+//!   decrypts. With [`crate::LoavesBuilder::decrypt`] (weaker: see there) the
 //!   endpoint decrypts verified segments itself and serves clear CMAF
 //!   (init segment, segments, playlists without key tags, MPD without
 //!   `ContentProtection`); a segment whose key the license lacks is a

@@ -2,7 +2,7 @@
 //! timeout on every read and write.
 //!
 //! The frame layout, its size limits and the sans-I/O decoder are the
-//! contract and live in [`loaves_wire::framing`] (re-exported here); this
+//! contract and live in [`loaves_proto::framing`] (re-exported here); this
 //! module is the tokio side of it.
 
 use std::time::Duration;
