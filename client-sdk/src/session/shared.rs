@@ -90,8 +90,10 @@ impl Shared {
     /// every task stops.
     pub(crate) fn end(&self, reason: EndReason) {
         if !self.cancel.is_cancelled() {
-            self.emit(Event::SessionEnded { reason });
+            // Cancelled before the event goes out: an app that reacts to
+            // `SessionEnded` finds `Session::is_ended` already true.
             self.cancel.cancel();
+            self.emit(Event::SessionEnded { reason });
         }
     }
 
