@@ -135,6 +135,17 @@ impl LicensedSession {
         self.license.policy.renewal_interval_s
     }
 
+    /// Takes the next renewal sequence number for a request about to be
+    /// sent. A number is spent whether or not the answer arrives: the
+    /// server may have applied a request whose answer was lost, failed to
+    /// verify, or was abandoned (a renewal cut short by `close`), and it
+    /// refuses a number it has seen as a replay. The server asks only that
+    /// numbers grow, so gaps are harmless.
+    fn next_sequence(&mut self) -> u64 {
+        self.renewal_sequence += 1;
+        self.renewal_sequence
+    }
+
     fn absorb(&mut self, license: VerifiedLicense) -> Result<(), LicenseClientError> {
         for key in license.open_keys(&self.session_keys)? {
             let known = self.keys.iter().any(|k| {
@@ -239,8 +250,12 @@ impl LicenseClient {
         key_periods: Option<(u32, u32)>,
         now: UnixSeconds,
     ) -> Result<(), LicenseClientError> {
-        let sequence = session.renewal_sequence + 1;
-        let request = signed_request(session.session_id(), sequence, key_periods, peer_identity);
+        let request = signed_request(
+            session.session_id(),
+            session.next_sequence(),
+            key_periods,
+            peer_identity,
+        );
         let response = self
             .grpc
             .renew_license(pb::RenewLicenseRequest {
@@ -250,7 +265,6 @@ impl LicenseClient {
             .into_inner();
         let envelope = response.license.ok_or(LicenseClientError::Missing)?;
         let license = license::verify(&self.trusted_keys, &envelope, &session.session_id(), now)?;
-        session.renewal_sequence = sequence;
         session.absorb(license)
     }
 
@@ -260,14 +274,12 @@ impl LicenseClient {
         session: &mut LicensedSession,
         peer_identity: &SigningKeyPair,
     ) -> Result<(), LicenseClientError> {
-        let sequence = session.renewal_sequence + 1;
-        let request = signed_request(session.session_id(), sequence, None, peer_identity);
+        let request = signed_request(session.session_id(), session.next_sequence(), None, peer_identity);
         self.grpc
             .release_session(pb::ReleaseSessionRequest {
                 request: Some(request),
             })
             .await?;
-        session.renewal_sequence = sequence;
         Ok(())
     }
 }

@@ -154,6 +154,45 @@ async fn acquire_renew_release() {
         .unwrap();
 }
 
+/// The server applies a renewal even when its answer never counts on the
+/// client (lost, refused by verification, or abandoned when `close` cuts
+/// the renewal task short). The release that follows must not reuse the
+/// spent sequence number, or the server refuses it as a replay and the
+/// account's concurrency slot stays taken until the license expires.
+#[tokio::test]
+async fn a_renewal_whose_answer_does_not_count_leaves_the_release_valid() {
+    let stack = license_server().await;
+    let peer = SigningKeyPair::generate().unwrap();
+    let mut client = LicenseClient::connect(&client_config(&stack, trusted(&stack)))
+        .await
+        .unwrap();
+    let mut session = client
+        .acquire(&request(entitlement(&stack.signin)), &peer, UnixSeconds(T0))
+        .await
+        .unwrap();
+    // The server renews; the client judges the answer at a time long past
+    // its expiry, so verification refuses it.
+    let refused = client
+        .renew(&mut session, &peer, None, UnixSeconds(T0 + 1_000_000))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // The next renewal and the release are not replays.
+    client
+        .renew(&mut session, &peer, None, UnixSeconds(T0))
+        .await
+        .unwrap();
+    client.release(&mut session, &peer).await.unwrap();
+    // Released for real: the account's single slot is free again.
+    client
+        .acquire(
+            &request(entitlement(&stack.signin)),
+            &SigningKeyPair::generate().unwrap(),
+            UnixSeconds(T0),
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn refusals_carry_the_servers_status() {
     let stack = license_server().await;
