@@ -26,13 +26,8 @@ struct Stack {
 
 async fn license_server() -> Stack {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
     // Secret files must be private to their owner.
-    std::fs::set_permissions(
-        dir.path().join("kek"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    loaves_testkit::files::write_private(&dir.path().join("kek"), "07".repeat(32));
     let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -529,21 +529,11 @@ async fn serve_registers_with_a_tracker_named_by_host_name() {
     assert_eq!(first.swarms.len(), 1);
     assert_eq!(first.swarms[0].title, serve_common::TITLE);
     // Graceful stop on SIGTERM.
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", child.id()))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = tokio::task::block_in_place(|| {
+        loaves_testkit::process::terminate_blocking(&mut child, Duration::from_secs(15))
+    })
+    .expect("no exit after SIGTERM");
+    assert!(status.success(), "exit {status}");
 }
 
 /// `serve` without any LOAVES_SEED_* variable of the test's environment.
