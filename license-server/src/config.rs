@@ -722,14 +722,16 @@ mod tests {
     #[test]
     fn the_commented_reference_parses_back_to_the_defaults() {
         let text = Config::commented();
-        for needle in [
-            "LOAVES_LICENSE_STORE_URL = LOAVES_LICENSE_STORE__URL",
-            "# Most requests processed at once",
-            "[limits]",
-            "LOAVES_LICENSE_KEK",
-        ] {
-            assert!(text.contains(needle), "{needle} missing:\n{text}");
-        }
+        loaves_testkit::text::assert_mentions(
+            "the commented reference",
+            &text,
+            &[
+                "LOAVES_LICENSE_STORE_URL = LOAVES_LICENSE_STORE__URL",
+                "# Most requests processed at once",
+                "[limits]",
+                "LOAVES_LICENSE_KEK",
+            ],
+        );
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
         let uncommented = service_config::uncomment_defaults(&text);
         assert!(

@@ -16,7 +16,7 @@ use common::{ADMIN, KEK_HEX, Viewer, connect, get_keys, http, open_license};
 use loaves_grpc::key_service_client::KeyServiceClient;
 use loaves_grpc::license_service_client::LicenseServiceClient;
 use loaves_proto::UnixSeconds;
-use loaves_testkit::process::terminate;
+use loaves_testkit::process::{assert_success, terminate};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
@@ -27,15 +27,17 @@ async fn help_names_the_settings() {
     let out = Command::new(BIN).arg("--help").output().await.unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "LOAVES_LICENSE_STORE_URL",
-        "LOAVES_LICENSE_KEK",
-        "--config",
-        "mint-entitlement",
-        "print-config",
-    ] {
-        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
-    }
+    loaves_testkit::text::assert_mentions(
+        "--help",
+        &help,
+        &[
+            "LOAVES_LICENSE_STORE_URL",
+            "LOAVES_LICENSE_KEK",
+            "--config",
+            "mint-entitlement",
+            "print-config",
+        ],
+    );
     let out = Command::new(BIN)
         .arg("print-config")
         .output()
@@ -79,15 +81,17 @@ async fn print_config_commented_is_the_defaults_in_full() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "# Precedence: built-in defaults, then this file, then the environment,",
-        "LOAVES_LICENSE_<SECTION>__<FIELD>",
-        "[store]",
-        "#url_file =",
-        "keys.admin_token_file",
-    ] {
-        assert!(text.contains(needle), "--commented lacks {needle}:\n{text}");
-    }
+    loaves_testkit::text::assert_mentions(
+        "--commented",
+        &text,
+        &[
+            "# Precedence: built-in defaults, then this file, then the environment,",
+            "LOAVES_LICENSE_<SECTION>__<FIELD>",
+            "[store]",
+            "#url_file =",
+            "keys.admin_token_file",
+        ],
+    );
     let defaults = license_server::Config::default();
     assert_eq!(license_server::Config::from_toml(&text).unwrap(), defaults);
     // Every default it states is the real one.
@@ -112,12 +116,7 @@ async fn print_config_shows_the_layers_and_no_password() {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = assert_success("print-config", &out);
     assert!(
         !text.contains("hunter2") && !text.contains("not-printed"),
         "{text}"
@@ -223,12 +222,9 @@ async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
         .output()
         .await
         .unwrap();
-    assert!(
-        minted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&minted.stderr)
-    );
-    let entitlement_b64 = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let entitlement_b64 = assert_success("mint-entitlement", &minted)
+        .trim()
+        .to_owned();
     let entitlement = URL_SAFE_NO_PAD.decode(&entitlement_b64).unwrap();
 
     let channel = connect(grpc_addr, &pem).await;

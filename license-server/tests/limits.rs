@@ -25,10 +25,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use common::{Db, Harness, Viewer, connect, get_keys, http, open_license};
 use loaves_testkit::grpc::healthy;
-use loaves_testkit::http::closed;
+use loaves_testkit::http::{closed, half_sent};
 use loaves_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -368,16 +367,12 @@ async fn half_sent_clearkey_requests_are_closed_while_an_honest_one_gets_its_key
     let body = serde_json::json!({ "kids": kids, "type": "temporary" }).to_string();
     let bearer = format!("Bearer {}", B64.encode(&license.session_token));
 
-    let mut attackers = Vec::new();
-    for _ in 0..ATTACKERS {
-        let connected = Instant::now();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"POST /clearkey HTTP/1.1\r\nHost: x\r\nContent-Le")
-            .await
-            .unwrap();
-        attackers.push((connected, stream));
-    }
+    let attackers = half_sent(
+        addr,
+        ATTACKERS,
+        b"POST /clearkey HTTP/1.1\r\nHost: x\r\nContent-Le",
+    )
+    .await;
     let open = |text: &str| {
         series(
             text,
@@ -425,11 +420,7 @@ async fn silent_tls_connections_are_closed_at_the_handshake_timeout_while_grpc_i
     .await
     .unwrap();
     let addr = h.server().grpc_addr;
-    let mut silent = Vec::new();
-    for _ in 0..SILENT {
-        let connected = Instant::now();
-        silent.push((connected, TcpStream::connect(addr).await.unwrap()));
-    }
+    let silent = half_sent(addr, SILENT, b"").await;
     let open = |text: &str| {
         series(
             text,

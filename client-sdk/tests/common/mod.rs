@@ -51,13 +51,7 @@ pub async fn clearkey_request(session: &loaves_client_sdk::Session, kid: &str) -
 /// output (comment lines dropped).
 pub fn framemd5(command: &mut std::process::Command) -> Vec<String> {
     let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
+    loaves_testkit::process::assert_success(&format!("{command:?}"), &output)
         .lines()
         .filter(|l| !l.starts_with('#'))
         .map(str::to_owned)

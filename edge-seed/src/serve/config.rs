@@ -384,13 +384,15 @@ mod tests {
     #[test]
     fn the_commented_reference_parses_back_to_the_defaults() {
         let text = SeedConfig::commented();
-        for needle in [
-            "LOAVES_SEED_TRACKERS = LOAVES_SEED_TRACKER__ADDRESSES",
-            "[capacity]",
-            "# Concurrent QUIC connections.",
-        ] {
-            assert!(text.contains(needle), "{needle} missing:\n{text}");
-        }
+        loaves_testkit::text::assert_mentions(
+            "the commented reference",
+            &text,
+            &[
+                "LOAVES_SEED_TRACKERS = LOAVES_SEED_TRACKER__ADDRESSES",
+                "[capacity]",
+                "# Concurrent QUIC connections.",
+            ],
+        );
         assert_eq!(SeedConfig::from_toml(&text).unwrap(), SeedConfig::default());
         let uncommented = service_config::uncomment_defaults(&text);
         assert!(

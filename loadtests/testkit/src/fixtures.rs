@@ -5,6 +5,20 @@ use loaves_proto::entitlement::Entitlement;
 use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::pb;
 
+/// X25519 public keys no session key may be wrapped to (hex): the
+/// low-order points of RFC 7748 and the usual blocklist (0, 1, the two
+/// points of order 8, p - 1, p, p + 1), each giving an all-zero shared
+/// secret.
+pub const X25519_LOW_ORDER_POINTS: &[&str] = &[
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+];
+
 /// An announce for `title`/`rendition` from `address`: a live window of
 /// segments 1 to 10, 20 Mbit/s of upload of which 1 is in use, no stats.
 pub fn announce(title: &str, rendition: &str, address: &str) -> pb::Announce {

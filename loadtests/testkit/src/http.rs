@@ -165,6 +165,20 @@ pub async fn closed(stream: &mut TcpStream, timeout: Duration) -> Duration {
     }
 }
 
+/// Opens `count` connections to `addr` that each send `head` (empty: not a
+/// byte) and then nothing: slow or silent clients, with the instant each
+/// connected.
+pub async fn half_sent(addr: SocketAddr, count: usize, head: &[u8]) -> Vec<(Instant, TcpStream)> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let connected = Instant::now();
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        connections.push((connected, stream));
+    }
+    connections
+}
+
 /// Waits, all at once, for the server to close each of `connections` (each
 /// at most `timeout`): how long each was held, from its instant on.
 pub async fn held_until_closed(

@@ -9,6 +9,7 @@
 //!   (servers bind port 0 and say where they listen), SIGTERM and a bounded
 //!   wait for the exit.
 //! - [`files`]: files readable by their owner only, as secret files must be.
+//! - [`text`]: what a program printed must mention.
 //! - [`keys`]: fixed signing keys, so that a failing run can be repeated.
 //! - [`fixtures`]: protocol messages the tests of several crates send.
 //! - `grpc` (feature `grpc`): the standard health check of a tonic server.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod keys;
 pub mod metrics;
 pub mod process;
+pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod wait;

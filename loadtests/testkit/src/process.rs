@@ -42,6 +42,19 @@ pub const HEADLESS_CHROMIUM: &[&str] = &[
     "--disable-sync",
 ];
 
+/// Asserts that `output` is of a run of `what` that succeeded (else shows
+/// its status and both streams); its standard output.
+pub fn assert_success(what: &str, output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Sends SIGTERM to `pid`, through the shell's builtin `kill` (no signal
 /// crate, no procps needed).
 pub fn sigterm(pid: u32) {

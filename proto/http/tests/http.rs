@@ -12,7 +12,7 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use loaves_http::{ConnMetrics, HttpServer, Limits, ShedReason, SpawnedServer};
-use loaves_testkit::http::{closed, held_until_closed, read_response};
+use loaves_testkit::http::{closed, half_sent, held_until_closed, read_response};
 use loaves_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -97,16 +97,7 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_while_an_honest_
     let header = ms(1000);
     let (server, metrics) = start(hello(), limits(1000, 1000)).await;
     let addr = server.local_addr();
-    let mut attackers = Vec::new();
-    for _ in 0..ATTACKERS {
-        let connected = Instant::now();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
-            .await
-            .unwrap();
-        attackers.push((connected, stream));
-    }
+    let attackers = half_sent(addr, ATTACKERS, b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ").await;
     eventually("the attackers to be accepted", SOON, async || {
         metrics.open() >= ATTACKERS as i64
     })

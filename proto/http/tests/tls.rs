@@ -14,7 +14,7 @@ use loaves_http::ShedReason;
 use loaves_http::metrics::ConnMetrics;
 use loaves_http::tls::{GrpcLimits, TlsIncoming, TlsLimits, grpc_server_config};
 use loaves_testkit::grpc::healthy;
-use loaves_testkit::http::{closed, held_until_closed};
+use loaves_testkit::http::{closed, half_sent, held_until_closed};
 use loaves_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -124,11 +124,7 @@ async fn silent_clients_are_closed_at_the_handshake_timeout_while_an_honest_clie
     const SILENT: usize = 500;
     let timeout = ms(1000);
     let server = start(limits(1000)).await;
-    let mut silent = Vec::new();
-    for _ in 0..SILENT {
-        let connected = Instant::now();
-        silent.push((connected, TcpStream::connect(server.addr).await.unwrap()));
-    }
+    let silent = half_sent(server.addr, SILENT, b"").await;
     eventually("the silent clients to be accepted", SOON, async || {
         server.metrics.open() >= SILENT as i64
     })

@@ -18,7 +18,7 @@ use tracker::stats::StatsLimits;
 use tracker::swarm::SwarmConfig;
 
 pub fn license_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[0x11; 32])
+    loaves_testkit::keys::fixed(0x11)
 }
 
 pub struct TestTracker {

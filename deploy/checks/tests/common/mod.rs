@@ -59,15 +59,8 @@ pub fn run(command: &mut Command) -> Output {
 }
 
 /// Panics with both streams unless the command succeeded.
-pub fn assert_success(what: &str, output: &Output) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+#[allow(unused_imports)] // not every check runs a command
+pub use loaves_testkit::process::assert_success;
 
 /// Files in `dir` whose name ends with `suffix`, sorted.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
