@@ -2,8 +2,9 @@
 //! The SDK's license client against a real license server on 127.0.0.1
 //! over TLS: acquire, renew with keys delivered ahead, release, refusals.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use license_server::config::{Config, TitleConfig};
 use license_server::{ManualClock, RunningServer};
@@ -57,17 +58,7 @@ async fn license_server() -> Stack {
 }
 
 fn client_config(stack: &Stack, trusted: Keyring) -> LicenseServerConfig {
-    LicenseServerConfig {
-        url: Some(
-            format!("https://{}", stack.server.grpc_addr)
-                .parse()
-                .unwrap(),
-        ),
-        ca_pem: Some(stack.server.tls_cert_pem.clone()),
-        tls_server_name: Some("localhost".into()),
-        trusted_keys: trusted,
-        request_timeout: Duration::from_secs(10),
-    }
+    common::license_client_config(&stack.server, trusted)
 }
 
 fn entitlement(signer: &SigningKeyPair) -> Vec<u8> {

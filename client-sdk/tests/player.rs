@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TITLE, stack};
+use common::stack;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -64,11 +64,7 @@ async fn ffmpeg_plays_the_endpoint_and_clearkey_requests_are_proxied() {
         return;
     }
     let stack = stack(false).await;
-    let loaves = stack.options(false).build().unwrap();
-    let session = loaves
-        .open(TITLE, stack.entitlement("stock"))
-        .await
-        .unwrap();
+    let session = stack.viewer("stock", stack.options(false)).await;
     let key = stack.content_key("sd");
 
     // The player's ClearKey request, through the endpoint, gets the key.

@@ -34,6 +34,21 @@ pub fn r(name: &str) -> RenditionName {
 }
 pub const ADMIN: &str = "sdk-test-admin";
 
+/// How a client reaches `license` (its development certificate, issued
+/// for `localhost`), trusting `trusted` for what it signs.
+pub fn license_client_config(
+    license: &RunningServer,
+    trusted: Keyring,
+) -> loaves_client_sdk::license::LicenseServerConfig {
+    loaves_client_sdk::license::LicenseServerConfig {
+        url: Some(format!("https://{}", license.grpc_addr).parse().unwrap()),
+        ca_pem: Some(license.tls_cert_pem.clone()),
+        tls_server_name: Some("localhost".into()),
+        trusted_keys: trusted,
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
 /// A player's ClearKey license request for `kid` (base64url) through the
 /// session's endpoint: the status and the body.
 pub async fn clearkey_request(session: &loaves_client_sdk::Session, kid: &str) -> (u16, String) {
@@ -414,22 +429,15 @@ impl Stack {
 
     /// How a client reaches and trusts this stack's license server.
     pub fn license_config(&self) -> loaves_client_sdk::license::LicenseServerConfig {
-        loaves_client_sdk::license::LicenseServerConfig {
-            url: Some(
-                format!("https://{}", self.license.grpc_addr)
-                    .parse()
-                    .unwrap(),
-            ),
-            ca_pem: Some(self.license.tls_cert_pem.clone()),
-            tls_server_name: Some("localhost".into()),
-            trusted_keys: [
+        license_client_config(
+            &self.license,
+            [
                 self.license.core.license_public_key(),
                 self.operator.verifying_key(),
             ]
             .into_iter()
             .collect(),
-            request_timeout: Duration::from_secs(10),
-        }
+        )
     }
 
     /// The settings of a viewer of this stack. The peer endpoint keeps the
