@@ -1,12 +1,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The CDN client against real HTTP servers on 127.0.0.1.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
 use loaves_client_sdk::cdn::{CdnClient, CdnConfig, CdnError};
 use loaves_client_sdk::scheduler::ByteRange;
@@ -24,24 +26,7 @@ async fn serve(router: Router) -> SocketAddr {
 
 /// Honours `Range: bytes=a-b`.
 async fn ranged(headers: HeaderMap) -> Response {
-    let body = object();
-    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return body.into_response();
-    };
-    let (a, b) = range
-        .strip_prefix("bytes=")
-        .and_then(|r| r.split_once('-'))
-        .unwrap();
-    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
-    (
-        StatusCode::PARTIAL_CONTENT,
-        [(
-            header::CONTENT_RANGE,
-            format!("bytes {a}-{b}/{}", body.len()),
-        )],
-        body[a..=b].to_vec(),
-    )
-        .into_response()
+    common::ranged(object(), &headers)
 }
 
 fn client(bases: Vec<String>, max_body_bytes: u64) -> CdnClient {

@@ -15,14 +15,6 @@ use common::{Stack, TITLE, stack_with};
 use loaves_client_sdk::Session;
 use loaves_proto::manifest::Scheme;
 
-fn have_ffmpeg() -> bool {
-    let found = Command::new("ffmpeg").arg("-version").output().is_ok();
-    if !found && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("ffmpeg is missing (scripts/test.d/ffmpeg.sh installs it)");
-    }
-    found
-}
-
 fn sample_dir(rendition: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../edge-seed/testdata/sample")
@@ -32,23 +24,12 @@ fn sample_dir(rendition: &str) -> PathBuf {
 /// ffmpeg's per-frame MD5s of every stream of the file `input`, decoded
 /// without any key (comment lines dropped).
 fn frame_md5(input: &Path) -> Vec<String> {
-    let output = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(input)
-        .args(["-map", "0", "-f", "framemd5", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "ffmpeg on {input:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    common::framemd5(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-i"])
+            .arg(input)
+            .args(["-map", "0", "-f", "framemd5", "-"]),
+    )
 }
 
 async fn get(url: &str) -> reqwest::Response {
@@ -132,7 +113,7 @@ async fn plays_clear(stack: &Stack, session: &Session, rendition: &str, work: &P
 }
 
 async fn decrypted_endpoint_decodes_like_the_clear_sample(scheme: Scheme) {
-    if !have_ffmpeg() {
+    if !common::have_ffmpeg() {
         eprintln!("ffmpeg missing: skipped");
         return;
     }

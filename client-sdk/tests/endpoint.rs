@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::{TITLE, stack};
 use loaves_client_sdk::Session;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const APP: &str = "https://app.example";
 
@@ -26,9 +26,6 @@ async fn raw(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(session.player_addr())
-        .await
-        .unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
@@ -42,24 +39,13 @@ async fn raw(
         "content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     ));
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let head = text
-        .split("\r\n\r\n")
-        .next()
-        .unwrap_or_default()
-        .to_lowercase();
-    (status, head)
+    let response = loaves_testkit::http::exchange(
+        session.player_addr(),
+        request.as_bytes(),
+        Duration::from_secs(30),
+    )
+    .await;
+    (response.status, response.head.to_lowercase())
 }
 
 async fn session(stack: &common::Stack, allowed: &[&str]) -> Session {

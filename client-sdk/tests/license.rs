@@ -2,8 +2,9 @@
 //! The SDK's license client against a real license server on 127.0.0.1
 //! over TLS: acquire, renew with keys delivered ahead, release, refusals.
 
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use license_server::config::{Config, TitleConfig};
 use license_server::{ManualClock, RunningServer};
@@ -26,13 +27,8 @@ struct Stack {
 
 async fn license_server() -> Stack {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kek"), "07".repeat(32)).unwrap();
     // Secret files must be private to their owner.
-    std::fs::set_permissions(
-        dir.path().join("kek"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    loaves_testkit::files::write_private(&dir.path().join("kek"), "07".repeat(32));
     let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -62,17 +58,7 @@ async fn license_server() -> Stack {
 }
 
 fn client_config(stack: &Stack, trusted: Keyring) -> LicenseServerConfig {
-    LicenseServerConfig {
-        url: Some(
-            format!("https://{}", stack.server.grpc_addr)
-                .parse()
-                .unwrap(),
-        ),
-        ca_pem: Some(stack.server.tls_cert_pem.clone()),
-        tls_server_name: Some("localhost".into()),
-        trusted_keys: trusted,
-        request_timeout: Duration::from_secs(10),
-    }
+    common::license_client_config(&stack.server, trusted)
 }
 
 fn entitlement(signer: &SigningKeyPair) -> Vec<u8> {

@@ -25,6 +25,7 @@ use loaves_proto::keys::SigningKeyPair;
 use loaves_proto::manifest::{Scheme, sha256};
 use loaves_proto::pb;
 use loaves_proto::signed::{self, Purpose};
+use loaves_testkit::wait::eventually;
 use prost::Message;
 use tokio::sync::oneshot;
 
@@ -180,15 +181,6 @@ fn listed(playlist: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Waits (bounded) until `done` holds.
-async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let since = Instant::now();
-    while !done() {
-        assert!(since.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_follow_the_live_edge_and_share_segments() {
     const TOTAL: u64 = 16;
@@ -331,7 +323,7 @@ async fn viewers_follow_the_live_edge_and_share_segments() {
 
     // The event ended: the endpoint's playlist says so.
     let session = &sessions[0].0;
-    until("the final chunk", Duration::from_secs(10), || {
+    eventually("the final chunk", Duration::from_secs(10), async || {
         !session.is_live(&common::r(VIDEO))
     })
     .await;
@@ -471,7 +463,7 @@ async fn a_tampered_append_is_refused_and_its_segment_never_delivered() {
 
     // 3. The origin is repaired: following resumes from the last good chunk.
     publish(&packaged, &served, VIDEO);
-    until("segment 4 listed", Duration::from_secs(20), || {
+    eventually("segment 4 listed", Duration::from_secs(20), async || {
         session.live_edge(&common::r(VIDEO)) == Some(4)
     })
     .await;
@@ -481,7 +473,7 @@ async fn a_tampered_append_is_refused_and_its_segment_never_delivered() {
     // The end of the event reaches the endpoint's playlist.
     feed.finish().await;
     publish(&packaged, &served, VIDEO);
-    until("the final chunk", Duration::from_secs(20), || {
+    eventually("the final chunk", Duration::from_secs(20), async || {
         !session.is_live(&common::r(VIDEO))
     })
     .await;

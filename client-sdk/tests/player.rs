@@ -16,15 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TITLE, stack};
-
-fn have_ffmpeg() -> bool {
-    let found = Command::new("ffmpeg").arg("-version").output().is_ok();
-    if !found && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("ffmpeg is missing (scripts/test.d/ffmpeg.sh installs it)");
-    }
-    found
-}
+use common::stack;
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -62,44 +54,23 @@ fn frame_md5(input: &str, key: Option<&str>) -> Vec<String> {
         "framemd5",
         "-",
     ]);
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "ffmpeg on {input}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    common::framemd5(&mut command)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ffmpeg_plays_the_endpoint_and_clearkey_requests_are_proxied() {
-    if !have_ffmpeg() {
+    if !common::have_ffmpeg() {
         eprintln!("ffmpeg missing: skipped");
         return;
     }
     let stack = stack(false).await;
-    let loaves = stack.options(false).build().unwrap();
-    let session = loaves
-        .open(TITLE, stack.entitlement("stock"))
-        .await
-        .unwrap();
+    let session = stack.viewer("stock", stack.options(false)).await;
     let key = stack.content_key("sd");
 
     // The player's ClearKey request, through the endpoint, gets the key.
     let kid = b64url(&key.kid.0);
-    let answer = reqwest::Client::new()
-        .post(format!("http://{}/clearkey/license", session.player_addr()))
-        .body(format!("{{\"kids\":[\"{kid}\"],\"type\":\"temporary\"}}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200);
-    let body = answer.text().await.unwrap();
+    let (status, body) = common::clearkey_request(&session, &kid).await;
+    assert_eq!(status, 200);
     assert!(
         body.contains(&format!("\"k\":\"{}\"", b64url(key.key.as_bytes()))),
         "{body}"

@@ -40,14 +40,7 @@ async fn viewer(stack: &Stack, account: &str) -> Session {
 async fn clearkey(stack: &Stack, session: &Session) -> (u16, String) {
     let key = stack.content_key("sd");
     let kid = URL_SAFE_NO_PAD.encode(key.kid.0);
-    let answer = reqwest::Client::new()
-        .post(format!("http://{}/clearkey/license", session.player_addr()))
-        .body(format!("{{\"kids\":[\"{kid}\"],\"type\":\"temporary\"}}"))
-        .send()
-        .await
-        .unwrap();
-    let status = answer.status().as_u16();
-    let body = answer.text().await.unwrap();
+    let (status, body) = common::clearkey_request(session, &kid).await;
     let expected = format!("\"k\":\"{}\"", URL_SAFE_NO_PAD.encode(key.key.as_bytes()));
     if status == 200 {
         assert!(body.contains(&expected), "{body}");

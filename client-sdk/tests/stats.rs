@@ -10,20 +10,12 @@ use std::time::{Duration, Instant};
 
 use common::stack;
 use loaves_client_sdk::player;
+use loaves_testkit::wait::eventually;
 
 const RENDITION: &str = "audio";
 const AHEAD: Duration = Duration::from_secs(8);
 /// Bound on waiting for the announces that carry the last counters.
 const REPORT_WAIT: Duration = Duration::from_secs(10);
-
-/// Waits (bounded) until `done` holds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let since = Instant::now();
-    while !done() {
-        assert!(since.elapsed() < REPORT_WAIT, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p2p_off_reports_the_cdn_only_cohort_without_peers() {
@@ -41,10 +33,14 @@ async fn p2p_off_reports_the_cdn_only_cohort_without_peers() {
 
     let cdn_only = r#"cohort="cdn_only""#;
     let cdn_bytes = r#"source="cdn""#;
-    eventually("cdn_only bytes and played time at the tracker", || {
-        stack.tracker_metric("loaves_tracker_bytes_total", &[cdn_only, cdn_bytes]) > 0.0
-            && stack.tracker_metric("loaves_tracker_played_seconds_total", &[cdn_only]) > 0.0
-    })
+    eventually(
+        "cdn_only bytes and played time at the tracker",
+        REPORT_WAIT,
+        async || {
+            stack.tracker_metric("loaves_tracker_bytes_total", &[cdn_only, cdn_bytes]) > 0.0
+                && stack.tracker_metric("loaves_tracker_played_seconds_total", &[cdn_only]) > 0.0
+        },
+    )
     .await;
     // Every report was filed as CDN-only, and nothing was served to or
     // taken from peers.
@@ -103,7 +99,7 @@ async fn p2p_on_reports_played_time() {
     }
 
     let p2p = r#"cohort="p2p""#;
-    eventually("p2p played time at the tracker", || {
+    eventually("p2p played time at the tracker", REPORT_WAIT, async || {
         stack.tracker_metric("loaves_tracker_played_seconds_total", &[p2p]) > 0.0
     })
     .await;

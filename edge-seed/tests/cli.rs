@@ -57,12 +57,7 @@ fn package_subcommand_packages_the_sample() {
         .arg(&origin)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = loaves_testkit::process::assert_success("package", &o);
     assert!(
         stdout.contains("packaged 3 renditions, 31 segments"),
         "{stdout}"
@@ -529,21 +524,11 @@ async fn serve_registers_with_a_tracker_named_by_host_name() {
     assert_eq!(first.swarms.len(), 1);
     assert_eq!(first.swarms[0].title, serve_common::TITLE);
     // Graceful stop on SIGTERM.
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!("kill -TERM {}", child.id()))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit {status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = tokio::task::block_in_place(|| {
+        loaves_testkit::process::terminate_blocking(&mut child, Duration::from_secs(15))
+    })
+    .expect("no exit after SIGTERM");
+    assert!(status.success(), "exit {status}");
 }
 
 /// `serve` without any LOAVES_SEED_* variable of the test's environment.
@@ -566,14 +551,16 @@ fn serve_print_config_commented_is_the_defaults_in_full() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8(o.stdout).unwrap();
-    for needle in [
-        "# Precedence: built-in defaults, then this file, then the environment,",
-        "LOAVES_SEED_<SECTION>__<FIELD>",
-        "[origin_fetch]",
-        "#drain_timeout_s = 10",
-    ] {
-        assert!(text.contains(needle), "--commented lacks {needle}:\n{text}");
-    }
+    loaves_testkit::text::assert_mentions(
+        "--commented",
+        &text,
+        &[
+            "# Precedence: built-in defaults, then this file, then the environment,",
+            "LOAVES_SEED_<SECTION>__<FIELD>",
+            "[origin_fetch]",
+            "#drain_timeout_s = 10",
+        ],
+    );
     let defaults = edge_seed::serve::SeedConfig::default();
     assert_eq!(
         edge_seed::serve::SeedConfig::from_toml(&text).unwrap(),

@@ -36,12 +36,7 @@ impl Server {
         let d = dir.path();
         // Secret files must be private to their owner.
         for (name, value) in [("kek", "01".repeat(32)), ("admin-token", ADMIN.to_owned())] {
-            std::fs::write(d.join(name), value).unwrap();
-            std::fs::set_permissions(
-                d.join(name),
-                std::os::unix::fs::PermissionsExt::from_mode(0o600),
-            )
-            .unwrap();
+            loaves_testkit::files::write_private(&d.join(name), value);
         }
         let signin = loaves_proto::keygen::write_key_pair(d, "signin", true).unwrap();
         let mut config = Config {
@@ -81,6 +76,18 @@ impl Server {
             Some(s.tls_cert_pem.clone().into_bytes()),
         )
         .with_timeout(Duration::from_secs(10))
+    }
+
+    /// The admin's key source trusting `ca_pem` (PEM) for the server's
+    /// certificate.
+    fn source_trusting(&self, ca_pem: Vec<u8>) -> GrpcKeySource {
+        let s = self.server.as_ref().unwrap();
+        GrpcKeySource::new(
+            format!("https://127.0.0.1:{}", s.grpc_addr.port()),
+            Some(ADMIN.into()),
+            Some(ca_pem),
+        )
+        .with_timeout(Duration::from_secs(5))
     }
 }
 
@@ -130,12 +137,7 @@ fn bad_token_and_untrusted_certificate_are_clear_errors() {
     assert!(err.to_string().contains("Unauthenticated"), "{err}");
     let other_cert = another_servers_certificate();
     let s = server.server.as_ref().unwrap();
-    let untrusted = GrpcKeySource::new(
-        format!("https://{}", s.grpc_addr),
-        Some(ADMIN.into()),
-        Some(other_cert),
-    )
-    .with_timeout(Duration::from_secs(5));
+    let untrusted = server.source_trusting(other_cert);
     let err = untrusted.get_keys("demo", &requests()).unwrap_err();
     assert!(matches!(err, KeySourceError::Unavailable { .. }), "{err:?}");
     // Without any CA for https: a configuration error, before connecting.
@@ -221,13 +223,7 @@ fn a_self_signed_ca_certificate_is_refused_with_what_works_instead() {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let (_files, server) = server_with_certificate(&ca_cert.pem(), &ca_key.serialize_pem());
-    let s = server.server.as_ref().unwrap();
-    let source = GrpcKeySource::new(
-        format!("https://127.0.0.1:{}", s.grpc_addr.port()),
-        Some(ADMIN.into()),
-        Some(ca_cert.pem().into_bytes()),
-    )
-    .with_timeout(Duration::from_secs(5));
+    let source = server.source_trusting(ca_cert.pem().into_bytes());
     let error = source
         .get_keys("demo", &requests())
         .unwrap_err()
@@ -248,13 +244,7 @@ fn a_self_signed_ca_certificate_is_refused_with_what_works_instead() {
         .signed_by(&leaf_key, &Issuer::new(ca_params, &ca_key))
         .unwrap();
     let (_files, server) = server_with_certificate(&leaf.pem(), &leaf_key.serialize_pem());
-    let s = server.server.as_ref().unwrap();
-    let source = GrpcKeySource::new(
-        format!("https://127.0.0.1:{}", s.grpc_addr.port()),
-        Some(ADMIN.into()),
-        Some(ca_cert.pem().into_bytes()),
-    )
-    .with_timeout(Duration::from_secs(5));
+    let source = server.source_trusting(ca_cert.pem().into_bytes());
     assert_eq!(
         source.get_keys("demo", &requests()).unwrap().len(),
         requests().len()
@@ -268,13 +258,7 @@ fn a_self_signed_ca_certificate_is_refused_with_what_works_instead() {
         .unwrap();
     drop(server);
     let (_files, server) = server_with_certificate(&own.pem(), &own_key.serialize_pem());
-    let s = server.server.as_ref().unwrap();
-    let source = GrpcKeySource::new(
-        format!("https://127.0.0.1:{}", s.grpc_addr.port()),
-        Some(ADMIN.into()),
-        Some(own.pem().into_bytes()),
-    )
-    .with_timeout(Duration::from_secs(5));
+    let source = server.source_trusting(own.pem().into_bytes());
     assert_eq!(
         source.get_keys("demo", &requests()).unwrap().len(),
         requests().len()
@@ -288,12 +272,14 @@ fn package_help_says_which_certificate_works() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "CA that signed it",
-        "without the CA flag",
-        "CaUsedAsEndEntity",
-        "--admin-token-file",
-    ] {
-        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
-    }
+    loaves_testkit::text::assert_mentions(
+        "--help",
+        &help,
+        &[
+            "CA that signed it",
+            "without the CA flag",
+            "CaUsedAsEndEntity",
+            "--admin-token-file",
+        ],
+    );
 }

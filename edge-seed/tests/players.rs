@@ -297,17 +297,8 @@ fn start_chromium(browser: &Path, url: &str, dir: &Path) -> Chromium {
     use std::os::unix::process::CommandExt as _;
     let log = std::fs::File::create(dir.join("chromium.log")).unwrap();
     let child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--autoplay-policy=no-user-gesture-required",
-        ])
+        .args(loaves_testkit::process::HEADLESS_CHROMIUM)
+        .arg("--autoplay-policy=no-user-gesture-required")
         .arg(format!("--user-data-dir={}", dir.join("profile").display()))
         .arg(url)
         .stdin(Stdio::null())

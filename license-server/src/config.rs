@@ -22,10 +22,10 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use loaves_service::config::{self as service_config, Alias, EnvScheme, Overrides};
+use loaves_service::config::{self as service_config, Alias, EnvScheme};
 use loaves_service::confique;
 use loaves_service::secret::SecretError;
 use serde::{Deserialize, Serialize};
@@ -597,45 +597,16 @@ fn valid_name(name: &str) -> bool {
     loaves_proto::names::is_valid_name(name)
 }
 
+// `to_toml` holds no secret value unless `store.url` carries a password;
+// [`Config::redacted`] hides that.
+loaves_service::layered_config!(Config, scheme: ENV, notes: SECRET_NOTES, validate: validate);
+
 impl Config {
-    /// Loads `path` (if given) over the defaults, then `env` (pass
-    /// `loaves_service::config::process_env()`), then `flags`; validated.
-    pub fn load(
-        path: Option<&Path>,
-        env: &[(String, String)],
-        flags: &Overrides,
-    ) -> Result<Self, ConfigError> {
-        let config: Self = service_config::load(&ENV, path, env, flags)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Reads a TOML file; missing fields take their defaults.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        service_config::load(&ENV, Some(path), &[], &Overrides::new())
-    }
-
-    /// Parses TOML text; missing fields take their defaults.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        service_config::from_toml(text)
-    }
-
-    /// The configuration as TOML. It holds no secret value unless
-    /// `store.url` carries a password; [`Self::redacted`] hides that.
-    pub fn to_toml(&self) -> Result<String, ConfigError> {
-        service_config::to_toml(self)
-    }
-
     /// A copy fit for printing: the store URL without its password.
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         copy.store.url = copy.store.url.as_deref().map(service_config::redact_url);
         copy
-    }
-
-    /// The full commented reference (`print-config --commented`).
-    pub fn commented() -> String {
-        service_config::template::<Self>(&ENV, SECRET_NOTES)
     }
 
     /// Every setting's environment variable.
@@ -732,6 +703,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use loaves_service::config::Overrides;
 
     #[test]
     fn defaults_round_trip_and_validate() {
@@ -750,14 +722,16 @@ mod tests {
     #[test]
     fn the_commented_reference_parses_back_to_the_defaults() {
         let text = Config::commented();
-        for needle in [
-            "LOAVES_LICENSE_STORE_URL = LOAVES_LICENSE_STORE__URL",
-            "# Most requests processed at once",
-            "[limits]",
-            "LOAVES_LICENSE_KEK",
-        ] {
-            assert!(text.contains(needle), "{needle} missing:\n{text}");
-        }
+        loaves_testkit::text::assert_mentions(
+            "the commented reference",
+            &text,
+            &[
+                "LOAVES_LICENSE_STORE_URL = LOAVES_LICENSE_STORE__URL",
+                "# Most requests processed at once",
+                "[limits]",
+                "LOAVES_LICENSE_KEK",
+            ],
+        );
         assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
         let uncommented = service_config::uncomment_defaults(&text);
         assert!(

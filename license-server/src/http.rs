@@ -136,6 +136,17 @@ fn refuse(core: &LicenseCore, status: StatusCode, reason: &'static str, message:
     cors((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
+/// The answer when the store fails under a ClearKey request.
+fn store_unavailable(core: &LicenseCore, error: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(error = %error, "clearkey: store unavailable");
+    refuse(
+        core,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_error",
+        "store unavailable",
+    )
+}
+
 fn decode_b64url(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD
         .decode(text.trim().trim_end_matches('='))
@@ -204,15 +215,7 @@ async fn clearkey(
                 "session is over",
             );
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "clearkey: store unavailable");
-            return refuse(
-                core,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_error",
-                "store unavailable",
-            );
-        }
+        Err(e) => return store_unavailable(core, &e),
     }
     let Ok(request) = serde_json::from_slice::<ClearKeyRequest>(&body) else {
         return refuse(
@@ -276,15 +279,7 @@ async fn clearkey(
                 });
             }
             Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "clearkey: store unavailable");
-                return refuse(
-                    core,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_error",
-                    "store unavailable",
-                );
-            }
+            Err(e) => return store_unavailable(core, &e),
         }
     }
     if keys.is_empty() {

@@ -173,7 +173,9 @@ pub struct RowCounts {
     pub accounts: i64,
 }
 
-const SQLITE_SCHEMA: &[&str] = &[
+/// The schema in SQLite's types; PostgreSQL's differs only in naming its
+/// byte strings `BYTEA` ([`schema_statement`]).
+const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS content_keys (
         title TEXT NOT NULL, track_type TEXT NOT NULL, key_period BIGINT NOT NULL,
@@ -193,25 +195,13 @@ const SQLITE_SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
 ];
 
-const POSTGRES_SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BYTEA NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS content_keys (
-        title TEXT NOT NULL, track_type TEXT NOT NULL, key_period BIGINT NOT NULL,
-        key_id BYTEA NOT NULL UNIQUE, sealed_key BYTEA NOT NULL, created_at BIGINT NOT NULL,
-        PRIMARY KEY (title, track_type, key_period))",
-    "CREATE TABLE IF NOT EXISTS accounts (
-        account TEXT PRIMARY KEY, acquisitions BIGINT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessions (
-        session_id BYTEA PRIMARY KEY, account TEXT NOT NULL,
-        title TEXT NOT NULL, renditions TEXT NOT NULL,
-        client_hpke_key BYTEA NOT NULL UNIQUE,
-        peer_key BYTEA NOT NULL, region TEXT NOT NULL, isp TEXT NOT NULL,
-        renewal_seq BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-        entitlement_expires_at BIGINT NOT NULL, replay_horizon BIGINT NOT NULL,
-        created_at BIGINT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS sessions_account ON sessions (account, expires_at)",
-    "CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at)",
-];
+/// `statement` of [`SCHEMA`] for `backend`.
+fn schema_statement(backend: Backend, statement: &str) -> String {
+    match backend {
+        Backend::Sqlite => statement.to_owned(),
+        Backend::Postgres => statement.replace("BLOB", "BYTEA"),
+    }
+}
 
 /// Keys by (title, track type, key period).
 type KeyCache = HashMap<(String, String, u32), StoredKey>;
@@ -316,18 +306,16 @@ impl Store {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
-        let schema = match self.backend {
-            Backend::Sqlite => SQLITE_SCHEMA,
-            Backend::Postgres => {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(POSTGRES_SCHEMA_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                POSTGRES_SCHEMA
-            }
-        };
-        for statement in schema {
-            sqlx::query(*statement).execute(&mut *tx).await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(POSTGRES_SCHEMA_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for statement in SCHEMA {
+            // Made from the constant above alone: no outside text.
+            let statement = sqlx::AssertSqlSafe(schema_statement(self.backend, statement));
+            sqlx::query(statement).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -682,27 +670,6 @@ impl Store {
         now: UnixSeconds,
         expires_at: UnixSeconds,
     ) -> Result<SessionUpdate, StoreError> {
-        self.update_session(id, seq, now, expires_at).await
-    }
-
-    /// Ends a live session at once (frees its slot) if `seq` is above the
-    /// last accepted sequence.
-    pub async fn release_session(
-        &self,
-        id: &SessionId,
-        seq: u64,
-        now: UnixSeconds,
-    ) -> Result<SessionUpdate, StoreError> {
-        self.update_session(id, seq, now, UnixSeconds(0)).await
-    }
-
-    async fn update_session(
-        &self,
-        id: &SessionId,
-        seq: u64,
-        now: UnixSeconds,
-        expires_at: UnixSeconds,
-    ) -> Result<SessionUpdate, StoreError> {
         let updated = sqlx::query(
             "UPDATE sessions SET renewal_seq = $2, expires_at = $3
              WHERE session_id = $1 AND renewal_seq < $2 AND expires_at >= $4",
@@ -722,6 +689,18 @@ impl Store {
             Some(s) if s.expires_at < now => SessionUpdate::Over,
             Some(_) => SessionUpdate::Replay,
         })
+    }
+
+    /// Ends a live session at once (frees its slot) if `seq` is above the
+    /// last accepted sequence.
+    pub async fn release_session(
+        &self,
+        id: &SessionId,
+        seq: u64,
+        now: UnixSeconds,
+    ) -> Result<SessionUpdate, StoreError> {
+        // A renewal to time 0: over at once, by the same sequence rules.
+        self.renew_session(id, seq, now, UnixSeconds(0)).await
     }
 
     /// Whether the session is live at `now`.
@@ -811,4 +790,23 @@ async fn sqlite_pool(
         .connect_with(options.clone())
         .await?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod schema_tests {
+    use super::{Backend, SCHEMA, schema_statement};
+
+    #[test]
+    fn postgres_names_each_byte_string_bytea_and_sqlite_takes_the_schema_as_written() {
+        assert!(SCHEMA.iter().any(|s| s.contains("BLOB")));
+        for statement in SCHEMA {
+            let postgres = schema_statement(Backend::Postgres, statement);
+            assert!(!postgres.contains("BLOB"), "{postgres}");
+            assert_eq!(
+                postgres.matches("BYTEA").count(),
+                statement.matches("BLOB").count()
+            );
+            assert_eq!(schema_statement(Backend::Sqlite, statement), *statement);
+        }
+    }
 }

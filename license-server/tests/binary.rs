@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -16,33 +16,28 @@ use common::{ADMIN, KEK_HEX, Viewer, connect, get_keys, http, open_license};
 use loaves_grpc::key_service_client::KeyServiceClient;
 use loaves_grpc::license_service_client::LicenseServiceClient;
 use loaves_proto::UnixSeconds;
+use loaves_testkit::process::{assert_success, terminate};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_license-server");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_names_the_settings() {
     let out = Command::new(BIN).arg("--help").output().await.unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in [
-        "LOAVES_LICENSE_STORE_URL",
-        "LOAVES_LICENSE_KEK",
-        "--config",
-        "mint-entitlement",
-        "print-config",
-    ] {
-        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
-    }
+    loaves_testkit::text::assert_mentions(
+        "--help",
+        &help,
+        &[
+            "LOAVES_LICENSE_STORE_URL",
+            "LOAVES_LICENSE_KEK",
+            "--config",
+            "mint-entitlement",
+            "print-config",
+        ],
+    );
     let out = Command::new(BIN)
         .arg("print-config")
         .output()
@@ -70,6 +65,13 @@ fn bare() -> Command {
     command
 }
 
+/// Runs `command`, which must fail: what it wrote to standard error.
+async fn refused(command: &mut Command) -> String {
+    let out = command.output().await.unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn print_config_commented_is_the_defaults_in_full() {
     let out = bare()
@@ -79,15 +81,17 @@ async fn print_config_commented_is_the_defaults_in_full() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for needle in [
-        "# Precedence: built-in defaults, then this file, then the environment,",
-        "LOAVES_LICENSE_<SECTION>__<FIELD>",
-        "[store]",
-        "#url_file =",
-        "keys.admin_token_file",
-    ] {
-        assert!(text.contains(needle), "--commented lacks {needle}:\n{text}");
-    }
+    loaves_testkit::text::assert_mentions(
+        "--commented",
+        &text,
+        &[
+            "# Precedence: built-in defaults, then this file, then the environment,",
+            "LOAVES_LICENSE_<SECTION>__<FIELD>",
+            "[store]",
+            "#url_file =",
+            "keys.admin_token_file",
+        ],
+    );
     let defaults = license_server::Config::default();
     assert_eq!(license_server::Config::from_toml(&text).unwrap(), defaults);
     // Every default it states is the real one.
@@ -112,12 +116,7 @@ async fn print_config_shows_the_layers_and_no_password() {
         .output()
         .await
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = assert_success("print-config", &out);
     assert!(
         !text.contains("hunter2") && !text.contains("not-printed"),
         "{text}"
@@ -130,14 +129,12 @@ async fn print_config_shows_the_layers_and_no_password() {
     assert_eq!(printed.limits.max_in_flight, 7, "environment");
     assert_eq!(printed.log, "warn", "the flag over the environment");
 
-    let out = bare()
-        .arg("print-config")
-        .env("LOAVES_LICENSE_LIMITS__MAX_INFLIGHT", "7")
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let error = String::from_utf8_lossy(&out.stderr);
+    let error = refused(
+        bare()
+            .arg("print-config")
+            .env("LOAVES_LICENSE_LIMITS__MAX_INFLIGHT", "7"),
+    )
+    .await;
     assert!(
         error.contains("LOAVES_LICENSE_LIMITS__MAX_INFLIGHT") && error.contains("names no setting"),
         "{error}"
@@ -151,20 +148,18 @@ async fn a_secret_file_others_can_read_is_refused() {
     let token = dir.path().join("admin-token");
     std::fs::write(&token, "file-secret-value\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = bare()
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .args(["--clearkey-listen", "off"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--admin-token-file")
-        .arg(&token)
-        .env("LOAVES_LICENSE_KEK", KEK_HEX)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let error = String::from_utf8_lossy(&out.stderr);
+    let error = refused(
+        bare()
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--clearkey-listen", "off"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--admin-token-file")
+            .arg(&token)
+            .env("LOAVES_LICENSE_KEK", KEK_HEX)
+            .stdin(Stdio::null()),
+    )
+    .await;
     assert!(
         error.contains("readable by group or others")
             && error.contains(&token.display().to_string())
@@ -178,60 +173,25 @@ async fn a_secret_file_others_can_read_is_refused() {
 async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let grpc = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let clearkey = format!("127.0.0.1:{}", free_port());
-    let cert = dir.path().join("cert.pem");
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            &grpc,
-            "--metrics-listen",
-            &metrics,
-            "--clearkey-listen",
-            &clearkey,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--dev-cert-out")
-        .arg(&cert)
-        .env("LOAVES_LICENSE_KEK", KEK_HEX)
-        .env("LOAVES_LICENSE_ADMIN_TOKEN", ADMIN)
-        .env(
-            "LOAVES_LICENSE_LOG",
-            "debug,h2=info,hyper=info,rustls=info,tower=info",
-        )
-        .env_remove("LOAVES_LICENSE_CONFIG")
-        .env_remove("LOAVES_LICENSE_STORE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut command = common::command(
+        dir.path(),
+        "debug,h2=info,hyper=info,rustls=info,tower=info",
+    );
+    command.stdout(Stdio::piped());
+    let common::Spawned {
+        mut child,
+        grpc: grpc_addr,
+        clearkey,
+        cert_pem: pem,
+        log: stderr,
+        ..
+    } = common::spawn(command, dir.path(), false).await;
     let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let log = tokio::spawn(async move {
+    let stdout = tokio::spawn(async move {
         let mut out = String::new();
-        let mut err = String::new();
-        let _ = tokio::join!(
-            stdout.read_to_string(&mut out),
-            stderr.read_to_string(&mut err)
-        );
-        out + &err
+        let _ = stdout.read_to_string(&mut out).await;
+        out
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let grpc_addr = grpc.parse().unwrap();
-    let pem = loop {
-        if let Ok(pem) = std::fs::read_to_string(&cert)
-            && pem.contains("END CERTIFICATE")
-            && tokio::net::TcpStream::connect(grpc_addr).await.is_ok()
-        {
-            break pem;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
     // The default store and development material were created in data_dir,
     // the folder private to the server, the database files (SQLite's WAL
     // and shared-memory files included) readable by it alone.
@@ -262,12 +222,9 @@ async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
         .output()
         .await
         .unwrap();
-    assert!(
-        minted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&minted.stderr)
-    );
-    let entitlement_b64 = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let entitlement_b64 = assert_success("mint-entitlement", &minted)
+        .trim()
+        .to_owned();
     let entitlement = URL_SAFE_NO_PAD.decode(&entitlement_b64).unwrap();
 
     let channel = connect(grpc_addr, &pem).await;
@@ -293,7 +250,7 @@ async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
     let body = serde_json::json!({ "kids": kids, "type": "temporary" }).to_string();
     let auth = format!("Bearer {token}");
     let (status, jwks) = http(
-        clearkey.parse().unwrap(),
+        clearkey.expect("a ClearKey listener"),
         "POST",
         "/clearkey",
         &[("Authorization", &auth)],
@@ -303,18 +260,9 @@ async fn defaults_serve_then_sigterm_drains_and_logs_no_secrets() {
     assert_eq!(status, 200, "{jwks}");
 
     // SIGTERM: drains and exits cleanly.
-    let pid = child.id().unwrap().to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("exits within 30 s of SIGTERM")
-        .unwrap();
+    let status = terminate(&mut child, Duration::from_secs(30)).await;
     assert!(status.success(), "exit status {status:?}");
-    let log = log.await.unwrap();
+    let log = stdout.await.unwrap() + &stderr.ended(Duration::from_secs(30)).await;
     eprintln!("server log: {} lines checked", log.lines().count());
     if let Ok(path) = std::env::var("LOAVES_DUMP_LOG") {
         std::fs::write(path, &log).unwrap();

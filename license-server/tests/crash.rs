@@ -7,78 +7,22 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, Db, KEK_HEX, connect, fresh_store_url, get_keys};
+use common::{Db, Spawned, connect, fresh_store_url, get_keys};
 use loaves_grpc::key_service_client::KeyServiceClient;
-use tokio::process::{Child, Command};
-
-const BIN: &str = env!("CARGO_BIN_EXE_license-server");
 
 /// Kill / restart rounds.
 const ROUNDS: usize = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc {
-    child: Child,
-    grpc: SocketAddr,
-    cert_pem: String,
-}
-
-/// Starts the binary and waits until it accepts TLS connections.
-async fn spawn(dir: &Path, store_url: &str) -> Proc {
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cert = dir.join("dev-cert.pem");
-    let _ = std::fs::remove_file(&cert);
-    let child = Command::new(BIN)
-        .arg("--listen")
-        .arg(grpc.to_string())
-        .arg("--metrics-listen")
-        .arg(metrics.to_string())
-        .arg("--clearkey-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--store-url")
-        .arg(store_url)
-        .arg("--dev-cert-out")
-        .arg(&cert)
-        .env("LOAVES_LICENSE_KEK", KEK_HEX)
-        .env("LOAVES_LICENSE_ADMIN_TOKEN", ADMIN)
-        .env("LOAVES_LICENSE_LOG", "warn")
-        .env_remove("LOAVES_LICENSE_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the license server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(pem) = std::fs::read_to_string(&cert)
-            && pem.contains("END CERTIFICATE")
-            && tokio::net::TcpStream::connect(grpc).await.is_ok()
-        {
-            return Proc {
-                child,
-                grpc,
-                cert_pem: pem,
-            };
-        }
-        assert!(Instant::now() < deadline, "server did not start in 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Starts the binary on `store_url` and waits until it listens (a
+/// certificate left by the round before is removed first).
+async fn spawn(dir: &Path, store_url: &str) -> Spawned {
+    let _ = std::fs::remove_file(dir.join("cert.pem"));
+    let mut command = common::command(dir, "warn,license_server::server=info");
+    command.arg("--store-url").arg(store_url);
+    common::spawn(command, dir, true).await
 }
 
 async fn crash_loop(db: Db) {

@@ -19,35 +19,22 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use common::{ADMIN, Db, Harness, KEK_HEX, Viewer, connect, get_keys, http, open_license};
+use common::{Db, Harness, Viewer, connect, get_keys, http, open_license};
+use loaves_testkit::grpc::healthy;
+use loaves_testkit::http::{closed, half_sent};
+use loaves_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_license-server");
 const SOON: Duration = Duration::from_secs(15);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Resident memory of a process, in KiB.
@@ -58,42 +45,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
-}
-
-async fn healthy(channel: Channel) {
-    let reply = tokio::time::timeout(
-        SOON,
-        HealthClient::new(channel).check(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .expect("health answer in time")
-    .unwrap()
-    .into_inner();
-    assert_eq!(reply.status, 1, "SERVING");
-}
-
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(ms(20)).await;
-    }
-}
-
-/// Waits for the server to close `stream` (EOF or reset).
-async fn closed(stream: &mut TcpStream) {
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(SOON, stream.read(&mut buf))
-            .await
-            .expect("closed in time")
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
 }
 
 /// The value of one series in the text exposition, 0 if absent.
@@ -177,29 +128,6 @@ impl AttackReport {
     }
 }
 
-async fn tls_connect(
-    addr: SocketAddr,
-    cert_pem: &str,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
 /// Opens `streams` gRPC streams on one connection, sends none of their
 /// bodies, answers the server's SETTINGS and PINGs, and reports what the
 /// server did once `close` fires, the server closes, or it has answered
@@ -213,7 +141,7 @@ async fn stream_flood(
     close: oneshot::Receiver<()>,
     until_answered: Option<u32>,
 ) -> AttackReport {
-    let tls = tls_connect(addr, &cert_pem).await;
+    let tls = loaves_testkit::tls::connect(addr, &cert_pem).await;
     let (mut rd, mut wr) = tokio::io::split(tls);
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
@@ -301,44 +229,16 @@ async fn ten_thousand_streams_per_connection_are_refused_and_memory_comes_back()
     let max_streams = license_server::config::GrpcLimitsConfig::default().max_concurrent_streams;
 
     let dir = tempfile::tempdir().unwrap();
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let mut child = Command::new(BIN)
-        .arg("--listen")
-        .arg(grpc.to_string())
-        .arg("--metrics-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--clearkey-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--dev-cert-out")
-        .arg(&cert)
-        .env("LOAVES_LICENSE_KEK", KEK_HEX)
-        .env("LOAVES_LICENSE_ADMIN_TOKEN", ADMIN)
-        .env("LOAVES_LICENSE_LOG", "error")
-        .env_remove("LOAVES_LICENSE_CONFIG")
-        .env_remove("LOAVES_LICENSE_STORE_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let command = common::command(dir.path(), "error,license_server::server=info");
+    let common::Spawned {
+        mut child,
+        grpc,
+        cert_pem: pem,
+        ..
+    } = common::spawn(command, dir.path(), true).await;
     let pid = child.id().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let pem = loop {
-        if let Ok(pem) = std::fs::read_to_string(&cert)
-            && pem.contains("END CERTIFICATE")
-            && TcpStream::connect(grpc).await.is_ok()
-        {
-            break pem;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(ms(50)).await;
-    };
     let honest = connect(grpc, &pem).await;
-    healthy(honest.clone()).await;
+    healthy(honest.clone(), SOON).await;
     // One flood of a few streams first, so that what the first attack
     // allocates once (TLS, HTTP/2 and allocator arenas) is in the baseline.
     {
@@ -389,7 +289,7 @@ async fn ten_thousand_streams_per_connection_are_refused_and_memory_comes_back()
     }
     // An honest call is served in the middle of the attack.
     let asked = Instant::now();
-    healthy(honest.clone()).await;
+    healthy(honest.clone(), SOON).await;
     let honest_latency = asked.elapsed();
     peak = peak.max(rss_kib(pid));
 
@@ -407,7 +307,7 @@ async fn ten_thousand_streams_per_connection_are_refused_and_memory_comes_back()
         tokio::time::sleep(ms(100)).await;
         after = rss_kib(pid);
     }
-    healthy(honest).await;
+    healthy(honest, SOON).await;
     eprintln!(
         "resident memory: before {:.1} MiB, under attack (peak) {:.1} MiB, after {:.1} MiB; \
          honest call during the attack {honest_latency:?}; {reports:?}",
@@ -467,23 +367,19 @@ async fn half_sent_clearkey_requests_are_closed_while_an_honest_one_gets_its_key
     let body = serde_json::json!({ "kids": kids, "type": "temporary" }).to_string();
     let bearer = format!("Bearer {}", B64.encode(&license.session_token));
 
-    let mut attackers = Vec::new();
-    for _ in 0..ATTACKERS {
-        let connected = Instant::now();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"POST /clearkey HTTP/1.1\r\nHost: x\r\nContent-Le")
-            .await
-            .unwrap();
-        attackers.push((connected, stream));
-    }
+    let attackers = half_sent(
+        addr,
+        ATTACKERS,
+        b"POST /clearkey HTTP/1.1\r\nHost: x\r\nContent-Le",
+    )
+    .await;
     let open = |text: &str| {
         series(
             text,
             "loaves_license_http_connections_open{listener=\"clearkey\"}",
         )
     };
-    eventually("the attackers to be accepted", async || {
+    eventually("the attackers to be accepted", SOON, async || {
         open(&h.http_get("/metrics").await.1) >= ATTACKERS as u64
     })
     .await;
@@ -504,7 +400,7 @@ async fn half_sent_clearkey_requests_are_closed_while_an_honest_one_gets_its_key
     let shed = "loaves_license_http_connections_shed_total{listener=\"clearkey\",reason=\"header_timeout\"}";
     assert_eq!(series(&h.http_get("/metrics").await.1, shed), 0);
     for (connected, mut stream) in attackers {
-        closed(&mut stream).await;
+        closed(&mut stream, SOON).await;
         let held = connected.elapsed();
         assert!(held >= header, "closed after {held:?}");
     }
@@ -524,18 +420,14 @@ async fn silent_tls_connections_are_closed_at_the_handshake_timeout_while_grpc_i
     .await
     .unwrap();
     let addr = h.server().grpc_addr;
-    let mut silent = Vec::new();
-    for _ in 0..SILENT {
-        let connected = Instant::now();
-        silent.push((connected, TcpStream::connect(addr).await.unwrap()));
-    }
+    let silent = half_sent(addr, SILENT, b"").await;
     let open = |text: &str| {
         series(
             text,
             "loaves_license_http_connections_open{listener=\"grpc\"}",
         )
     };
-    eventually("the silent clients to be accepted", async || {
+    eventually("the silent clients to be accepted", SOON, async || {
         open(&h.http_get("/metrics").await.1) >= SILENT as u64
     })
     .await;
@@ -550,14 +442,14 @@ async fn silent_tls_connections_are_closed_at_the_handshake_timeout_while_grpc_i
     let shed = "loaves_license_http_connections_shed_total{listener=\"grpc\",reason=\"handshake_timeout\"}";
     assert_eq!(series(&h.http_get("/metrics").await.1, shed), 0);
     for (connected, mut stream) in silent {
-        closed(&mut stream).await;
+        closed(&mut stream, SOON).await;
         let held = connected.elapsed();
         assert!(held >= timeout, "closed after {held:?}");
     }
     let metrics = h.http_get("/metrics").await.1;
     assert_eq!(series(&metrics, shed), SILENT as u64, "{metrics}");
     // The gRPC channel of the honest client still works.
-    healthy(h.channel().await).await;
+    healthy(h.channel().await, SOON).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -272,17 +272,6 @@ macro_rules! refused {
     }};
 }
 
-/// Low-order and otherwise unusable X25519 points (RFC 7748 §6.1 and the
-/// usual blocklist): all give an all-zero shared secret.
-const LOW_ORDER_POINTS: &[&str] = &[
-    "0000000000000000000000000000000000000000000000000000000000000000",
-    "0100000000000000000000000000000000000000000000000000000000000000",
-    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
-    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
-    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-];
-
 async fn bad_acquisitions_get_specific_statuses_and_write_nothing(db: Db) {
     let Some(h) = Harness::start(db).await else {
         return;
@@ -383,7 +372,7 @@ async fn bad_acquisitions_get_specific_statuses_and_write_nothing(db: Db) {
         Code::PermissionDenied
     );
     // Low-order and malformed X25519 keys.
-    for point in LOW_ORDER_POINTS {
+    for point in loaves_testkit::fixtures::X25519_LOW_ORDER_POINTS {
         let key = hex::decode(point).unwrap();
         let status = refused!(
             h,
@@ -471,7 +460,7 @@ async fn bad_acquisitions_get_specific_statuses_and_write_nothing(db: Db) {
     assert!(status.message().contains("replay"), "{status:?}");
     // Now that the keys exist (and are cached) a low-order point is refused
     // on the path that wraps before admission, still writing nothing.
-    for point in LOW_ORDER_POINTS {
+    for point in loaves_testkit::fixtures::X25519_LOW_ORDER_POINTS {
         let key = hex::decode(point).unwrap();
         let status = refused!(
             h,

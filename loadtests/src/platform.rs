@@ -23,7 +23,6 @@ use edge_seed::{PackageOptions, serve::RunningSeed};
 use license_server::config::{Config as LicenseConfig, RenditionConfig, TitleConfig};
 use license_server::{RunningServer, SystemClock};
 use loaves_client_sdk::{Loaves, LoavesBuilder, Upload};
-use loaves_proto::entitlement::Entitlement;
 use loaves_proto::keys::{Keyring, SigningKeyPair};
 use loaves_proto::manifest::Scheme;
 use loaves_proto::{UnixSeconds, pb};
@@ -253,17 +252,7 @@ impl Platform {
 /// An entitlement signed by `signin` for `account` to watch everything, one
 /// stream at a time, for a day.
 pub fn entitlement(signin: &SigningKeyPair, account: &str) -> Vec<u8> {
-    let now = UnixSeconds::now().0;
-    Entitlement {
-        account: account.into(),
-        titles: vec!["*".into()],
-        max_concurrent_streams: 1,
-        renditions: vec![],
-        max_height: 0,
-        issued_at: UnixSeconds(now.saturating_sub(10)),
-        expires_at: UnixSeconds(now + 86_400),
-    }
-    .sign(signin)
+    loaves_testkit::fixtures::entitlement(signin, account, 0)
 }
 
 /// Where viewers find a platform's services and which keys they trust.

@@ -411,6 +411,25 @@ pub struct ViewerResult {
     pub error: Option<String>,
 }
 
+impl ViewerResult {
+    /// A viewer that joined and has played nothing yet.
+    fn nothing_yet(account: String, kind: Kind, joined_s: f64) -> Self {
+        Self {
+            account,
+            kind,
+            joined_s,
+            segments: 0,
+            sequences: None,
+            corrupt_bytes: 0,
+            rebuffers: 0,
+            rebuffer_s: 0.0,
+            license_renewals: 0,
+            bytes: Bytes::default(),
+            error: None,
+        }
+    }
+}
+
 /// Session events that mean trouble, counted over the crowd.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Trouble {
@@ -739,19 +758,7 @@ async fn crowd(config: &SoakConfig, deployment: &Deployment) -> anyhow::Result<S
         viewers.push(tokio::spawn(async move {
             tokio::time::sleep(join_at).await;
             let joined_s = t0.elapsed().as_secs_f64();
-            let mut result = ViewerResult {
-                account: account.clone(),
-                kind,
-                joined_s,
-                segments: 0,
-                sequences: None,
-                corrupt_bytes: 0,
-                rebuffers: 0,
-                rebuffer_s: 0.0,
-                license_renewals: 0,
-                bytes: Bytes::default(),
-                error: None,
-            };
+            let mut result = ViewerResult::nothing_yet(account.clone(), kind, joined_s);
             let loaves = match builder.build() {
                 Ok(loaves) => loaves,
                 Err(e) => {
@@ -887,17 +894,8 @@ async fn crowd(config: &SoakConfig, deployment: &Deployment) -> anyhow::Result<S
         match viewer.await {
             Ok(result) => results.push(result),
             Err(e) => results.push(ViewerResult {
-                account: "?".into(),
-                kind: Kind::Vod,
-                joined_s: 0.0,
-                segments: 0,
-                sequences: None,
-                corrupt_bytes: 0,
-                rebuffers: 0,
-                rebuffer_s: 0.0,
-                license_renewals: 0,
-                bytes: Bytes::default(),
                 error: Some(format!("did not finish in time: {e}")),
+                ..ViewerResult::nothing_yet("?".into(), Kind::Vod, 0.0)
             }),
         }
     }

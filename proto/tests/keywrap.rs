@@ -84,16 +84,7 @@ fn two_sessions_get_different_ciphertexts_for_the_same_key() {
 
 #[test]
 fn low_order_and_malformed_public_keys_are_refused() {
-    let low_order_points = [
-        "0000000000000000000000000000000000000000000000000000000000000000",
-        "0100000000000000000000000000000000000000000000000000000000000000",
-        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
-        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
-        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
-    ];
-    for point in low_order_points {
+    for point in loaves_testkit::fixtures::X25519_LOW_ORDER_POINTS {
         let point = hex::decode(point).unwrap();
         assert_eq!(
             wrap(&point, &SESSION, KID, &content_key()),

@@ -27,9 +27,9 @@
 //! with these doc comments.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use loaves_service::config::{self as service_config, EnvScheme, Overrides};
+use loaves_service::config::{self as service_config, EnvScheme};
 use loaves_service::confique;
 use serde::Serialize;
 
@@ -97,42 +97,17 @@ impl Default for Config {
     }
 }
 
-impl Config {
-    /// Loads `path` (if given) over the defaults, then applies environment
-    /// overrides from `env` (pass `loaves_service::config::process_env()`),
-    /// then `flags`.
-    pub fn load(
-        path: Option<&Path>,
-        env: &[(String, String)],
-        flags: &Overrides,
-    ) -> Result<Self, ConfigError> {
-        service_config::load(&ENV, path, env, flags)
-    }
-
-    /// Parses TOML text over the defaults.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        service_config::from_toml(text)
-    }
-
-    /// The configuration as TOML (for `print-config`; the tracker holds no
-    /// secret).
-    pub fn to_toml(&self) -> Result<String, ConfigError> {
-        service_config::to_toml(self)
-    }
-
-    /// The full commented reference (`print-config --commented`).
-    pub fn commented() -> String {
-        service_config::template::<Self>(
-            &ENV,
-            &["The tracker holds no secret: its identity key is a file (identity_key)."],
-        )
-    }
-}
+loaves_service::layered_config!(
+    Config,
+    scheme: ENV,
+    notes: &["The tracker holds no secret: its identity key is a file (identity_key)."],
+);
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use loaves_service::config::Overrides;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

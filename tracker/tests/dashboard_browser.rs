@@ -42,18 +42,8 @@ fn required() -> bool {
 
 fn screenshot(browser: &Path, url: &str, out: &Path, profile: &Path) {
     let mut child = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--force-device-scale-factor=1",
-        ])
+        .args(loaves_testkit::process::HEADLESS_CHROMIUM)
+        .args(["--hide-scrollbars", "--force-device-scale-factor=1"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--screenshot={}", out.display()))
         .args(["--window-size=1280,1160", "--virtual-time-budget=5000", url])

@@ -485,14 +485,12 @@ async fn bad_frames_on_the_session_stream_are_answered_or_end_it() {
     // An announce before any hello: unauthenticated, and the end.
     let mut session = RawSession::without_hello(&tracker, &viewer).await;
     session.write(&announce_request("film")).await;
-    assert_eq!(
-        session.error_code().await,
-        pb::tracker_error::Code::Unauthenticated
-    );
-    assert_eq!(
-        session.closed_with().await,
-        u64::from(tracker::server::close_code::UNAUTHENTICATED)
-    );
+    session
+        .refused_then_closed(
+            pb::tracker_error::Code::Unauthenticated,
+            tracker::server::close_code::UNAUTHENTICATED,
+        )
+        .await;
 
     // A whole frame that is not a request: an error, and the session goes on.
     let mut session = RawSession::open(&tracker, &viewer, "film").await;
@@ -526,14 +524,12 @@ async fn bad_frames_on_the_session_stream_are_answered_or_end_it() {
     // A frame claiming 1 MiB: refused before allocation, session closed.
     session.write_raw(&(1u32 << 20).to_be_bytes()).await;
     session.write_raw(&[0u8; 64]).await;
-    assert_eq!(
-        session.error_code().await,
-        pb::tracker_error::Code::Malformed
-    );
-    assert_eq!(
-        session.closed_with().await,
-        u64::from(tracker::server::close_code::PROTOCOL)
-    );
+    session
+        .refused_then_closed(
+            pb::tracker_error::Code::Malformed,
+            tracker::server::close_code::PROTOCOL,
+        )
+        .await;
     // Nothing of it was left in the book but the good announce.
     assert_eq!(tracker.running.shared.with_book(|b| b.total_peers()), 1);
     tracker.running.shutdown().await;
@@ -554,14 +550,12 @@ async fn stalled_frames_and_idle_sessions_are_closed() {
     let request = announce_request("film");
     let frame = loaves_wire::framing::encode_frame(&request, 1 << 16).unwrap();
     session.write_raw(&frame[..frame.len() / 2]).await;
-    assert_eq!(
-        session.error_code().await,
-        pb::tracker_error::Code::Malformed
-    );
-    assert_eq!(
-        session.closed_with().await,
-        u64::from(tracker::server::close_code::PROTOCOL)
-    );
+    session
+        .refused_then_closed(
+            pb::tracker_error::Code::Malformed,
+            tracker::server::close_code::PROTOCOL,
+        )
+        .await;
 
     // A session that says nothing after its hello is closed as idle (the
     // keep-alives of the stock client do not count as requests).

@@ -20,9 +20,10 @@ use license_server::config::{Config, RenditionConfig, TitleConfig};
 use license_server::{ManualClock, RunningServer};
 use loaves_client_sdk::{Loaves, LoavesBuilder, RenditionName, Upload};
 use loaves_proto::UnixSeconds;
-use loaves_proto::entitlement::Entitlement;
 use loaves_proto::keys::{Keyring, SigningKeyPair};
 use loaves_proto::manifest::Scheme;
+use loaves_testkit::files::write_private;
+use loaves_testkit::metrics::Exposition;
 use loaves_wire::identity::PeerIdentity;
 
 pub const TITLE: &str = "sample";
@@ -32,6 +33,54 @@ pub fn r(name: &str) -> RenditionName {
     RenditionName::new(name).unwrap()
 }
 pub const ADMIN: &str = "sdk-test-admin";
+
+/// How a client reaches `license` (its development certificate, issued
+/// for `localhost`), trusting `trusted` for what it signs.
+pub fn license_client_config(
+    license: &RunningServer,
+    trusted: Keyring,
+) -> loaves_client_sdk::license::LicenseServerConfig {
+    loaves_client_sdk::license::LicenseServerConfig {
+        url: Some(format!("https://{}", license.grpc_addr).parse().unwrap()),
+        ca_pem: Some(license.tls_cert_pem.clone()),
+        tls_server_name: Some("localhost".into()),
+        trusted_keys: trusted,
+        request_timeout: Duration::from_secs(10),
+    }
+}
+
+/// A player's ClearKey license request for `kid` (base64url) through the
+/// session's endpoint: the status and the body.
+pub async fn clearkey_request(session: &loaves_client_sdk::Session, kid: &str) -> (u16, String) {
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/clearkey/license", session.player_addr()))
+        .body(format!("{{\"kids\":[\"{kid}\"],\"type\":\"temporary\"}}"))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.text().await.unwrap())
+}
+
+/// Runs an ffmpeg command ending in `-f framemd5 -`: the frame lines of its
+/// output (comment lines dropped).
+pub fn framemd5(command: &mut std::process::Command) -> Vec<String> {
+    let output = command.output().unwrap();
+    loaves_testkit::process::assert_success(&format!("{command:?}"), &output)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether ffmpeg is there (under CI it must be).
+pub fn have_ffmpeg() -> bool {
+    loaves_testkit::process::have_tool(
+        "ffmpeg",
+        &["-version"],
+        "scripts/test.d/ffmpeg.sh installs it",
+    )
+}
 
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -110,12 +159,7 @@ async fn stack_built(
     // The license server, on the real clock (peers check tokens with it).
     // Secret files must be private to their owner.
     for (name, value) in [("kek", "07".repeat(32)), ("admin-token", ADMIN.to_owned())] {
-        std::fs::write(dir.path().join(name), value).unwrap();
-        std::fs::set_permissions(
-            dir.path().join(name),
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        write_private(&dir.path().join(name), value);
     }
     let signin = loaves_proto::keygen::write_key_pair(dir.path(), "signin", false).unwrap();
     let mut config = Config {
@@ -234,6 +278,28 @@ pub async fn serve_origin(root: PathBuf) -> SocketAddr {
     serve_counting_origin(root).await.0
 }
 
+/// `body`, or the part of it that `Range: bytes=a-b` asks for (the test
+/// origins' only form of range).
+pub fn ranged(body: Vec<u8>, headers: &HeaderMap) -> Response {
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return body.into_response();
+    };
+    let (a, b) = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .unwrap();
+    let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+    (
+        StatusCode::PARTIAL_CONTENT,
+        [(
+            header::CONTENT_RANGE,
+            format!("bytes {a}-{b}/{}", body.len()),
+        )],
+        body[a..=b].to_vec(),
+    )
+        .into_response()
+}
+
 /// [`serve_origin`], counting the requests it answers.
 pub async fn serve_counting_origin(
     root: PathBuf,
@@ -261,23 +327,7 @@ pub async fn serve_counting_origin(
         let Ok(body) = std::fs::read(path) else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-            return body.into_response();
-        };
-        let (a, b) = range
-            .strip_prefix("bytes=")
-            .and_then(|r| r.split_once('-'))
-            .unwrap();
-        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
-        (
-            StatusCode::PARTIAL_CONTENT,
-            [(
-                header::CONTENT_RANGE,
-                format!("bytes {a}-{b}/{}", body.len()),
-            )],
-            body[a..=b].to_vec(),
-        )
-            .into_response()
+        ranged(body, headers)
     }
     let counter = requests.clone();
     let router = Router::new()
@@ -364,11 +414,7 @@ impl Stack {
     /// `labels`, from its text exposition.
     pub fn tracker_metric(&self, name: &str, labels: &[&str]) -> f64 {
         let text = self.tracker.as_ref().unwrap().shared.metrics.render();
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| labels.iter().all(|want| l.contains(want)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        Exposition::new(text).sum(name, labels)
     }
 
     pub fn entitlement(&self, account: &str) -> Vec<u8> {
@@ -378,37 +424,20 @@ impl Stack {
     /// An entitlement to renditions up to `max_height` (0: any); the
     /// license then carries no key for taller renditions.
     pub fn entitlement_up_to(&self, account: &str, max_height: u32) -> Vec<u8> {
-        let now = UnixSeconds::now().0;
-        Entitlement {
-            account: account.into(),
-            titles: vec!["*".into()],
-            max_concurrent_streams: 1,
-            renditions: vec![],
-            max_height,
-            issued_at: UnixSeconds(now - 10),
-            expires_at: UnixSeconds(now + 86_400),
-        }
-        .sign(&self.signin)
+        loaves_testkit::fixtures::entitlement(&self.signin, account, max_height)
     }
 
     /// How a client reaches and trusts this stack's license server.
     pub fn license_config(&self) -> loaves_client_sdk::license::LicenseServerConfig {
-        loaves_client_sdk::license::LicenseServerConfig {
-            url: Some(
-                format!("https://{}", self.license.grpc_addr)
-                    .parse()
-                    .unwrap(),
-            ),
-            ca_pem: Some(self.license.tls_cert_pem.clone()),
-            tls_server_name: Some("localhost".into()),
-            trusted_keys: [
+        license_client_config(
+            &self.license,
+            [
                 self.license.core.license_public_key(),
                 self.operator.verifying_key(),
             ]
             .into_iter()
             .collect(),
-            request_timeout: Duration::from_secs(10),
-        }
+        )
     }
 
     /// The settings of a viewer of this stack. The peer endpoint keeps the

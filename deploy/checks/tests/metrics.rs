@@ -20,8 +20,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,25 +135,14 @@ impl Server {
     /// SIGTERM, then the process must exit 0 within `grace` (graceful drain).
     fn terminate(&mut self, grace: Duration) {
         let mut child = self.child.take().unwrap();
-        // The shell's builtin kill: no signal crate, no procps needed.
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -TERM {}", child.id()))
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + grace;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "{} exited with {status} on SIGTERM:\n{}",
-                    self.name,
-                    self.log()
-                );
-                return;
-            }
-            if Instant::now() > deadline {
+        match loaves_testkit::process::terminate_blocking(&mut child, grace) {
+            Some(status) => assert!(
+                status.success(),
+                "{} exited with {status} on SIGTERM:\n{}",
+                self.name,
+                self.log()
+            ),
+            None => {
                 let _ = child.kill();
                 panic!(
                     "{} did not stop within {grace:?} of SIGTERM:\n{}",
@@ -162,7 +150,6 @@ impl Server {
                     self.log()
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -192,35 +179,25 @@ fn free_udp() -> SocketAddr {
         .unwrap()
 }
 
-/// A tiny HTTP/1.1 client: (status, body), or `None` if nothing answers.
+/// An HTTP/1.1 request with a JSON body: (status, body), or `None` if
+/// nothing answers. Chunked bodies keep their chunk-size lines; callers
+/// only read lines that name metrics, which chunk sizes never do.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).ok()?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    let (_, body) = text.split_once("\r\n\r\n")?;
-    // Chunked bodies keep their chunk-size lines; callers only read lines
-    // that name metrics, which chunk sizes never do.
-    Some((status, body.to_owned()))
+    loaves_testkit::http::blocking::request(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
 }
 
 /// The sample names of a Prometheus text exposition.
 fn exposed_names(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| l.split(['{', ' ']).next())
+    loaves_testkit::metrics::Exposition::new(text)
+        .names()
+        .into_iter()
         .filter(|n| n.starts_with("loaves_"))
-        .map(str::to_owned)
         .collect()
 }
 
@@ -727,23 +704,8 @@ async fn production_pods_start_and_expose_every_metric_the_rules_and_dashboards_
         .await
         .expect("a viewer with a valid token connects");
     let announce = |stats: pb::StatsDelta| pb::Announce {
-        swarm: Some(pb::SwarmId {
-            title: title.clone(),
-            rendition: "720p".into(),
-        }),
-        addresses: vec!["127.0.0.1:40000".into()],
-        holdings: Some(pb::Holdings {
-            kind: Some(pb::holdings::Kind::LiveWindow(pb::LiveWindow {
-                first_sequence: 1,
-                last_sequence: 10,
-            })),
-        }),
-        next_sequence: 11,
-        upload_capacity_bps: 20_000_000,
-        upload_in_use_bps: 1_000_000,
         stats: Some(stats),
-        max_peers: 0,
-        nat_class: Default::default(),
+        ..loaves_testkit::fixtures::announce(&title, "720p", "127.0.0.1:40000")
     };
     connection
         .announce(announce(pb::StatsDelta {

@@ -51,9 +51,9 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use loaves_service::config::{self as service_config, Alias, EnvScheme, Overrides};
+use loaves_service::config::{Alias, EnvScheme};
 use loaves_service::{Config, confique};
 use serde::Serialize;
 
@@ -300,43 +300,14 @@ impl Default for TrackerConfig {
     }
 }
 
+loaves_service::layered_config!(
+    SeedConfig,
+    scheme: ENV,
+    notes: &["The seed holds no secret setting: its identity key and credential are files."],
+    validate: validate,
+);
+
 impl SeedConfig {
-    /// Loads `path` (if given) over the defaults, then `env` (pass
-    /// `loaves_service::config::process_env()`), then `flags`; validated.
-    pub fn load(
-        path: Option<&Path>,
-        env: &[(String, String)],
-        flags: &Overrides,
-    ) -> Result<Self, ConfigError> {
-        let config: Self = service_config::load(&ENV, path, env, flags)?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Reads a TOML file over the defaults.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        service_config::load(&ENV, Some(path), &[], &Overrides::new())
-    }
-
-    /// Parses TOML text over the defaults.
-    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        service_config::from_toml(text)
-    }
-
-    /// The configuration as TOML (`print-config`; the seed's configuration
-    /// holds no secret, its keys are files).
-    pub fn to_toml(&self) -> Result<String, ConfigError> {
-        service_config::to_toml(self)
-    }
-
-    /// The full commented reference (`print-config --commented`).
-    pub fn commented() -> String {
-        service_config::template::<Self>(
-            &ENV,
-            &["The seed holds no secret setting: its identity key and credential are files."],
-        )
-    }
-
     /// Checks values that would only fail later.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for title in &self.titles {
@@ -368,6 +339,7 @@ impl SeedConfig {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use loaves_service::config::{self as service_config, Overrides};
 
     #[test]
     fn documented_example_parses() {
@@ -412,13 +384,15 @@ mod tests {
     #[test]
     fn the_commented_reference_parses_back_to_the_defaults() {
         let text = SeedConfig::commented();
-        for needle in [
-            "LOAVES_SEED_TRACKERS = LOAVES_SEED_TRACKER__ADDRESSES",
-            "[capacity]",
-            "# Concurrent QUIC connections.",
-        ] {
-            assert!(text.contains(needle), "{needle} missing:\n{text}");
-        }
+        loaves_testkit::text::assert_mentions(
+            "the commented reference",
+            &text,
+            &[
+                "LOAVES_SEED_TRACKERS = LOAVES_SEED_TRACKER__ADDRESSES",
+                "[capacity]",
+                "# Concurrent QUIC connections.",
+            ],
+        );
         assert_eq!(SeedConfig::from_toml(&text).unwrap(), SeedConfig::default());
         let uncommented = service_config::uncomment_defaults(&text);
         assert!(

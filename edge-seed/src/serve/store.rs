@@ -461,27 +461,36 @@ impl Store {
         rendition: &str,
         sequence: u64,
     ) -> Result<(SegmentInfo, bool), StoreError> {
-        let catalog = self.catalog();
-        let renditions = catalog.get(title).ok_or(StoreError::UnknownTitle)?;
-        let entry = renditions
-            .get(rendition)
-            .ok_or(StoreError::UnknownRendition)?;
-        let info = entry
-            .manifest
-            .segment(sequence)
-            .ok_or(StoreError::UnknownSegment(sequence))?;
-        Ok((*info, !entry.manifest.is_final()))
+        self.with_rendition(title, rendition, |entry| {
+            let info = entry
+                .manifest
+                .segment(sequence)
+                .ok_or(StoreError::UnknownSegment(sequence))?;
+            Ok((*info, !entry.manifest.is_final()))
+        })
     }
 
-    /// A rendition's verified manifest file, and whether it is final.
-    pub fn manifest_file(&self, title: &str, rendition: &str) -> Result<(Bytes, bool), StoreError> {
+    /// `f` of the loaded rendition `title`/`rendition`.
+    fn with_rendition<T>(
+        &self,
+        title: &str,
+        rendition: &str,
+        f: impl FnOnce(&Rendition) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let catalog = self.catalog();
         let entry = catalog
             .get(title)
             .ok_or(StoreError::UnknownTitle)?
             .get(rendition)
             .ok_or(StoreError::UnknownRendition)?;
-        Ok((entry.file.clone(), entry.manifest.is_final()))
+        f(entry)
+    }
+
+    /// A rendition's verified manifest file, and whether it is final.
+    pub fn manifest_file(&self, title: &str, rendition: &str) -> Result<(Bytes, bool), StoreError> {
+        self.with_rendition(title, rendition, |entry| {
+            Ok((entry.file.clone(), entry.manifest.is_final()))
+        })
     }
 
     /// Whether the rendition is live (its manifest not final).
@@ -497,16 +506,12 @@ impl Store {
         rendition: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let catalog = self.catalog();
-        let entry = catalog
-            .get(title)
-            .ok_or(StoreError::UnknownTitle)?
-            .get(rendition)
-            .ok_or(StoreError::UnknownRendition)?;
-        entry
-            .manifest
-            .verify_init(bytes)
-            .map_err(|e| StoreError::Manifest(e.to_string()))
+        self.with_rendition(title, rendition, |entry| {
+            entry
+                .manifest
+                .verify_init(bytes)
+                .map_err(|e| StoreError::Manifest(e.to_string()))
+        })
     }
 
     /// An auxiliary file (playlist, MPD, init segment) from the origin,

@@ -93,14 +93,21 @@ pub struct FragmentInfo {
     pub seig_kid: Option<[u8; 16]>,
 }
 
-pub fn read_fragment(seg: &[u8], iv_size: usize) -> FragmentInfo {
+/// The top-level boxes of a segment, its `moof` and the children of the
+/// `moof`'s `traf`.
+fn moof_and_traf(seg: &[u8]) -> (Vec<RawBox<'_>>, RawBox<'_>, Vec<RawBox<'_>>) {
     let top = parse_boxes(seg, 0).unwrap();
-    let moof = find(&top, b"moof").unwrap();
-    let traf_box = kids(moof)
+    let moof = *find(&top, b"moof").unwrap();
+    let traf_box = kids(&moof)
         .into_iter()
         .find(|b| b.kind.0 == *b"traf")
         .unwrap();
     let traf = kids(&traf_box);
+    (top, moof, traf)
+}
+
+pub fn read_fragment(seg: &[u8], iv_size: usize) -> FragmentInfo {
+    let (top, moof, traf) = moof_and_traf(seg);
     let ranges = clear_sample_ranges(seg);
     let count = ranges.len();
     let mdat = find(&top, b"mdat").unwrap();
@@ -168,13 +175,7 @@ pub fn read_fragment(seg: &[u8], iv_size: usize) -> FragmentInfo {
 /// Sample byte ranges of a segment (from `trun`, or the `tfhd` default
 /// size when `trun` has no sizes).
 pub fn clear_sample_ranges(seg: &[u8]) -> Vec<std::ops::Range<usize>> {
-    let top = parse_boxes(seg, 0).unwrap();
-    let moof = find(&top, b"moof").unwrap();
-    let traf_box = kids(moof)
-        .into_iter()
-        .find(|b| b.kind.0 == *b"traf")
-        .unwrap();
-    let traf = kids(&traf_box);
+    let (_, moof, traf) = moof_and_traf(seg);
     let tfhd = find(&traf, b"tfhd").unwrap().body();
     let tf_flags = be32(tfhd) & 0xff_ffff;
     assert_eq!(tf_flags & 1, 0);

@@ -26,13 +26,13 @@ use loaves_wire::peerwire::{self, CredentialVerifier, Limits, PeerConnection, Tr
 pub const TITLE: &str = "big-buck";
 
 pub fn license_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[1; 32])
+    loaves_testkit::keys::fixed(1)
 }
 pub fn origin_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[2; 32])
+    loaves_testkit::keys::fixed(2)
 }
 pub fn seed_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[3; 32])
+    loaves_testkit::keys::fixed(3)
 }
 
 /// Deterministic segment bytes.
@@ -317,7 +317,7 @@ pub async fn connect_with(
 
 /// An authorized viewer of `title` (renditions "720p" and "360p").
 pub async fn viewer(seed: SocketAddr, title: &str, n: u8) -> PeerConnection {
-    let key = SigningKeyPair::from_seed(&[100u8.wrapping_add(n); 32]);
+    let key = loaves_testkit::keys::fixed(100u8.wrapping_add(n));
     let hello = peerwire::viewer_hello(
         token_for(&key, title, &["720p", "360p"], 600),
         title,

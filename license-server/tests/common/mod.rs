@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ use loaves_proto::keywrap::SessionKeyPair;
 use loaves_proto::license::{self, OpenedKey, VerifiedLicense};
 use loaves_proto::pb;
 use loaves_proto::signed::{self, Purpose};
+use loaves_testkit::files::write_private;
+pub use loaves_testkit::http::request as http;
+use loaves_testkit::process::{LogLines, logged_addr};
 use prost::Message;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -90,12 +94,6 @@ pub fn with_database(base: &str, name: &str) -> String {
         Some(q) => format!("{root}/{name}?{q}"),
         None => format!("{root}/{name}"),
     }
-}
-
-/// Writes `contents` to a new file readable by its owner only.
-pub fn write_private(path: &std::path::Path, contents: &str) {
-    std::fs::write(path, contents).unwrap();
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
 }
 
 /// Writes the test KEK, admin credential and entitlement signer into `dir`
@@ -350,44 +348,6 @@ pub async fn get_keys(
         .map(|r| r.into_inner().keys)
 }
 
-/// A minimal HTTP/1.1 client (one request per connection).
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("HTTP response in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// Path of a file in the crate (for binaries and fixtures).
 pub fn crate_path(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -457,4 +417,70 @@ pub async fn raw_call(
     )
     .await
     .map(tonic::Response::into_inner)
+}
+
+/// The server binary.
+pub const BIN: &str = env!("CARGO_BIN_EXE_license-server");
+
+/// The binary with the test KEK and admin credential, every listener on
+/// port 0 (it reports the ports it bound in its log), its data in
+/// `dir/data`, the development certificate written to `dir/cert.pem`, the
+/// log filter `log`, and neither a configuration file nor a store URL from
+/// the test's environment. Standard output goes nowhere unless the caller
+/// pipes it.
+pub fn command(dir: &Path, log: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .args(["--clearkey-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--dev-cert-out")
+        .arg(dir.join("cert.pem"))
+        .env("LOAVES_LICENSE_KEK", KEK_HEX)
+        .env("LOAVES_LICENSE_ADMIN_TOKEN", ADMIN)
+        .env("LOAVES_LICENSE_LOG", log)
+        .env_remove("LOAVES_LICENSE_CONFIG")
+        .env_remove("LOAVES_LICENSE_STORE_URL")
+        .stdout(Stdio::null());
+    command
+}
+
+/// A started binary and where it listens.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub clearkey: Option<SocketAddr>,
+    /// The development certificate it wrote.
+    pub cert_pem: String,
+    /// Its log (standard error).
+    pub log: LogLines,
+}
+
+/// Starts `command` (from [`command`]; its log filter must let the
+/// `license server listening` line through) and waits until it logs the
+/// addresses it listens on. `echo` copies its log to the test's.
+pub async fn spawn(mut command: tokio::process::Command, dir: &Path, echo: bool) -> Spawned {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawning the license server");
+    let log = LogLines::spawn(child.stderr.take().unwrap(), echo);
+    let line = log
+        .line_with("license server listening", Duration::from_secs(30))
+        .await;
+    let cert_pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    assert!(cert_pem.contains("END CERTIFICATE"), "{cert_pem}");
+    Spawned {
+        child,
+        grpc: logged_addr(&line, "grpc").expect("the gRPC address in the log"),
+        metrics: logged_addr(&line, "metrics").expect("the metrics address in the log"),
+        clearkey: logged_addr(&line, "clearkey"),
+        cert_pem,
+        log,
+    }
 }

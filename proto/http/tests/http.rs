@@ -12,6 +12,8 @@ use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
 use loaves_http::{ConnMetrics, HttpServer, Limits, ShedReason, SpawnedServer};
+use loaves_testkit::http::{closed, half_sent, held_until_closed, read_response};
+use loaves_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -50,72 +52,10 @@ fn hello() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
 }
 
-/// Waits (bounded) until `cond` holds.
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(ms(10)).await;
-    }
-}
-
-/// Reads one response (head, then a Content-Length body): status and body.
-async fn read_response(stream: &mut TcpStream) -> (u16, String, String) {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(SOON, stream.read(&mut chunk))
-            .await
-            .expect("response in time")
-            .unwrap();
-        assert!(n > 0, "connection closed before a response");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let status = head[9..12].parse().unwrap();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < len {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(SOON, stream.read(&mut chunk))
-            .await
-            .expect("body in time")
-            .unwrap();
-        assert!(n > 0, "connection closed mid-body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    (status, head, String::from_utf8_lossy(&body).into_owned())
-}
-
 async fn get_on(stream: &mut TcpStream, path: &str) -> (u16, String, String) {
     let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
-    read_response(stream).await
-}
-
-/// Waits for the server to close `stream` (EOF or reset); how long it took.
-async fn closed(stream: &mut TcpStream) -> Duration {
-    let started = Instant::now();
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(SOON, stream.read(&mut buf))
-            .await
-            .expect("closed in time")
-        {
-            Ok(0) | Err(_) => return started.elapsed(),
-            Ok(_) => {}
-        }
-    }
+    read_response(stream, SOON).await
 }
 
 async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
@@ -157,17 +97,8 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_while_an_honest_
     let header = ms(1000);
     let (server, metrics) = start(hello(), limits(1000, 1000)).await;
     let addr = server.local_addr();
-    let mut attackers = Vec::new();
-    for _ in 0..ATTACKERS {
-        let connected = Instant::now();
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ")
-            .await
-            .unwrap();
-        attackers.push((connected, stream));
-    }
-    eventually("the attackers to be accepted", || {
+    let attackers = half_sent(addr, ATTACKERS, b"GET / HTTP/1.1\r\nHost: test\r\nX-Slow: ").await;
+    eventually("the attackers to be accepted", SOON, async || {
         metrics.open() >= ATTACKERS as i64
     })
     .await;
@@ -184,17 +115,7 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_while_an_honest_
         "the honest request was served while all the attackers were held"
     );
 
-    let waits: Vec<_> = attackers
-        .into_iter()
-        .map(|(connected, mut stream)| {
-            tokio::spawn(async move {
-                closed(&mut stream).await;
-                connected.elapsed()
-            })
-        })
-        .collect();
-    for wait in waits {
-        let held = wait.await.unwrap();
+    for held in held_until_closed(attackers, SOON).await {
         assert!(held >= header, "closed after {held:?}, before the timeout");
         assert!(held < header + SOON, "closed after {held:?}");
     }
@@ -204,7 +125,10 @@ async fn half_sent_requests_are_closed_after_the_header_timeout_while_an_honest_
     );
     drop(honest);
     // Each server task drops its permit just after closing its socket.
-    eventually("every connection to be released", || metrics.open() == 0).await;
+    eventually("every connection to be released", SOON, async || {
+        metrics.open() == 0
+    })
+    .await;
     let mut again = TcpStream::connect(addr).await.unwrap();
     assert_eq!(get_on(&mut again, "/").await.0, 200);
     server.shutdown().await.unwrap();
@@ -223,12 +147,12 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let sent = Instant::now();
     let (status, _, _) = get_on(&mut stream, "/").await;
     assert_eq!(status, 200);
-    closed(&mut stream).await;
+    closed(&mut stream, SOON).await;
     // The server's idle clock started after `sent`, when it answered.
     let waited = sent.elapsed();
     assert!(waited >= idle, "closed after {waited:?}");
     assert!(waited < SOON, "closed after {waited:?}");
-    eventually("the idle close to be counted", || {
+    eventually("the idle close to be counted", SOON, async || {
         metrics.shed_count(ShedReason::IdleTimeout) == 1
     })
     .await;
@@ -248,12 +172,12 @@ async fn the_header_timeout_also_covers_the_next_request_on_a_keep_alive_connect
         .write_all(b"GET / HTTP/1.1\r\nHost: te")
         .await
         .unwrap();
-    closed(&mut stream).await;
+    closed(&mut stream, SOON).await;
     // hyper's clock for the second head started when the first response
     // was done, after `asked`.
     let held = asked.elapsed();
     assert!(held >= header, "closed after {held:?}");
-    eventually("the header timeout to be counted", || {
+    eventually("the header timeout to be counted", SOON, async || {
         metrics.shed_count(ShedReason::HeaderTimeout) == 1
     })
     .await;
@@ -287,9 +211,11 @@ async fn per_ip_and_total_caps_refuse_at_accept_and_count() {
 
     // A closed connection frees its place.
     drop(held.remove(0));
-    eventually("the closed connection to free its place", || {
-        metrics.open() == 3
-    })
+    eventually(
+        "the closed connection to free its place",
+        SOON,
+        async || metrics.open() == 3,
+    )
     .await;
     let mut stream = connect_from("127.0.0.5", addr).await;
     assert_eq!(get_on(&mut stream, "/").await.0, 200);
@@ -316,7 +242,7 @@ async fn slow_handlers_get_408_and_large_heads_431() {
     assert_eq!(status, 408);
     assert!(asked.elapsed() >= ms(300));
     assert!(head.to_ascii_lowercase().contains("connection: close"));
-    closed(&mut stream).await;
+    closed(&mut stream, SOON).await;
     assert_eq!(metrics.shed_count(ShedReason::RequestTimeout), 1);
 
     let mut stream = TcpStream::connect(server.local_addr()).await.unwrap();
@@ -325,9 +251,9 @@ async fn slow_handlers_get_408_and_large_heads_431() {
         "a".repeat(20 * 1024)
     );
     let _ = stream.write_all(big.as_bytes()).await;
-    let (status, _, _) = read_response(&mut stream).await;
+    let (status, _, _) = read_response(&mut stream, SOON).await;
     assert_eq!(status, 431);
-    eventually("the large head to be counted", || {
+    eventually("the large head to be counted", SOON, async || {
         metrics.shed_count(ShedReason::HeaderTooLarge) == 1
     })
     .await;
@@ -348,11 +274,14 @@ async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
         .await
         .unwrap();
     // Never read.
-    eventually("the stalled write to be cut", || {
+    eventually("the stalled write to be cut", SOON, async || {
         metrics.shed_count(ShedReason::WriteTimeout) == 1
     })
     .await;
-    eventually("the connection to be closed", || metrics.open() == 0).await;
+    eventually("the connection to be closed", SOON, async || {
+        metrics.open() == 0
+    })
+    .await;
     server.shutdown().await.unwrap();
 }
 
@@ -389,7 +318,7 @@ async fn graceful_shutdown_lets_the_request_in_flight_finish() {
 
     let shutdown = tokio::spawn(server.shutdown());
     // The idle connection closes at once, long before its idle timeout.
-    let waited = closed(&mut idle).await;
+    let waited = closed(&mut idle, SOON).await;
     assert!(waited < ms(4000), "idle connection closed after {waited:?}");
     // New connections are refused once the listener is closed.
     let deadline = Instant::now() + SOON;
@@ -399,7 +328,7 @@ async fn graceful_shutdown_lets_the_request_in_flight_finish() {
     }
     assert!(!shutdown.is_finished());
     release.notify_one();
-    let (status, _, body) = read_response(&mut busy).await;
+    let (status, _, body) = read_response(&mut busy, SOON).await;
     assert_eq!((status, body.as_str()), (200, "finished"));
     let report = tokio::time::timeout(SOON, shutdown)
         .await
@@ -443,6 +372,6 @@ async fn shutdown_cuts_what_outlives_the_grace_period() {
     assert!(started.elapsed() >= ms(300));
     assert_eq!(report.cut, 1);
     assert_eq!(metrics.shed_count(ShedReason::Shutdown), 1);
-    closed(&mut stream).await;
+    closed(&mut stream, SOON).await;
     assert_eq!(metrics.open(), 0);
 }

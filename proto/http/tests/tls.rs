@@ -13,13 +13,14 @@ use std::time::Duration;
 use loaves_http::ShedReason;
 use loaves_http::metrics::ConnMetrics;
 use loaves_http::tls::{GrpcLimits, TlsIncoming, TlsLimits, grpc_server_config};
+use loaves_testkit::grpc::healthy;
+use loaves_testkit::http::{closed, half_sent, held_until_closed};
+use loaves_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Server};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 const SOON: Duration = Duration::from_secs(10);
 
@@ -94,42 +95,6 @@ async fn channel(server: &Running) -> Channel {
         .unwrap()
 }
 
-async fn healthy(channel: Channel) {
-    let reply = tokio::time::timeout(
-        SOON,
-        HealthClient::new(channel).check(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .expect("health answer in time")
-    .unwrap()
-    .into_inner();
-    assert_eq!(reply.status, 1, "SERVING");
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + SOON;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(ms(10)).await;
-    }
-}
-
-/// Waits for the server to close `stream`.
-async fn closed(stream: &mut TcpStream) {
-    let mut buf = [0u8; 1024];
-    loop {
-        match tokio::time::timeout(SOON, stream.read(&mut buf))
-            .await
-            .expect("closed in time")
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
 async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
@@ -142,7 +107,7 @@ async fn refused_from(source: &str, server: SocketAddr) {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     if let Ok(mut stream) = socket.connect(server).await {
-        closed(&mut stream).await;
+        closed(&mut stream, SOON).await;
     }
 }
 
@@ -159,18 +124,14 @@ async fn silent_clients_are_closed_at_the_handshake_timeout_while_an_honest_clie
     const SILENT: usize = 500;
     let timeout = ms(1000);
     let server = start(limits(1000)).await;
-    let mut silent = Vec::new();
-    for _ in 0..SILENT {
-        let connected = Instant::now();
-        silent.push((connected, TcpStream::connect(server.addr).await.unwrap()));
-    }
-    eventually("the silent clients to be accepted", || {
+    let silent = half_sent(server.addr, SILENT, b"").await;
+    eventually("the silent clients to be accepted", SOON, async || {
         server.metrics.open() >= SILENT as i64
     })
     .await;
 
     let asked = Instant::now();
-    healthy(channel(&server).await).await;
+    healthy(channel(&server).await, SOON).await;
     assert!(asked.elapsed() < timeout, "the honest client waited");
     assert_eq!(
         server.metrics.shed_count(ShedReason::HandshakeTimeout),
@@ -178,17 +139,7 @@ async fn silent_clients_are_closed_at_the_handshake_timeout_while_an_honest_clie
         "served while every silent client was still held"
     );
 
-    let waits: Vec<_> = silent
-        .into_iter()
-        .map(|(connected, mut stream)| {
-            tokio::spawn(async move {
-                closed(&mut stream).await;
-                connected.elapsed()
-            })
-        })
-        .collect();
-    for wait in waits {
-        let held = wait.await.unwrap();
+    for held in held_until_closed(silent, SOON).await {
         assert!(held >= timeout, "closed after {held:?}");
     }
     // The server counts a shed connection just after closing it, so the
@@ -215,7 +166,10 @@ async fn caps_refuse_at_accept_and_a_closed_connection_frees_its_place() {
     // Two silent connections from one address hold its two places.
     let _a = connect_from("127.0.0.2", server.addr).await;
     let _b = connect_from("127.0.0.2", server.addr).await;
-    eventually("both to be accepted", || server.metrics.open() == 2).await;
+    eventually("both to be accepted", SOON, async || {
+        server.metrics.open() == 2
+    })
+    .await;
     let refused_at = Instant::now();
     refused_from("127.0.0.2", server.addr).await;
     assert!(refused_at.elapsed() < ms(4000), "refused at once");
@@ -223,36 +177,27 @@ async fn caps_refuse_at_accept_and_a_closed_connection_frees_its_place() {
 
     // The honest client from another address takes the last place.
     let honest = channel(&server).await;
-    healthy(honest.clone()).await;
+    healthy(honest.clone(), SOON).await;
     refused_from("127.0.0.3", server.addr).await;
     assert_eq!(server.metrics.shed_count(ShedReason::MaxConnections), 1);
     assert_eq!(server.metrics.open(), 3);
 
     // Closing the honest connection frees its place.
     drop(honest);
-    eventually("the closed connection to free its place", || {
-        server.metrics.open() == 2
-    })
+    eventually(
+        "the closed connection to free its place",
+        SOON,
+        async || server.metrics.open() == 2,
+    )
     .await;
-    healthy(channel(&server).await).await;
+    healthy(channel(&server).await, SOON).await;
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_handshakes_and_then_says_nothing_is_closed_at_the_deadline() {
     let server = start(limits(400)).await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(server.cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = loaves_testkit::tls::h2_client_config(&server.cert_pem);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let started = Instant::now();
     let tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -267,7 +212,7 @@ async fn a_client_that_handshakes_and_then_says_nothing_is_closed_at_the_deadlin
         .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() >= ms(400));
-    eventually("the silent TLS client to be counted", || {
+    eventually("the silent TLS client to be counted", SOON, async || {
         server.metrics.shed_count(ShedReason::BadPreface) == 1
     })
     .await;
@@ -278,8 +223,8 @@ async fn a_client_that_handshakes_and_then_says_nothing_is_closed_at_the_deadlin
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    closed(&mut garbage).await;
-    eventually("the failed handshake to be counted", || {
+    closed(&mut garbage, SOON).await;
+    eventually("the failed handshake to be counted", SOON, async || {
         server.metrics.shed_count(ShedReason::HandshakeFailed) == 1
     })
     .await;

@@ -357,6 +357,62 @@ pub fn to_toml<T: Serialize>(value: &T) -> Result<String, ConfigError> {
     toml::to_string_pretty(value).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
+/// The loading methods of a server's configuration type, written once for
+/// the three binaries: `load` (defaults, then the file, then the
+/// environment, then flags, then the type's own checks when a `validate`
+/// method is named), `from_file`, `from_toml`, `to_toml` and `commented`
+/// (the commented reference, with `notes` about its secrets).
+///
+/// ```ignore
+/// loaves_service::layered_config!(SeedConfig, scheme: ENV, notes: &["..."], validate: validate);
+/// ```
+#[macro_export]
+macro_rules! layered_config {
+    ($config:ty, scheme: $scheme:expr, notes: $notes:expr $(, validate: $validate:ident)? $(,)?) => {
+        impl $config {
+            /// Loads `path` (if given) over the defaults, then `env` (pass
+            /// `loaves_service::config::process_env()`), then `flags`; then
+            /// checks the result.
+            pub fn load(
+                path: ::std::option::Option<&::std::path::Path>,
+                env: &[(::std::string::String, ::std::string::String)],
+                flags: &$crate::config::Overrides,
+            ) -> ::std::result::Result<Self, $crate::config::ConfigError> {
+                let config: Self = $crate::config::load(&$scheme, path, env, flags)?;
+                $(config.$validate()?;)?
+                ::std::result::Result::Ok(config)
+            }
+
+            /// Reads a TOML file over the defaults (no environment, no
+            /// flags, no checks beyond the types').
+            pub fn from_file(
+                path: &::std::path::Path,
+            ) -> ::std::result::Result<Self, $crate::config::ConfigError> {
+                $crate::config::load(&$scheme, Some(path), &[], &$crate::config::Overrides::new())
+            }
+
+            /// Parses TOML text over the defaults.
+            pub fn from_toml(
+                text: &str,
+            ) -> ::std::result::Result<Self, $crate::config::ConfigError> {
+                $crate::config::from_toml(text)
+            }
+
+            /// The configuration as TOML (`print-config`).
+            pub fn to_toml(
+                &self,
+            ) -> ::std::result::Result<::std::string::String, $crate::config::ConfigError> {
+                $crate::config::to_toml(self)
+            }
+
+            /// The full commented reference (`print-config --commented`).
+            pub fn commented() -> ::std::string::String {
+                $crate::config::template::<Self>(&$scheme, $notes)
+            }
+        }
+    };
+}
+
 /// `url` with its password replaced, for printing and logging.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

@@ -10,7 +10,6 @@ use loaves_proto::keys::{Keyring, SessionId, SigningKeyPair};
 use loaves_proto::token::SessionToken;
 use loaves_proto::{UnixSeconds, pb};
 use loaves_wire::identity::PeerIdentity;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracker::client::{ClientEndpoint, ClientError, TrackerConnection};
 use tracker::credential::CredentialVerifier;
 use tracker::metrics::Metrics;
@@ -19,7 +18,7 @@ use tracker::stats::StatsLimits;
 use tracker::swarm::SwarmConfig;
 
 pub fn license_key() -> SigningKeyPair {
-    SigningKeyPair::from_seed(&[0x11; 32])
+    loaves_testkit::keys::fixed(0x11)
 }
 
 pub struct TestTracker {
@@ -79,52 +78,14 @@ impl TestTracker {
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
-        http_get(self.http, path).await
+        loaves_testkit::http::get(self.http, path).await
     }
 
     /// The value of the first metric line naming `name` and every label.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let (_, body) = self.get("/metrics").await;
-        find_metric(&body, name, labels)
+        loaves_testkit::metrics::Exposition::new(body).value(name, labels)
     }
-}
-
-pub fn find_metric(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 pub struct Viewer {
@@ -256,6 +217,17 @@ impl RawSession {
         }
     }
 
+    /// Asserts that the next response is the error `code` and that the
+    /// tracker then closes the connection with `close`.
+    pub async fn refused_then_closed(
+        &mut self,
+        code: pb::tracker_error::Code,
+        close: impl Into<u64>,
+    ) {
+        assert_eq!(self.error_code().await, code);
+        assert_eq!(self.closed_with().await, close.into());
+    }
+
     /// Waits (bounded) for the tracker to close the connection; returns its
     /// application close code.
     pub async fn closed_with(&self) -> u64 {
@@ -277,23 +249,5 @@ pub fn hello_with(token: Vec<u8>) -> pb::TrackerHello {
 }
 
 pub fn announce(title: &str, rendition: &str, port: u16) -> pb::Announce {
-    pb::Announce {
-        swarm: Some(pb::SwarmId {
-            title: title.into(),
-            rendition: rendition.into(),
-        }),
-        addresses: vec![format!("127.0.0.1:{port}")],
-        holdings: Some(pb::Holdings {
-            kind: Some(pb::holdings::Kind::LiveWindow(pb::LiveWindow {
-                first_sequence: 1,
-                last_sequence: 10,
-            })),
-        }),
-        next_sequence: 11,
-        upload_capacity_bps: 20_000_000,
-        upload_in_use_bps: 1_000_000,
-        stats: None,
-        max_peers: 0,
-        nat_class: Default::default(),
-    }
+    loaves_testkit::fixtures::announce(title, rendition, &format!("127.0.0.1:{port}"))
 }

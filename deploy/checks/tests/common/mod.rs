@@ -59,15 +59,8 @@ pub fn run(command: &mut Command) -> Output {
 }
 
 /// Panics with both streams unless the command succeeded.
-pub fn assert_success(what: &str, output: &Output) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
+#[allow(unused_imports)] // not every check runs a command
+pub use loaves_testkit::process::assert_success;
 
 /// Files in `dir` whose name ends with `suffix`, sorted.
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
@@ -122,56 +115,51 @@ pub fn rendered_overlays() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// The PromQL expressions of the rule files: (record or alert name, expr).
-pub fn rule_exprs() -> Vec<(String, String)> {
+/// Every rule of the rule files, in file and group order.
+fn rules() -> Vec<serde_yaml_ng::Value> {
     let mut out = Vec::new();
     for file in files_ending(&deploy().join("prometheus/rules"), ".yml") {
         let doc = yaml(&file);
         for group in doc["groups"].as_sequence().unwrap() {
-            for rule in group["rules"].as_sequence().unwrap() {
-                let name = rule
-                    .get("record")
-                    .or_else(|| rule.get("alert"))
-                    .and_then(|v| v.as_str())
-                    .unwrap()
-                    .to_owned();
-                out.push((name, rule["expr"].as_str().unwrap().to_owned()));
-            }
+            out.extend(group["rules"].as_sequence().unwrap().iter().cloned());
         }
     }
     out
+}
+
+/// The values of `key` (`record` or `alert`) of the rules that have one.
+fn rule_names(key: &str) -> BTreeSet<String> {
+    rules()
+        .iter()
+        .filter_map(|rule| rule.get(key).and_then(|v| v.as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The PromQL expressions of the rule files: (record or alert name, expr).
+pub fn rule_exprs() -> Vec<(String, String)> {
+    rules()
+        .iter()
+        .map(|rule| {
+            let name = rule
+                .get("record")
+                .or_else(|| rule.get("alert"))
+                .and_then(|v| v.as_str())
+                .unwrap()
+                .to_owned();
+            (name, rule["expr"].as_str().unwrap().to_owned())
+        })
+        .collect()
 }
 
 /// The names of the recording rules.
 pub fn recorded_names() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for file in files_ending(&deploy().join("prometheus/rules"), ".yml") {
-        let doc = yaml(&file);
-        for group in doc["groups"].as_sequence().unwrap() {
-            for rule in group["rules"].as_sequence().unwrap() {
-                if let Some(name) = rule.get("record").and_then(|v| v.as_str()) {
-                    out.insert(name.to_owned());
-                }
-            }
-        }
-    }
-    out
+    rule_names("record")
 }
 
 /// The alert names.
 pub fn alert_names() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for file in files_ending(&deploy().join("prometheus/rules"), ".yml") {
-        let doc = yaml(&file);
-        for group in doc["groups"].as_sequence().unwrap() {
-            for rule in group["rules"].as_sequence().unwrap() {
-                if let Some(name) = rule.get("alert").and_then(|v| v.as_str()) {
-                    out.insert(name.to_owned());
-                }
-            }
-        }
-    }
-    out
+    rule_names("alert")
 }
 
 /// Every PromQL expression of the Grafana dashboards: (dashboard file,
@@ -211,22 +199,19 @@ pub fn dashboard_exprs() -> Vec<(String, String)> {
     out
 }
 
-/// PromQL words that are not metric names.
+/// PromQL words that are not metric names (besides [`GROUPING_WORDS`]).
 const PROMQL_WORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
+    "and", "or", "unless", "offset", "bool", "inf", "nan", "atan2",
+];
+
+/// PromQL words followed by a list of label names.
+const GROUPING_WORDS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
-    "offset",
-    "bool",
-    "inf",
-    "nan",
-    "atan2",
 ];
 
 /// The metric names an expression selects (best effort, for our own
@@ -309,16 +294,7 @@ pub fn metric_names(expr: &str) -> BTreeSet<String> {
             if after_dollar || after_digit || in_braces > 0 || label_list_depth.is_some() {
                 continue;
             }
-            if [
-                "by",
-                "without",
-                "on",
-                "ignoring",
-                "group_left",
-                "group_right",
-            ]
-            .contains(&lower.as_str())
-            {
+            if GROUPING_WORDS.contains(&lower.as_str()) {
                 label_list = true;
                 continue;
             }
