@@ -274,7 +274,12 @@ impl LicenseClient {
         session: &mut LicensedSession,
         peer_identity: &SigningKeyPair,
     ) -> Result<(), LicenseClientError> {
-        let request = signed_request(session.session_id(), session.next_sequence(), None, peer_identity);
+        let request = signed_request(
+            session.session_id(),
+            session.next_sequence(),
+            None,
+            peer_identity,
+        );
         self.grpc
             .release_session(pb::ReleaseSessionRequest {
                 request: Some(request),
