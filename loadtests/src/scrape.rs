@@ -45,6 +45,27 @@ impl Exposition {
     }
 }
 
+impl Exposition {
+    /// Every sample of `name`: its label set as written (without the
+    /// braces; empty when it has none) and its value.
+    pub fn samples(&self, name: &str) -> Vec<(String, f64)> {
+        self.text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, label_set) = match series.split_once('{') {
+                    Some((metric, rest)) => (metric, rest.strip_suffix('}')?),
+                    None => (series, ""),
+                };
+                (metric == name)
+                    .then(|| Some((label_set.to_owned(), value.parse::<f64>().ok()?)))
+                    .flatten()
+            })
+            .collect()
+    }
+}
+
 /// Scrapes `http://ADDR/metrics`.
 pub async fn scrape(client: &reqwest::Client, addr: SocketAddr) -> anyhow::Result<Exposition> {
     let url = format!("http://{addr}/metrics");
@@ -96,5 +117,11 @@ mod tests {
         );
         assert_eq!(e.sum("y", &[]), 2.5);
         assert_eq!(e.sum("absent", &[]), 0.0);
+        assert_eq!(
+            e.samples("x_total")[1],
+            ("kind=\"announce\",result=\"ok\"".to_owned(), 5.0)
+        );
+        assert_eq!(e.samples("y"), [(String::new(), 2.5)]);
+        assert!(e.samples("absent").is_empty());
     }
 }
