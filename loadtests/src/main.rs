@@ -115,8 +115,8 @@ enum Command {
         /// Write the report (JSON) here.
         #[arg(long)]
         report: Option<PathBuf>,
-        /// Also run the same crowd with P2P off (every byte from the seed
-        /// and the CDN) in the same lab, and report both.
+        /// Also run the same crowd with P2P off (every byte from the CDN)
+        /// in a lab built again the same way, and report both.
         #[arg(long)]
         with_baseline: bool,
     },

@@ -132,7 +132,8 @@ pub fn lab_namespaces() -> anyhow::Result<Vec<String>> {
 }
 
 /// Deletes lab namespaces whose runner process is gone (a lab killed with
-/// SIGKILL cannot tear itself down). Returns how many.
+/// SIGKILL cannot tear itself down), after killing what still runs in
+/// them (its servers and viewers). Returns how many.
 pub fn sweep_stale() -> anyhow::Result<usize> {
     let mut removed = 0;
     for name in lab_namespaces()? {
@@ -142,6 +143,10 @@ pub fn sweep_stale() -> anyhow::Result<usize> {
             .and_then(|pid| pid.parse::<u32>().ok());
         let Some(pid) = pid else { continue };
         if !Path::new(&format!("/proc/{pid}")).exists() {
+            let pids = run("ip", &["netns", "pids", &name], None)?;
+            for pid in pids.split_whitespace().filter(|p| p.parse::<u32>().is_ok()) {
+                let _ = run("kill", &["-KILL", pid], None);
+            }
             ip(&["netns", "delete", &name])?;
             removed += 1;
         }
