@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use loaves_loadtests::demo::{self, DemoConfig};
 use loaves_loadtests::sim::{SimConfig, Simulation};
-use loaves_loadtests::{soak, swarm};
+use loaves_loadtests::{lab, soak, swarm};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Loaves load tests and simulator")]
@@ -97,6 +97,29 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// The network lab (root only): builds network namespaces on this
+    /// machine, an "internet" with the license server, tracker, a swarm
+    /// seed and the CDN origin, and homes behind NATs in nftables (full
+    /// cone, port-restricted, symmetric, carrier-grade double NAT, UDP
+    /// blocked), runs one `loaves-viewer` process per viewer in its home,
+    /// and prints per viewer and per NAT pair whether peers connected
+    /// directly, the peer offload and the stalls. Everything it built is
+    /// torn down at the end, also after an error, SIGINT or SIGTERM.
+    Lab {
+        /// The scenario file (loadtests/lab/*.toml).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Override the seconds each viewer watches.
+        #[arg(long)]
+        watch_s: Option<u64>,
+        /// Write the report (JSON) here.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Also run the same crowd with P2P off (every byte from the CDN)
+        /// in a lab built again the same way, and report both.
+        #[arg(long)]
+        with_baseline: bool,
+    },
     /// Simulate a live event in virtual time with the real scheduler and the
     /// real tracker swarm book, and print the report (JSON).
     Sim {
@@ -167,6 +190,16 @@ fn main() -> anyhow::Result<()> {
             config.vod_viewers = vod_viewers.unwrap_or(config.vod_viewers);
             config.live_viewers = live_viewers.unwrap_or(config.live_viewers);
             run_soak(&config, report.as_deref())
+        }
+        Command::Lab {
+            scenario,
+            watch_s,
+            report,
+            with_baseline,
+        } => {
+            let mut scenario = lab::Scenario::load(&scenario)?;
+            scenario.watch_s = watch_s.unwrap_or(scenario.watch_s);
+            run_lab(&scenario, report.as_deref(), with_baseline)
         }
         Command::Sim {
             config,
@@ -366,5 +399,48 @@ fn run_soak(
         eprintln!("problem: {problem}");
     }
     anyhow::ensure!(problems.is_empty(), "the soak failed");
+    Ok(())
+}
+
+fn run_lab(
+    scenario: &lab::Scenario,
+    report_path: Option<&std::path::Path>,
+    with_baseline: bool,
+) -> anyhow::Result<()> {
+    let run = lab::run(scenario, true)?;
+    let baseline = if with_baseline {
+        eprintln!("\nthe same crowd with P2P off (baseline):");
+        Some(lab::run(scenario, false)?)
+    } else {
+        None
+    };
+    println!();
+    print!("{}", run.table());
+    if let Some(baseline) = &baseline {
+        println!();
+        print!("{}", baseline.table());
+    }
+    for viewer in run
+        .viewers
+        .iter()
+        .chain(baseline.iter().flat_map(|b| &b.viewers))
+    {
+        if let Some(error) = &viewer.error {
+            eprintln!("{}: {error}", viewer.name);
+        }
+    }
+    if let Some(path) = report_path {
+        let json = serde_json::json!({ "run": &run, "baseline": &baseline });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    let failed = run
+        .viewers
+        .iter()
+        .chain(baseline.iter().flat_map(|b| &b.viewers))
+        .filter(|v| !v.ok)
+        .count();
+    anyhow::ensure!(failed == 0, "{failed} viewer(s) failed");
     Ok(())
 }

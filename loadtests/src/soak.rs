@@ -651,6 +651,7 @@ pub async fn run(config: &SoakConfig) -> anyhow::Result<SoakRun> {
         policy: config.policy(),
         live_key_period_segments: config.live_key_period_segments,
         token_clock_skew_s: config.token_clock_skew_s,
+        listen: None,
     };
     let deployment =
         Deployment::start_with(&content, std::slice::from_ref(&config.seed), &options).await?;

@@ -11,6 +11,7 @@ command -v promtool >/dev/null 2>&1 || loaves_missing+=(prometheus)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || loaves_missing+=(postgresql)
 command -v openssl >/dev/null 2>&1 || loaves_missing+=(openssl)
 command -v curl >/dev/null 2>&1 || loaves_missing+=(curl)
+command -v nft >/dev/null 2>&1 || loaves_missing+=(nftables)
 if [ "${#loaves_missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test: installing ${loaves_missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -237,6 +237,58 @@ pub(super) fn follow_notice(context: &Arc<Context>, notice: pb::PunchNotice) {
     ));
 }
 
+/// What becomes of an attempt to reach a peer (see [`admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Connect and download from it.
+    Connect,
+    /// Only open this viewer's NAT towards it (then close).
+    OpenOnly,
+    /// Nothing.
+    Skip,
+}
+
+/// Whether to connect to a peer, given the connections to the rendition's
+/// swarm (`here`, at most `max`) and whether this peer is already one of
+/// them (or being connected). At the limit, a punch notice still gets its
+/// answer: the peer is connecting here to download from this viewer, and
+/// this side's NAT lets it in only once packets went out towards it.
+fn admission(here: usize, max: usize, already: bool, origin: Origin) -> Admission {
+    if already {
+        Admission::Skip
+    } else if here < max {
+        Admission::Connect
+    } else if origin == Origin::Notice {
+        Admission::OpenOnly
+    } else {
+        Admission::Skip
+    }
+}
+
+/// Opens this viewer's NAT towards a peer that asked for it while this
+/// viewer is at its peer limit: a connection attempt of its own (its
+/// packets are the punch), closed once through; not a download source.
+/// Bounded like every attempt (the punch window) and by the notice rate.
+async fn open_towards(context: &Context, rendition: &RenditionName, candidates: Vec<SocketAddr>) {
+    let shared = &context.shared;
+    let credential = shared.credentials.current();
+    let hello = peerwire::viewer_hello(
+        credential.token.to_vec(),
+        shared.title.as_str(),
+        rendition.as_str(),
+    );
+    let attempt = tokio::time::timeout(PUNCH_WINDOW, connect_any(context, candidates, hello));
+    let connected = tokio::select! {
+        () = shared.cancel.cancelled() => None,
+        connected = attempt => connected.ok().flatten(),
+    };
+    if let Some(connected) = connected {
+        connected
+            .connection
+            .close(peerwire::close_code::DONE.into(), b"peer limit");
+    }
+}
+
 pub(super) async fn connect_peer(
     context: Arc<Context>,
     rendition: RenditionName,
@@ -255,12 +307,27 @@ pub(super) async fn connect_peer(
         return;
     }
     let slot = (rendition.clone(), key);
-    {
+    let admitted = {
         let mut connected = lock(&context.registry.connected);
         let here = connected.iter().filter(|(r, _)| *r == rendition).count();
-        if here >= shared.config.max_peers || !connected.insert(slot.clone()) {
+        let admitted = admission(
+            here,
+            shared.config.max_peers,
+            connected.contains(&slot),
+            origin,
+        );
+        if admitted == Admission::Connect {
+            connected.insert(slot.clone());
+        }
+        admitted
+    };
+    match admitted {
+        Admission::Skip => return,
+        Admission::OpenOnly => {
+            open_towards(&context, &rendition, candidates).await;
             return;
         }
+        Admission::Connect => {}
     }
     Counters::add(&shared.counters.connect_attempts, 1);
     let local_class = shared.nat_class();
@@ -410,4 +477,24 @@ pub(super) async fn connect_peer(
     }
     connection.close(peerwire::close_code::DONE.into(), b"bye");
     lock(&context.registry.connected).remove(&slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_punch_notice_at_the_peer_limit_still_opens_the_nat() {
+        use Admission::*;
+        assert_eq!(admission(3, 8, false, Origin::Tracker), Connect);
+        assert_eq!(admission(3, 8, false, Origin::Notice), Connect);
+        // At the limit: the tracker's word is not followed, a notice is
+        // answered with packets towards the peer only.
+        assert_eq!(admission(8, 8, false, Origin::Tracker), Skip);
+        assert_eq!(admission(8, 8, false, Origin::Notice), OpenOnly);
+        assert_eq!(admission(9, 8, false, Origin::Notice), OpenOnly);
+        // Already connected (or connecting) to it: those packets are out.
+        assert_eq!(admission(3, 8, true, Origin::Notice), Skip);
+        assert_eq!(admission(8, 8, true, Origin::Notice), Skip);
+    }
 }

@@ -29,8 +29,14 @@ pub(crate) struct NatObservations {
 }
 
 impl NatObservations {
-    /// `observer` saw this viewer's packets come from `observed`.
+    /// `observer` saw this viewer's packets come from `observed`. An
+    /// observer at a LAN address (a peer behind the same router) sees the
+    /// packets before any NAT: it is no witness of the NAT, and is not
+    /// counted (it would make a viewer behind a NAT look open).
     pub(crate) fn observed(&mut self, observer: SocketAddr, observed: SocketAddr) {
+        if is_lan(observer.ip()) {
+            return;
+        }
         self.seen.retain(|(o, _)| *o != observer);
         if self.seen.len() >= KEPT {
             self.seen.pop_front();
@@ -201,6 +207,21 @@ mod tests {
         assert_eq!(nat.class(5000, &[]), NatClass::Unknown);
         nat.observed(a("192.0.2.30:443"), a("198.51.100.7:61000"));
         assert_eq!(nat.class(5000, &[]), NatClass::EndpointIndependent);
+    }
+
+    #[test]
+    fn a_peer_on_the_lan_is_no_witness() {
+        let own = ["192.168.1.20".parse().unwrap()];
+        let mut nat = NatObservations::default();
+        // The neighbour behind the same router sees the socket's own LAN
+        // address: that says nothing about the router's NAT.
+        nat.observed(a("192.168.1.21:5000"), a("192.168.1.20:5000"));
+        assert_eq!(nat.class(5000, &own), NatClass::Unknown);
+        nat.observed(a("203.0.113.1:7400"), a("198.51.100.7:5000"));
+        nat.observed(a("10.0.0.9:5000"), a("198.51.100.7:5001"));
+        assert_eq!(nat.class(5000, &own), NatClass::Unknown);
+        nat.observed(a("192.0.2.30:443"), a("198.51.100.7:5000"));
+        assert_eq!(nat.class(5000, &own), NatClass::EndpointIndependent);
     }
 
     #[test]

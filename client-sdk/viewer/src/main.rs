@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use loaves_client_sdk::player::{self, PlaybackReport};
-use loaves_client_sdk::{Event, Keyring, Loaves, RenditionName, Session, Stats, Upload};
+use loaves_client_sdk::{Event, Keyring, Loaves, NatType, RenditionName, Session, Stats, Upload};
 use serde_json::json;
 
 /// Watch a title as one headless viewer, and report what it took.
@@ -160,6 +160,10 @@ fn stats_json(stats: &Stats) -> serde_json::Value {
         "peer_connects": stats.peer_connects,
         "peer_connect_failures": stats.peer_connect_failures,
         "peers_connected": stats.peers_connected,
+        "peer_connects_punched": stats.peer_connects_punched,
+        "punch_requests": stats.punch_requests,
+        "punch_notices": stats.punch_notices,
+        "nat": nat_name(stats.nat),
         "seeds_connected": stats.seeds_connected,
         "license_renewals": stats.license_renewals,
         "rebuffer_s": stats.rebuffer_time.as_secs_f64(),
@@ -168,6 +172,20 @@ fn stats_json(stats: &Stats) -> serde_json::Value {
         "startup_s": stats.startup_time.map(|s| s.as_secs_f64()),
     })
 }
+
+/// The NAT class as the tracker's metrics name it.
+fn nat_name(nat: NatType) -> &'static str {
+    match nat {
+        NatType::Open => "open",
+        NatType::EndpointIndependent => "ei",
+        NatType::EndpointDependent => "ed",
+        _ => "unknown",
+    }
+}
+
+/// Connection outcomes kept for the report (the first ones: a viewer makes
+/// a few per peer it is told of).
+const CONNECTIONS_KEPT: usize = 512;
 
 fn playback_json(report: &PlaybackReport) -> serde_json::Value {
     json!({
@@ -217,8 +235,34 @@ async fn watch(args: Args) -> anyhow::Result<bool> {
     };
     let mut events = session.events();
     let print_events = args.events;
+    let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = connections.clone();
     let printer = tokio::spawn(async move {
         while let Some(event) = events.next().await {
+            if let Event::PeerConnect {
+                peer,
+                seed,
+                tried,
+                address,
+                punched,
+                elapsed,
+                ..
+            } = &event
+            {
+                let mut list = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if list.len() < CONNECTIONS_KEPT {
+                    list.push(json!({
+                        "peer": peer,
+                        "seed": seed,
+                        "tried": tried.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "address": address.map(|a| a.to_string()),
+                        "punched": punched,
+                        "elapsed_s": elapsed.as_secs_f64(),
+                    }));
+                }
+            }
             match event {
                 Event::Addresses { candidates } => eprintln!("addresses: {candidates:?}"),
                 Event::Unreachable { reason } => eprintln!("warning: unreachable: {reason}"),
@@ -265,6 +309,11 @@ async fn watch(args: Args) -> anyhow::Result<bool> {
             Some("interrupted".to_owned()),
         ),
     };
+    let connections: Vec<serde_json::Value> = std::mem::take(
+        &mut *connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let report = json!({
         "title": args.title,
         "ok": ok,
@@ -272,6 +321,9 @@ async fn watch(args: Args) -> anyhow::Result<bool> {
         "wall_s": started.elapsed().as_secs_f64(),
         "candidates": candidates,
         "stats": stats_json(&stats),
+        // Every connection to a peer or seed that completed or was given
+        // up (Event::PeerConnect), the first ones.
+        "connections": connections,
         "playback": playback,
     });
     println!("{report}");

@@ -15,7 +15,7 @@
 //! registered with the tracker, with a credential minted by
 //! `edge-seed credential`).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use license_server::config::{Config as LicenseConfig, PolicyConfig};
 use loaves_proto::keygen;
 use loaves_proto::keys::SigningKeyPair;
 
-use super::procs::{Proc, binary, free_addr, run_to_end};
+use super::procs::{Proc, binary, free_addr_on, run_to_end};
 use crate::encoder::LoopedRendition;
 use crate::platform::{
     ADMIN_TOKEN, KeyService, LivePipeline, PlatformConfig, TITLE, ViewerEndpoints,
@@ -113,6 +113,35 @@ pub struct DeployOptions {
     /// (`None`: their defaults, 30 s). 0 makes an expired token refused at
     /// once, so a missed refresh shows in their refusal counters.
     pub token_clock_skew_s: Option<u64>,
+    /// Where the servers listen (`None`: loopback, every one).
+    pub listen: Option<ListenIps>,
+}
+
+/// The addresses the servers listen on (the network lab puts them on
+/// public addresses of its "internet"; the tracker and the swarm seeds on
+/// different ones, so that viewers get two observers of their NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenIps {
+    /// The license server (gRPC, ClearKey, metrics). Unspecified
+    /// (`0.0.0.0`): every address, this process reaching it over loopback
+    /// (the name its development certificate is issued to).
+    pub license: IpAddr,
+    /// The tracker (QUIC and HTTP).
+    pub tracker: IpAddr,
+    /// The CDN origin (an edge seed serving HTTP).
+    pub cdn: IpAddr,
+    /// The swarm seeds.
+    pub seeds: IpAddr,
+}
+
+impl ListenIps {
+    /// Every server on loopback.
+    pub const LOOPBACK: Self = Self {
+        license: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        tracker: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        cdn: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        seeds: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
 }
 
 /// Longest an `edge-seed package` run of one VOD title may take.
@@ -154,6 +183,13 @@ pub struct Deployment {
     signin: SigningKeyPair,
     /// How viewers reach it.
     pub endpoints: ViewerEndpoints,
+    /// The license server's public key (SPKI PEM): session tokens and seed
+    /// credentials.
+    pub license_public_key: PathBuf,
+    /// The origin's public key (SPKI PEM): manifests.
+    pub origin_public_key: PathBuf,
+    /// The license server's TLS certificate (PEM, issued to `localhost`).
+    pub license_cert: PathBuf,
 }
 
 /// Live playlists and seeds follow the packager this often.
@@ -181,6 +217,7 @@ impl Deployment {
         options: &DeployOptions,
     ) -> anyhow::Result<Self> {
         let titles = content.titles();
+        let ips = options.listen.unwrap_or(ListenIps::LOOPBACK);
         let license_bin = binary("license-server", "license-server")?;
         let tracker_bin = binary("loaves-tracker", "tracker")?;
         let seed_bin = binary("edge-seed", "edge-seed")?;
@@ -221,9 +258,9 @@ impl Deployment {
             }
         };
         let mut config = LicenseConfig {
-            listen: free_addr()?,
-            metrics_listen: free_addr()?,
-            clearkey_listen: Some(free_addr()?),
+            listen: free_addr_on(ips.license)?,
+            metrics_listen: free_addr_on(ips.license)?,
+            clearkey_listen: Some(free_addr_on(ips.license)?),
             data_dir: root.join("license-server"),
             titles: titles
                 .iter()
@@ -258,13 +295,13 @@ impl Deployment {
             &["--config".into(), license_toml.display().to_string()],
             &logs,
         )?;
-        license.wait_ready(config.metrics_listen).await?;
+        license.wait_ready(reach(config.metrics_listen)).await?;
         let ca_pem = std::fs::read_to_string(&cert)
             .with_context(|| format!("reading {}", cert.display()))?;
 
         // The tracker.
-        let tracker_quic = free_addr()?;
-        let tracker_http = free_addr()?;
+        let tracker_quic = free_addr_on(ips.tracker)?;
+        let tracker_http = free_addr_on(ips.tracker)?;
         let tracker_args: Vec<String> = vec![
             "--quic-listen".into(),
             tracker_quic.to_string(),
@@ -292,7 +329,7 @@ impl Deployment {
         let packaged = root.join("origin");
         let published = Arc::new(AtomicU64::new(0));
         let key_service = KeyService {
-            url: format!("https://{}", config.listen),
+            url: format!("https://{}", reach(config.listen)),
             ca_pem: ca_pem.clone(),
         };
         if let Some(vod) = &content.vod {
@@ -357,8 +394,13 @@ impl Deployment {
                 "warn".into(),
             ]
         };
-        let cdn_http = free_addr()?;
-        let mut cdn = Proc::spawn("cdn", &seed_bin, &common(free_addr()?, cdn_http), &logs)?;
+        let cdn_http = free_addr_on(ips.cdn)?;
+        let mut cdn = Proc::spawn(
+            "cdn",
+            &seed_bin,
+            &common(free_addr_on(ips.cdn)?, cdn_http),
+            &logs,
+        )?;
         cdn.wait_ready(cdn_http).await?;
         let mut running_seeds = Vec::new();
         for (index, location) in seeds.iter().enumerate() {
@@ -374,8 +416,8 @@ impl Deployment {
                 &titles,
                 &credential,
             )?;
-            let http = free_addr()?;
-            let mut args = common(free_addr()?, http);
+            let http = free_addr_on(ips.seeds)?;
+            let mut args = common(free_addr_on(ips.seeds)?, http);
             args.extend([
                 "--identity-key".into(),
                 files.private_key.display().to_string(),
@@ -390,11 +432,11 @@ impl Deployment {
         }
 
         let endpoints = ViewerEndpoints {
-            license_url: format!("https://{}", config.listen),
+            license_url: format!("https://{}", reach(config.listen)),
             license_ca_pem: ca_pem,
             clearkey_url: config
                 .clearkey_listen
-                .map(|a| format!("http://{a}/clearkey")),
+                .map(|a| format!("http://{}/clearkey", reach(a))),
             trusted_keys: [keygen::read_public_key(&license_files.public_key)?]
                 .into_iter()
                 .collect(),
@@ -407,7 +449,7 @@ impl Deployment {
             license,
             tracker,
             tracker_http,
-            license_http: config.metrics_listen,
+            license_http: reach(config.metrics_listen),
             key_service,
             cdn,
             cdn_http,
@@ -417,6 +459,9 @@ impl Deployment {
             packaged,
             signin,
             endpoints,
+            license_public_key: license_files.public_key,
+            origin_public_key: origin_files.public_key,
+            license_cert: cert,
         })
     }
 
@@ -459,6 +504,16 @@ impl Deployment {
         self.tracker.stop();
         self.license.stop();
         live.unwrap_or(Ok(()))
+    }
+}
+
+/// How this process reaches a server listening on `listen`: over loopback
+/// when it listens on every address.
+fn reach(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+    } else {
+        listen
     }
 }
 

@@ -4,7 +4,7 @@
 //! and never left behind (killed on drop).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,9 +53,16 @@ pub fn binary(name: &str, package: &str) -> anyhow::Result<PathBuf> {
 /// released; TCP and UDP both free, as the tracker and the seed listen on
 /// both kinds).
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    free_addr_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// [`free_addr`] on `ip` (an address of this host: the network lab's
+/// servers listen on the lab's public addresses).
+pub fn free_addr_on(ip: IpAddr) -> anyhow::Result<SocketAddr> {
     // A few tries: the port the kernel picks for TCP may be taken for UDP.
     for _ in 0..20 {
-        let tcp = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+        let tcp = TcpListener::bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding a free port on {ip}"))?;
         let addr = tcp.local_addr()?;
         if UdpSocket::bind(addr).is_ok() {
             return Ok(addr);
