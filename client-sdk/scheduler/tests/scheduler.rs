@@ -29,6 +29,16 @@ fn viewer(locality: Locality, bytes_per_s: u64) -> PeerInfo {
     }
 }
 
+/// A fast edge seed in the viewer's region.
+fn seed_info() -> PeerInfo {
+    PeerInfo {
+        kind: PeerKind::Seed,
+        locality: Locality::SameRegion,
+        rtt_ms: 10,
+        throughput_bytes_per_s: 10_000_000,
+    }
+}
+
 /// A VOD scheduler playing segment 0, with segments 0..20 listed and 0 held.
 fn vod(policy: DeadlineFirst) -> Scheduler<DeadlineFirst> {
     let mut s = Scheduler::new(config(Mode::Vod), policy);
@@ -217,15 +227,7 @@ fn stalled_transfer_is_abandoned_and_its_peer_dropped() {
 fn seeds_are_preferred_to_the_cdn_for_infrastructure_fetches() {
     let mut s = vod(DeadlineFirst::default());
     s.set_playhead(Millis(0), 0, 0, false);
-    s.add_peer(
-        PeerId(100),
-        PeerInfo {
-            kind: PeerKind::Seed,
-            locality: Locality::SameRegion,
-            rtt_ms: 10,
-            throughput_bytes_per_s: 10_000_000,
-        },
-    );
+    s.add_peer(PeerId(100), seed_info());
     let f = fetches(&s.poll(Millis(0)));
     assert!(!f.is_empty());
     assert!(f.iter().any(|x| x.2 == Source::Seed(PeerId(100))), "{f:?}");
@@ -524,15 +526,7 @@ fn a_busy_seed_is_not_asked_again_before_its_back_off() {
     let mut s = vod(DeadlineFirst::default());
     s.set_playhead(Millis(0), 0, 0, false);
     let seed = PeerId(100);
-    s.add_peer(
-        seed,
-        PeerInfo {
-            kind: PeerKind::Seed,
-            locality: Locality::SameRegion,
-            rtt_ms: 10,
-            throughput_bytes_per_s: 10_000_000,
-        },
-    );
+    s.add_peer(seed, seed_info());
     let first = fetches(&s.poll(Millis(0)));
     let from_seed: Vec<_> = first
         .iter()
@@ -571,15 +565,7 @@ fn a_seed_that_keeps_failing_is_left_out_for_a_doubling_back_off() {
     let mut s = vod(DeadlineFirst::default());
     s.set_playhead(Millis(0), 0, 0, false);
     let seed = PeerId(100);
-    s.add_peer(
-        seed,
-        PeerInfo {
-            kind: PeerKind::Seed,
-            locality: Locality::SameRegion,
-            rtt_ms: 10,
-            throughput_bytes_per_s: 10_000_000,
-        },
-    );
+    s.add_peer(seed, seed_info());
     // One poll at `now`: every CDN transfer fails at once (so the segments
     // stay wanted and the seed stays a candidate for them); the seed's
     // transfers are returned.
