@@ -199,6 +199,17 @@ pub fn encrypt_cenc(
 ) {
     let mut counter = [0u8; 16];
     counter[..8].copy_from_slice(iv);
+    apply_cenc_keystream(key, counter, sample, subsamples);
+}
+
+/// The `cenc` keystream from `counter`, run continuously over the sample's
+/// protected ranges (its own inverse).
+fn apply_cenc_keystream(
+    key: &ExpandedKey,
+    counter: [u8; 16],
+    sample: &mut [u8],
+    subsamples: Option<&[Subsample]>,
+) {
     let mut cipher = key.ctr(counter);
     for range in protected_ranges(sample.len(), subsamples) {
         cipher.apply_keystream(&mut sample[range]);
@@ -269,10 +280,7 @@ pub fn decrypt_cenc(
         8 | 16 => counter[..iv.len()].copy_from_slice(iv),
         n => return Err(SampleError::BadIvSize(n)),
     }
-    let mut cipher = key.ctr(counter);
-    for range in protected_ranges(sample.len(), subsamples) {
-        cipher.apply_keystream(&mut sample[range]);
-    }
+    apply_cenc_keystream(key, counter, sample, subsamples);
     Ok(())
 }
 
